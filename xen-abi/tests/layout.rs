@@ -1,0 +1,260 @@
+//! Checks every struct layout and constant in this crate against Xen's public
+//! headers (Debian `libxen-dev`): a generated C file of `_Static_assert`s is
+//! compiled for x86_64 (`-m64`) and for i386 (`-m32`).
+
+use std::fmt::Write as _;
+use std::mem::{offset_of, size_of};
+use std::path::Path;
+use std::process::Command;
+
+use xen_abi::errno::ALL as ALL_ERRNOS;
+use xen_abi::{hvm, hypercall, memory, sched, shared_info as si, vcpu, version};
+
+struct Checks(String);
+
+impl Checks {
+    fn new() -> Self {
+        Checks(String::new())
+    }
+    fn eq(&mut self, c_expr: &str, value: usize) {
+        writeln!(
+            self.0,
+            "_Static_assert(({c_expr}) == {value}u, \"{} is not {value}\");",
+            c_expr.replace('"', "'")
+        )
+        .unwrap();
+    }
+    fn size(&mut self, c_type: &str, value: usize) {
+        self.eq(&format!("sizeof({c_type})"), value);
+    }
+    fn off(&mut self, c_type: &str, field: &str, value: usize) {
+        self.eq(&format!("offsetof({c_type}, {field})"), value);
+    }
+}
+
+macro_rules! fields {
+    ($c:expr, $cty:literal, $rty:ty, [$($f:ident),* $(,)?]) => {{
+        $c.size($cty, size_of::<$rty>());
+        $( $c.off($cty, stringify!($f), offset_of!($rty, $f)); )*
+    }};
+}
+
+fn common_checks(c: &mut Checks) {
+    c.size("struct vcpu_time_info", size_of::<si::VcpuTimeInfo>());
+    for (f, o) in [
+        ("version", offset_of!(si::VcpuTimeInfo, version)),
+        ("tsc_timestamp", offset_of!(si::VcpuTimeInfo, tsc_timestamp)),
+        ("system_time", offset_of!(si::VcpuTimeInfo, system_time)),
+        ("tsc_to_system_mul", offset_of!(si::VcpuTimeInfo, tsc_to_system_mul)),
+        ("tsc_shift", offset_of!(si::VcpuTimeInfo, tsc_shift)),
+        ("flags", offset_of!(si::VcpuTimeInfo, flags)),
+    ] {
+        c.off("struct vcpu_time_info", f, o);
+    }
+    fields!(c, "struct xen_feature_info", version::XenFeatureInfo, [submap_idx, submap]);
+    fields!(c, "struct xen_compile_info", version::XenCompileInfo, [compiler, compile_by, compile_domain, compile_date]);
+    fields!(c, "struct xen_hvm_param", hvm::XenHvmParam, [domid, index, value]);
+    fields!(c, "struct sched_shutdown", sched::SchedShutdown, [reason]);
+    fields!(c, "struct vcpu_register_vcpu_info", vcpu::VcpuRegisterVcpuInfo, [mfn, offset, rsvd]);
+    c.eq("XEN_LEGACY_MAX_VCPUS", si::XEN_LEGACY_MAX_VCPUS);
+    c.eq("sizeof(xen_extraversion_t)", version::XEN_EXTRAVERSION_LEN);
+    c.eq("sizeof(xen_capabilities_info_t)", version::XEN_CAPABILITIES_INFO_LEN);
+    c.eq("sizeof(xen_changeset_info_t)", version::XEN_CHANGESET_INFO_LEN);
+    c.eq("sizeof(xen_commandline_t)", version::XEN_COMMANDLINE_LEN);
+    c.eq("sizeof(xen_domain_handle_t)", version::XEN_DOMAIN_HANDLE_LEN);
+
+    // Constants.
+    for (name, v) in [
+        ("__HYPERVISOR_set_timer_op", hypercall::SET_TIMER_OP),
+        ("__HYPERVISOR_xen_version", hypercall::XEN_VERSION),
+        ("__HYPERVISOR_console_io", hypercall::CONSOLE_IO),
+        ("__HYPERVISOR_grant_table_op", hypercall::GRANT_TABLE_OP),
+        ("__HYPERVISOR_vcpu_op", hypercall::VCPU_OP),
+        ("__HYPERVISOR_memory_op", hypercall::MEMORY_OP),
+        ("__HYPERVISOR_sched_op", hypercall::SCHED_OP),
+        ("__HYPERVISOR_event_channel_op", hypercall::EVENT_CHANNEL_OP),
+        ("__HYPERVISOR_physdev_op", hypercall::PHYSDEV_OP),
+        ("__HYPERVISOR_hvm_op", hypercall::HVM_OP),
+        ("__HYPERVISOR_dm_op", hypercall::DM_OP),
+        ("CONSOLEIO_write", hypercall::CONSOLEIO_WRITE),
+        ("CONSOLEIO_read", hypercall::CONSOLEIO_READ),
+        ("XENVER_version", version::XENVER_VERSION),
+        ("XENVER_extraversion", version::XENVER_EXTRAVERSION),
+        ("XENVER_compile_info", version::XENVER_COMPILE_INFO),
+        ("XENVER_capabilities", version::XENVER_CAPABILITIES),
+        ("XENVER_changeset", version::XENVER_CHANGESET),
+        ("XENVER_platform_parameters", version::XENVER_PLATFORM_PARAMETERS),
+        ("XENVER_get_features", version::XENVER_GET_FEATURES),
+        ("XENVER_pagesize", version::XENVER_PAGESIZE),
+        ("XENVER_guest_handle", version::XENVER_GUEST_HANDLE),
+        ("XENVER_commandline", version::XENVER_COMMANDLINE),
+        ("XENVER_build_id", version::XENVER_BUILD_ID),
+        ("XENMEM_maximum_ram_page", memory::XENMEM_MAXIMUM_RAM_PAGE),
+        ("XENMEM_current_reservation", memory::XENMEM_CURRENT_RESERVATION),
+        ("XENMEM_maximum_reservation", memory::XENMEM_MAXIMUM_RESERVATION),
+        ("XENMEM_add_to_physmap", memory::XENMEM_ADD_TO_PHYSMAP),
+        ("XENMEM_memory_map", memory::XENMEM_MEMORY_MAP),
+        ("XENMEM_set_memory_map", memory::XENMEM_SET_MEMORY_MAP),
+        ("XENMAPSPACE_shared_info", memory::XENMAPSPACE_SHARED_INFO),
+        ("XENMAPSPACE_grant_table", memory::XENMAPSPACE_GRANT_TABLE),
+        ("XENMAPSPACE_gmfn", memory::XENMAPSPACE_GMFN),
+        ("XENMAPSPACE_gmfn_range", memory::XENMAPSPACE_GMFN_RANGE),
+        ("XENMAPSPACE_gmfn_foreign", memory::XENMAPSPACE_GMFN_FOREIGN),
+        ("XENMAPSPACE_dev_mmio", memory::XENMAPSPACE_DEV_MMIO),
+        ("HVMOP_set_param", hvm::HVMOP_SET_PARAM),
+        ("HVMOP_get_param", hvm::HVMOP_GET_PARAM),
+        ("HVMOP_set_evtchn_upcall_vector", hvm::HVMOP_SET_EVTCHN_UPCALL_VECTOR),
+        ("HVM_PARAM_CALLBACK_IRQ", hvm::param::CALLBACK_IRQ),
+        ("HVM_PARAM_STORE_PFN", hvm::param::STORE_PFN),
+        ("HVM_PARAM_STORE_EVTCHN", hvm::param::STORE_EVTCHN),
+        ("HVM_PARAM_CONSOLE_PFN", hvm::param::CONSOLE_PFN),
+        ("HVM_PARAM_CONSOLE_EVTCHN", hvm::param::CONSOLE_EVTCHN),
+        ("HVM_PARAM_VM86_TSS", hvm::param::VM86_TSS),
+        ("HVM_PARAM_ACPI_IOPORTS_LOCATION", hvm::param::ACPI_IOPORTS_LOCATION),
+        ("HVM_PARAM_VM_GENERATION_ID_ADDR", hvm::param::VM_GENERATION_ID_ADDR),
+        ("HVM_PARAM_ALTP2M", hvm::param::ALTP2M),
+        ("HVM_PARAM_X87_FIP_WIDTH", hvm::param::X87_FIP_WIDTH),
+        ("HVM_PARAM_VM86_TSS_SIZED", hvm::param::VM86_TSS_SIZED),
+        ("HVM_PARAM_MCA_CAP", hvm::param::MCA_CAP),
+        ("HVM_NR_PARAMS", hvm::param::HVM_NR_PARAMS),
+        ("SCHEDOP_yield", sched::SCHEDOP_YIELD),
+        ("SCHEDOP_block", sched::SCHEDOP_BLOCK),
+        ("SCHEDOP_shutdown", sched::SCHEDOP_SHUTDOWN),
+        ("SCHEDOP_poll", sched::SCHEDOP_POLL),
+        ("SCHEDOP_shutdown_code", sched::SCHEDOP_SHUTDOWN_CODE),
+        ("SHUTDOWN_poweroff", sched::SHUTDOWN_POWEROFF),
+        ("SHUTDOWN_reboot", sched::SHUTDOWN_REBOOT),
+        ("SHUTDOWN_suspend", sched::SHUTDOWN_SUSPEND),
+        ("SHUTDOWN_crash", sched::SHUTDOWN_CRASH),
+        ("SHUTDOWN_watchdog", sched::SHUTDOWN_WATCHDOG),
+        ("SHUTDOWN_soft_reset", sched::SHUTDOWN_SOFT_RESET),
+        ("SHUTDOWN_MAX", sched::SHUTDOWN_MAX),
+        ("VCPUOP_register_vcpu_info", vcpu::VCPUOP_REGISTER_VCPU_INFO),
+        ("VCPUOP_register_runstate_memory_area", vcpu::VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA),
+        ("VCPUOP_set_singleshot_timer", vcpu::VCPUOP_SET_SINGLESHOT_TIMER),
+        ("VCPUOP_register_vcpu_time_memory_area", vcpu::VCPUOP_REGISTER_VCPU_TIME_MEMORY_AREA),
+        ("XENFEAT_auto_translated_physmap", xen_abi::features::XENFEAT_AUTO_TRANSLATED_PHYSMAP),
+        ("XENFEAT_hvm_callback_vector", xen_abi::features::XENFEAT_HVM_CALLBACK_VECTOR),
+        ("XENFEAT_hvm_safe_pvclock", xen_abi::features::XENFEAT_HVM_SAFE_PVCLOCK),
+        ("XENFEAT_memory_op_vnode_supported", xen_abi::features::XENFEAT_MEMORY_OP_VNODE_SUPPORTED),
+        ("XENFEAT_not_direct_mapped", xen_abi::features::XENFEAT_NOT_DIRECT_MAPPED),
+        ("XEN_ELFNOTE_PHYS32_ENTRY", xen_abi::elfnote::XEN_ELFNOTE_PHYS32_ENTRY),
+        ("XEN_CPUID_FIRST_LEAF", xen_abi::cpuid::XEN_CPUID_FIRST_LEAF),
+        ("XEN_CPUID_SIGNATURE_EBX", xen_abi::cpuid::XEN_CPUID_SIGNATURE_EBX),
+        ("XEN_CPUID_SIGNATURE_ECX", xen_abi::cpuid::XEN_CPUID_SIGNATURE_ECX),
+        ("XEN_CPUID_SIGNATURE_EDX", xen_abi::cpuid::XEN_CPUID_SIGNATURE_EDX),
+        ("XEN_CPUID_MAX_NUM_LEAVES", xen_abi::cpuid::XEN_CPUID_MAX_NUM_LEAVES),
+        ("XEN_HVM_CPUID_VCPU_ID_PRESENT", xen_abi::cpuid::XEN_HVM_CPUID_VCPU_ID_PRESENT),
+        ("XEN_HVM_CPUID_DOMID_PRESENT", xen_abi::cpuid::XEN_HVM_CPUID_DOMID_PRESENT),
+        ("XEN_HVM_CPUID_UPCALL_VECTOR", xen_abi::cpuid::XEN_HVM_CPUID_UPCALL_VECTOR),
+        ("XEN_HVM_START_MAGIC_VALUE", xen_abi::start_info::XEN_HVM_START_MAGIC_VALUE),
+        ("XEN_HVM_MEMMAP_TYPE_RAM", xen_abi::start_info::XEN_HVM_MEMMAP_TYPE_RAM),
+        ("XEN_HVM_MEMMAP_TYPE_RESERVED", xen_abi::start_info::XEN_HVM_MEMMAP_TYPE_RESERVED),
+        ("DOMID_SELF", u32::from(xen_abi::DOMID_SELF)),
+    ] {
+        c.eq(name, v as usize);
+    }
+    for e in ALL_ERRNOS {
+        c.eq(&format!("XEN_{}", e.name()), *e as i32 as usize);
+    }
+}
+
+fn checks_64() -> Checks {
+    let mut c = Checks::new();
+    common_checks(&mut c);
+    fields!(c, "struct arch_vcpu_info", si::ArchVcpuInfo64, [cr2, pad]);
+    fields!(c, "struct vcpu_info", si::VcpuInfo64, [evtchn_upcall_pending, evtchn_upcall_mask, evtchn_pending_sel, arch, time]);
+    fields!(c, "struct arch_shared_info", si::ArchSharedInfo64, [max_pfn, pfn_to_mfn_frame_list_list, nmi_reason, p2m_cr3, p2m_vaddr, p2m_generation]);
+    fields!(c, "struct shared_info", si::SharedInfo64, [vcpu_info, evtchn_pending, evtchn_mask, wc_version, wc_sec, wc_nsec, wc_sec_hi, arch]);
+    fields!(c, "struct xen_memory_map", memory::XenMemoryMap64, [nr_entries, buffer]);
+    fields!(c, "struct xen_foreign_memory_map", memory::XenForeignMemoryMap64, [domid, map]);
+    fields!(c, "struct xen_add_to_physmap", memory::XenAddToPhysmap64, [domid, size, space, idx, gpfn]);
+    c.size("struct xen_platform_parameters", 8);
+    c
+}
+
+fn checks_32() -> Checks {
+    let mut c = Checks::new();
+    common_checks(&mut c);
+    fields!(c, "struct arch_vcpu_info", si::ArchVcpuInfo32, [cr2, pad]);
+    fields!(c, "struct vcpu_info", si::VcpuInfo32, [evtchn_upcall_pending, evtchn_upcall_mask, evtchn_pending_sel, arch, time]);
+    fields!(c, "struct arch_shared_info", si::ArchSharedInfo32, [max_pfn, pfn_to_mfn_frame_list_list, nmi_reason, p2m_cr3, p2m_vaddr, p2m_generation, wc_sec_hi]);
+    fields!(c, "struct shared_info", si::SharedInfo32, [vcpu_info, evtchn_pending, evtchn_mask, wc_version, wc_sec, wc_nsec, arch]);
+    fields!(c, "struct xen_memory_map", memory::XenMemoryMap32, [nr_entries, buffer]);
+    fields!(c, "struct xen_foreign_memory_map", memory::XenForeignMemoryMap32, [domid, map]);
+    fields!(c, "struct xen_add_to_physmap", memory::XenAddToPhysmap32, [domid, size, space, idx, gpfn]);
+    c.size("struct xen_platform_parameters", 4);
+    c
+}
+
+const PRELUDE: &str = r#"
+#include <stdint.h>
+#include <stddef.h>
+#include <xen/xen.h>
+#include <xen/errno.h>
+#include <xen/version.h>
+#include <xen/memory.h>
+#include <xen/features.h>
+#include <xen/sched.h>
+#include <xen/vcpu.h>
+#include <xen/elfnote.h>
+#include <xen/hvm/hvm_op.h>
+#include <xen/hvm/params.h>
+#include <xen/arch-x86/cpuid.h>
+#include <xen/arch-x86/hvm/start_info.h>
+"#;
+
+fn compile(checks: &Checks, arch_flag: &str) {
+    let header = Path::new("/usr/include/xen/xen.h");
+    assert!(
+        header.exists(),
+        "Xen's public headers are missing: install Debian's libxen-dev (the README's test command does)"
+    );
+    let dir = std::env::temp_dir().join(format!("xen-abi-layout-{}-{arch_flag}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let src = dir.join("layout.c");
+    std::fs::write(&src, format!("{PRELUDE}\n{}\n", checks.0)).unwrap();
+    let out = Command::new("cc")
+        .args([
+            arch_flag,
+            "-ffreestanding",
+            "-fsyntax-only",
+            "-D__XEN_INTERFACE_VERSION__=__XEN_LATEST_INTERFACE_VERSION__",
+        ])
+        .arg(&src)
+        .output()
+        .expect("run cc");
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(
+        out.status.success(),
+        "layout differs from Xen's headers ({arch_flag}):\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn test_x86_64_layouts_match_xen_headers() {
+    compile(&checks_64(), "-m64");
+}
+
+#[test]
+fn test_x86_32_layouts_match_xen_headers() {
+    compile(&checks_32(), "-m32");
+}
+
+#[test]
+fn test_a_wrong_layout_is_caught() {
+    // The check itself must be able to fail.
+    let mut c = Checks::new();
+    c.off("struct vcpu_info", "time", 40);
+    let src = std::env::temp_dir().join(format!("xen-abi-neg-{}.c", std::process::id()));
+    std::fs::write(&src, format!("{PRELUDE}\n{}\n", c.0)).unwrap();
+    let out = Command::new("cc")
+        .args(["-m64", "-ffreestanding", "-fsyntax-only"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(&src);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("is not 40"));
+}
