@@ -24,6 +24,9 @@ pub enum Error {
     /// /dev/kvm could not be opened.
     #[error("Cannot open /dev/kvm (is KVM available and are you in the kvm group?)")]
     OpenKvm(#[source] kvm_ioctls::Error),
+    /// /dev/kvm opened but is not KVM.
+    #[error("Cannot open /dev/kvm: it does not answer as KVM (API version {0}, expected 12)")]
+    NotKvm(i32),
     /// A capability xenkvm relies on is missing.
     #[error("KVM lacks {0}, which xenkvm needs")]
     MissingCap(&'static str),
@@ -49,6 +52,10 @@ fn ioctl<T>(op: &'static str, r: std::result::Result<T, kvm_ioctls::Error>) -> R
 /// that traps writes to the Xen hypercall MSR.
 pub fn create_vm(hypercall_msr: u32) -> Result<(Kvm, VmFd)> {
     let kvm = Kvm::new().map_err(Error::OpenKvm)?;
+    let api = kvm.get_api_version();
+    if api != 12 {
+        return Err(Error::NotKvm(api));
+    }
     for (cap, name) in [
         (Cap::SyncRegs, "KVM_CAP_SYNC_REGS"),
         (Cap::SplitIrqchip, "KVM_CAP_SPLIT_IRQCHIP"),

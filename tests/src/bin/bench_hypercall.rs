@@ -1,0 +1,40 @@
+//! Benchmark: a cheap hypercall (`XENVER_version` through the hypercall page)
+//! against a bare port-I/O exit that does nothing, both timed by the test
+//! guest in the same run. Prints both and their ratio (target ≤ 1.15).
+//!
+//! Usage: bench-hypercall [ITERATIONS] [RUNS]
+
+use anyhow::{bail, Context};
+use xenkvm_tests::run_vmm;
+
+fn field(line: &str, key: &str) -> anyhow::Result<f64> {
+    let v = line
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .with_context(|| format!("no {key} in {line:?}"))?;
+    Ok(v.parse()?)
+}
+
+fn main() -> anyhow::Result<()> {
+    let mut args = std::env::args().skip(1);
+    let iterations: u64 = args.next().map(|a| a.parse()).transpose()?.unwrap_or(20_000);
+    let runs: usize = args.next().map(|a| a.parse()).transpose()?.unwrap_or(5);
+    let mut ratios = Vec::new();
+    for i in 0..runs {
+        let run = run_vmm(&["--cmdline", &format!("bench={iterations}")]);
+        let Some(line) = run.console.lines().find(|l| l.starts_with("BENCH ")) else {
+            bail!("the guest printed no BENCH line\n{run}");
+        };
+        let h = field(line, "hypercall_ns")?;
+        let b = field(line, "bare_exit_ns")?;
+        println!("run {i}: hypercall {h:.0} ns, bare port-I/O exit {b:.0} ns, ratio {:.3}", h / b);
+        ratios.push((h, b));
+    }
+    ratios.sort_by(|x, y| (x.0 / x.1).total_cmp(&(y.0 / y.1)));
+    let (h, b) = ratios[ratios.len() / 2];
+    println!(
+        "median of {runs} runs x {iterations} iterations: XENVER_version hypercall {h:.0} ns, bare exit {b:.0} ns, ratio {:.3} (target <= 1.15)",
+        h / b
+    );
+    Ok(())
+}

@@ -1,0 +1,129 @@
+//! Test harness: builds the test guest, runs `xenkvm-vmm` on it and collects
+//! the guest's `PASS`/`FAIL` lines.
+//!
+//! The vmm binary is found next to the test executable (`target/<profile>/`);
+//! build the workspace's binaries first (`scripts/test` does).
+#![forbid(unsafe_code)]
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// The repository root.
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("tests/ has a parent").to_path_buf()
+}
+
+/// Builds the test guest (release, `x86_64-unknown-none`) once and returns its path.
+pub fn guest_kernel() -> &'static Path {
+    static KERNEL: OnceLock<PathBuf> = OnceLock::new();
+    KERNEL.get_or_init(|| {
+        let dir = repo_root().join("tests/guest");
+        let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.current_dir(&dir).args(["build", "--release", "--quiet"]);
+        for v in ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET", "RUSTFLAGS", "CARGO_ENCODED_RUSTFLAGS", "CARGO_MANIFEST_DIR"] {
+            cmd.env_remove(v);
+        }
+        let st = cmd.status().expect("run cargo to build the test guest");
+        assert!(st.success(), "building tests/guest failed (is the x86_64-unknown-none target installed?)");
+        dir.join("target/x86_64-unknown-none/release/xenkvm-test-guest")
+    })
+}
+
+/// A workspace binary next to the test executable.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    let mut dir = exe.parent().expect("exe dir").to_path_buf();
+    if dir.ends_with("deps") {
+        dir.pop();
+    }
+    let p = dir.join(name);
+    assert!(p.exists(), "{} is missing: build the workspace binaries first (cargo build --workspace --bins)", p.display());
+    p
+}
+
+/// One finished run of the vmm.
+#[derive(Debug)]
+pub struct Run {
+    /// Exit status code (None: killed by a signal).
+    pub code: Option<i32>,
+    /// The guest's console log.
+    pub console: String,
+    /// The vmm's stderr (logs and messages).
+    pub stderr: String,
+}
+
+impl Run {
+    /// Names of the checks that passed.
+    pub fn passed(&self) -> Vec<&str> {
+        self.console.lines().filter_map(|l| l.strip_prefix("PASS ")).collect()
+    }
+
+    /// Lines of the checks that failed.
+    pub fn failed(&self) -> Vec<&str> {
+        self.console.lines().filter(|l| l.starts_with("FAIL")).collect()
+    }
+
+    /// Asserts each of `names` passed, none failed, and the guest finished.
+    pub fn assert_passed(&self, names: &[&str]) {
+        let passed = self.passed();
+        let missing: Vec<&&str> = names.iter().filter(|n| !passed.contains(n)).collect();
+        assert!(self.failed().is_empty(), "guest checks failed: {:#?}\n{self}", self.failed());
+        assert!(missing.is_empty(), "checks that did not pass: {missing:?}\n{self}");
+        assert!(self.console.lines().any(|l| l.starts_with("DONE ")), "guest did not finish\n{self}");
+    }
+}
+
+impl std::fmt::Display for Run {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "exit {:?}\n--- console ---\n{}\n--- stderr ---\n{}", self.code, self.console, self.stderr)
+    }
+}
+
+/// Runs `xenkvm-vmm` with `args` (the kernel defaults to the test guest), with a time limit.
+pub fn run_vmm(args: &[&str]) -> Run {
+    let dir = tempdir();
+    let log = dir.join("console.log");
+    let mut cmd = Command::new(binary("xenkvm-vmm"));
+    if !args.iter().any(|a| *a == "--kernel" || *a == "-k") {
+        cmd.arg("--kernel").arg(guest_kernel());
+    }
+    cmd.args(args).arg("--console-log").arg(&log);
+    run_command(cmd, &log, &dir)
+}
+
+/// Runs a prepared command whose console goes to `log`; kills its process group after 120 s.
+pub fn run_command(mut cmd: Command, log: &Path, dir: &Path) -> Run {
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0);
+    let mut child = cmd.spawn().expect("spawn");
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().expect("wait") {
+            break st;
+        }
+        if start.elapsed() > Duration::from_secs(120) {
+            let _ = Command::new("kill").args(["-KILL", &format!("-{}", child.id())]).status();
+            break child.wait().expect("wait after kill");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    let console = std::fs::read_to_string(log).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(dir);
+    Run { code: status.code(), console, stderr }
+}
+
+/// A fresh temporary directory.
+pub fn tempdir() -> PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let d = std::env::temp_dir().join(format!("xenkvm-test-{}-{}", std::process::id(), N.fetch_add(1, Ordering::SeqCst)));
+    std::fs::create_dir_all(&d).expect("create temp dir");
+    d
+}
