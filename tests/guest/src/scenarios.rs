@@ -94,6 +94,18 @@ fn cstr(b: &[u8]) -> &str {
     core::str::from_utf8(&b[..n]).unwrap_or("<not utf-8>")
 }
 
+fn inb(port: u16) -> u8 {
+    let v: u8;
+    // SAFETY: port input from the platform's UART.
+    unsafe { core::arch::asm!("in al, dx", in("dx") port, out("al") v, options(nomem, nostack)) };
+    v
+}
+
+fn outb(port: u16, v: u8) {
+    // SAFETY: port output to the platform's UART.
+    unsafe { core::arch::asm!("out dx, al", in("dx") port, in("al") v, options(nomem, nostack)) };
+}
+
 fn scratch() -> *mut u8 {
     addr_of_mut!(SCRATCH) as *mut u8
 }
@@ -197,6 +209,22 @@ pub fn run(start_info: u64) -> ! {
     }
     if opts.has("vcpu_info") {
         scenario_vcpu_info(&mut c);
+    }
+    if opts.has("serial") {
+        // 16550 at 0x3f8: wait for THR empty (LSR bit 5), then write each byte.
+        let mut ok = true;
+        for &b in b"serial: hello from COM1\n" {
+            let mut spins = 0;
+            while inb(0x3fd) & 0x20 == 0 {
+                spins += 1;
+                if spins > 1000 {
+                    ok = false;
+                    break;
+                }
+            }
+            outb(0x3f8, b);
+        }
+        check!(c, "serial.thr_empty", ok, "LSR never reported THR empty");
     }
     if opts.has("console_io") {
         let r = hcall::console_write(b"console_io: hello from the test guest\n");
