@@ -161,9 +161,10 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
     }
     let physmap = Physmap::new(ram);
     let boot = boot::pvh::load(&physmap, &layout, &kernel, &config.cmdline, initrd.as_deref())?;
+    // xen_domain_handle_t: unique per domain instance (domid, then this process's pid).
     let mut handle = [0u8; 16];
     handle[..2].copy_from_slice(&config.domid.to_be_bytes());
-    handle[2..].copy_from_slice(&(std::process::id() as u64).to_be_bytes()[..].repeat(2)[..14]);
+    handle[2..6].copy_from_slice(&std::process::id().to_be_bytes());
     let info = DomainInfo {
         domid: config.domid,
         name: config.name.clone(),

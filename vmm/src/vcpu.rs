@@ -102,7 +102,7 @@ fn mmio(d: &Domain, dev: &Devices, addr: u64, data: &mut [u8], write: bool) {
 }
 
 impl Vcpu {
-    /// Runs the vCPU until the VM stops; returns why it stopped, if this vCPU caused it.
+    /// Runs the vCPU until the VM stops; a fault it hits stops the VM with the reason.
     pub fn run(mut self) {
         let _guard = VcpuKickGuard::new(&mut self.fd);
         self.fd.set_sync_valid_reg(SyncReg::Register);

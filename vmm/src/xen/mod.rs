@@ -235,7 +235,7 @@ pub struct Domain {
     pub stop: Mutex<Option<StopReason>>,
     /// Signalled when `stop` is set.
     pub stopped: Condvar,
-    /// KVM clock value and host realtime (ns) at VM creation.
+    /// Host realtime (ns since the epoch) when the guest's system time was 0.
     pub boot_wallclock_ns: u64,
 }
 
