@@ -26,6 +26,11 @@ const CORE_CHECKS: &[&str] = &[
     "xen_version.build_id",
     "xen_version.unknown",
     "hypercall.unknown",
+    "hypercall32.xen_version",
+    "hypercall32.platform_parameters_layout",
+    "hypercall32.console_io",
+    "hypercall32.efault",
+    "hypercall32.unknown",
     "start_info.header",
     "memmap.matches_start_info",
     "memmap.reserved_special_pages",
@@ -64,6 +69,10 @@ fn test_every_scenario_passes_and_guest_powers_off() {
     run.assert_passed(CORE_CHECKS);
     assert_eq!(run.code, Some(0), "poweroff is exit 0\n{run}");
     assert!(run.console.contains("console_io: hello from the test guest"), "console_io output reaches the log\n{run}");
+    assert!(
+        run.console.contains("console32: hello from compat mode"),
+        "a 32-bit console_io (count in ecx, buffer in edx) reaches the log\n{run}"
+    );
     assert!(run.stderr.contains("shut down: poweroff"), "{run}");
 }
 

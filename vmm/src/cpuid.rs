@@ -24,7 +24,7 @@ pub fn tsc_to_ns_scale(tsc_khz: u32) -> (u32, i8) {
     let mut shift: i8 = 0;
     let mut tps32 = tps;
     let target = 1_000_000_000u64; // ns per second
-    // Scale so that the fraction below is a 32-bit value < 1 << 32.
+                                   // Scale so that the fraction below is a 32-bit value < 1 << 32.
     while tps32 > target * 2 {
         tps32 >>= 1;
         shift -= 1;
@@ -60,26 +60,15 @@ pub fn xen_leaves(x: &XenLeaves, vcpu_id: u32) -> Vec<kvm_cpuid_entry2> {
         indexed(entry(b + 3, 0, 1 << 1, 0, x.tsc_khz, 0)),
         indexed(entry(b + 3, 1, 0, 0, mul, shift as i32 as u32)),
         indexed(entry(b + 3, 2, x.tsc_khz, 0, 0, 0)),
-        indexed(entry(
-            b + 4,
-            0,
-            XEN_HVM_CPUID_VCPU_ID_PRESENT | XEN_HVM_CPUID_DOMID_PRESENT,
-            vcpu_id,
-            u32::from(x.domid),
-            0,
-        )),
+        indexed(entry(b + 4, 0, XEN_HVM_CPUID_VCPU_ID_PRESENT | XEN_HVM_CPUID_DOMID_PRESENT, vcpu_id, u32::from(x.domid), 0)),
         indexed(entry(b + 5, 0, 0, 0, 0, 0)),
     ]
 }
 
 /// Builds a vCPU's CPUID from the host's supported set.
 pub fn build(supported: &CpuId, x: &XenLeaves, vcpu_id: u32) -> CpuId {
-    let mut v: Vec<kvm_cpuid_entry2> = supported
-        .as_slice()
-        .iter()
-        .filter(|e| !(0x4000_0000..0x4001_0000).contains(&e.function))
-        .copied()
-        .collect();
+    let mut v: Vec<kvm_cpuid_entry2> =
+        supported.as_slice().iter().filter(|e| !(0x4000_0000..0x4001_0000).contains(&e.function)).copied().collect();
     for e in &mut v {
         match e.function {
             1 => {

@@ -180,21 +180,15 @@ impl<'a> GuestAccess<'a> {
     /// Copies `buf.len()` bytes from guest-virtual `gva`.
     pub fn read(&self, gva: u64, buf: &mut [u8]) -> Result<(), Fault> {
         let pm = self.physmap;
-        self.for_each_piece(gva, buf.len(), false, |gpa, r| {
-            pm.read(gpa, &mut buf[r]).map_err(|_| Fault::Unbacked(gpa))
-        })
+        self.for_each_piece(gva, buf.len(), false, |gpa, r| pm.read(gpa, &mut buf[r]).map_err(|_| Fault::Unbacked(gpa)))
     }
 
     /// Copies `buf` to guest-virtual `gva`; writes nothing unless the whole range is writable.
     pub fn write(&self, gva: u64, buf: &[u8]) -> Result<(), Fault> {
         let pm = self.physmap;
         // Validate every piece first so that a fault leaves guest memory untouched.
-        self.for_each_piece(gva, buf.len(), true, |gpa, r| {
-            pm.check_mapped(gpa, r.len()).map_err(|_| Fault::Unbacked(gpa))
-        })?;
-        self.for_each_piece(gva, buf.len(), true, |gpa, r| {
-            pm.write(gpa, &buf[r]).map_err(|_| Fault::Unbacked(gpa))
-        })
+        self.for_each_piece(gva, buf.len(), true, |gpa, r| pm.check_mapped(gpa, r.len()).map_err(|_| Fault::Unbacked(gpa)))?;
+        self.for_each_piece(gva, buf.len(), true, |gpa, r| pm.write(gpa, &buf[r]).map_err(|_| Fault::Unbacked(gpa)))
     }
 
     /// Reads a plain-data struct.

@@ -146,9 +146,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
     let initrd = config.initrd.as_ref().map(|p| read_file("initrd", p)).transpose()?;
     let console: Box<dyn Write + Send> = match &config.console {
         ConsoleTarget::Stdout => Box::new(std::io::stdout()),
-        ConsoleTarget::File(p) => Box::new(
-            std::fs::File::create(p).map_err(|source| Error::ConsoleLog { path: p.clone(), source })?,
-        ),
+        ConsoleTarget::File(p) => Box::new(std::fs::File::create(p).map_err(|source| Error::ConsoleLog { path: p.clone(), source })?),
     };
     let console = Arc::new(ConsoleLog::new(console));
 
@@ -176,22 +174,17 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
     };
     let domain = Arc::new(Domain::new(info, vm.clone(), physmap, console.clone())?);
     let ioapic = Arc::new(Mutex::new(Ioapic::new(Box::new(kvm::KvmMsiSink { vm: vm.clone() }))));
-    let devices = Arc::new(vcpu::Devices {
-        ioapic: ioapic.clone(),
-        com1: Mutex::new(platform::serial::com1(ioapic, console)),
-    });
+    let devices = Arc::new(vcpu::Devices { ioapic: ioapic.clone(), com1: Mutex::new(platform::serial::com1(ioapic, console)) });
 
     kvm::install_kick_handler().map_err(Error::Signal)?;
-    let supported = kvm
-        .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
-        .map_err(|source| kvm::Error::Ioctl { op: "KVM_GET_SUPPORTED_CPUID", source })?;
+    let supported =
+        kvm.get_supported_cpuid(KVM_MAX_CPUID_ENTRIES).map_err(|source| kvm::Error::Ioctl { op: "KVM_GET_SUPPORTED_CPUID", source })?;
     let mut vcpus = Vec::new();
     for id in 0..config.vcpus {
         let fd = vm.create_vcpu(u64::from(id)).map_err(|source| kvm::Error::Ioctl { op: "KVM_CREATE_VCPU", source })?;
         let tsc_khz = fd.get_tsc_khz().map_err(|source| kvm::Error::Ioctl { op: "KVM_GET_TSC_KHZ", source })?;
         let leaves = cpuid::XenLeaves { base: config.cpuid_base, version: config.xen_version.packed(), domid: config.domid, tsc_khz };
-        fd.set_cpuid2(&cpuid::build(&supported, &leaves, id))
-            .map_err(|source| kvm::Error::Ioctl { op: "KVM_SET_CPUID2", source })?;
+        fd.set_cpuid2(&cpuid::build(&supported, &leaves, id)).map_err(|source| kvm::Error::Ioctl { op: "KVM_SET_CPUID2", source })?;
         if id == 0 {
             kvm::set_pvh_entry(&fd, boot.entry, boot.start_info)?;
             domain.vcpus[0].online.store(true, Ordering::SeqCst);

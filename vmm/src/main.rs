@@ -73,9 +73,7 @@ fn exit_code(reason: &StopReason) -> u8 {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("XENKVM_LOG").unwrap_or_else(|_| "warn".into()),
-        )
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("XENKVM_LOG").unwrap_or_else(|_| "warn".into()))
         .init();
     let args = Args::parse();
     let mut config = VmConfig::new(&args.kernel);
@@ -97,8 +95,12 @@ fn main() -> ExitCode {
     match xenkvm_vmm::run(&config) {
         Ok(reason) => {
             match &reason {
-                StopReason::Shutdown(r) => eprintln!("xenkvm-vmm: guest {} shut down: {}", config.name, r.name()),
-                StopReason::Fault(why) => eprintln!("xenkvm-vmm: guest {} stopped: {why}", config.name),
+                StopReason::Shutdown(r) => {
+                    eprintln!("xenkvm-vmm: guest {} shut down: {}", config.name, r.name())
+                }
+                StopReason::Fault(why) => {
+                    eprintln!("xenkvm-vmm: guest {} stopped: {why}", config.name)
+                }
             }
             ExitCode::from(exit_code(&reason))
         }

@@ -75,10 +75,9 @@ impl Backing {
         }
         // SAFETY: `fd` was just returned by memfd_create and nothing else owns it.
         let file = unsafe { File::from_raw_fd(fd) };
-        file.set_len(size as u64)
-            .map_err(|source| Error::CreateMemfd { name: name.into(), source })?;
-        let mmap = MmapRegion::from_file(FileOffset::new(file, 0), size)
-            .map_err(|source| Error::Mmap { name: name.into(), size, source })?;
+        file.set_len(size as u64).map_err(|source| Error::CreateMemfd { name: name.into(), source })?;
+        let mmap =
+            MmapRegion::from_file(FileOffset::new(file, 0), size).map_err(|source| Error::Mmap { name: name.into(), size, source })?;
         Ok(Arc::new(Backing { name: name.into(), mmap }))
     }
 
@@ -181,7 +180,9 @@ impl Physmap {
 
     /// Whether `[gpa, gpa+len)` lies entirely in RAM (ignoring overlays).
     pub fn is_ram(&self, gpa: u64, len: u64) -> bool {
-        let Some(end) = gpa.checked_add(len) else { return false };
+        let Some(end) = gpa.checked_add(len) else {
+            return false;
+        };
         self.ram.iter().any(|r| gpa >= r.gpa && end <= r.end())
     }
 
@@ -334,10 +335,7 @@ mod tests {
     fn two_regions() -> Physmap {
         let low = Backing::new_memfd("low", 16 * PAGE_SIZE).unwrap();
         let high = Backing::new_memfd("high", 4 * PAGE_SIZE).unwrap();
-        Physmap::new(vec![
-            RamRegion { gpa: 0, backing: low },
-            RamRegion { gpa: 1 << 32, backing: high },
-        ])
+        Physmap::new(vec![RamRegion { gpa: 0, backing: low }, RamRegion { gpa: 1 << 32, backing: high }])
     }
 
     #[test]
@@ -383,10 +381,7 @@ mod tests {
         pm.set_overlay(5, OverlayPage { backing: page.clone(), offset: 0 });
         pm.set_overlay(0x20, OverlayPage { backing: page, offset: 0 }); // in the hole
         let ranges: Vec<(u64, u64)> = pm.slots().iter().map(|s| (s.gpa, s.size)).collect();
-        assert_eq!(
-            ranges,
-            vec![(0, 0x5000), (0x5000, 0x1000), (0x6000, 0xa000), (0x20000, 0x1000), (1 << 32, 0x4000)]
-        );
+        assert_eq!(ranges, vec![(0, 0x5000), (0x5000, 0x1000), (0x6000, 0xa000), (0x20000, 0x1000), (1 << 32, 0x4000)]);
     }
 
     #[test]

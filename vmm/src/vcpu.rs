@@ -101,6 +101,17 @@ fn mmio(d: &Domain, dev: &Devices, addr: u64, data: &mut [u8], write: bool) {
     }
 }
 
+/// The caller's width and arguments: rdi, rsi, rdx, r10, r8, r9 in 64-bit
+/// mode; ebx, ecx, edx, esi, edi, ebp (truncated to 32 bits) otherwise.
+fn hypercall_args(regs: &kvm_bindings::kvm_regs, long: bool) -> (GuestWidth, [u64; 6]) {
+    if long {
+        (GuestWidth::Bits64, [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9])
+    } else {
+        let m = |v: u64| v & 0xffff_ffff;
+        (GuestWidth::Bits32, [m(regs.rbx), m(regs.rcx), m(regs.rdx), m(regs.rsi), m(regs.rdi), m(regs.rbp)])
+    }
+}
+
 impl Vcpu {
     /// Runs the vCPU until the VM stops; a fault it hits stops the VM with the reason.
     pub fn run(mut self) {
@@ -213,12 +224,7 @@ impl Vcpu {
             self.domain.log_unknown(u32::MAX, rip_linear, "hypercall port access outside a stub");
             return;
         };
-        let (width, args) = if long {
-            (GuestWidth::Bits64, [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9])
-        } else {
-            let m = |v: u64| v & 0xffff_ffff;
-            (GuestWidth::Bits32, [m(regs.rbx), m(regs.rcx), m(regs.rdx), m(regs.rsi), m(regs.rdi), m(regs.rbp)])
-        };
+        let (width, args) = hypercall_args(&regs, long);
         let paging = PagingState::from_sregs(&sregs);
         let ctx = HypercallCtx { domain: &self.domain, vcpu: self.id, paging, width };
         let ret = dispatch(&ctx, Hypercall { nr, args });
@@ -259,5 +265,40 @@ impl Vcpu {
         let width = if long { GuestWidth::Bits64 } else { GuestWidth::Bits32 };
         self.domain.state().width.get_or_insert(width);
         tracing::info!(event = "guest.hypercall_page", vcpu = self.id, gpa = format_args!("{gpa:#x}"), ?width);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn regs() -> kvm_bindings::kvm_regs {
+        kvm_bindings::kvm_regs {
+            rax: 0xa0,
+            rbx: 0xdead_0000_0000_00b0,
+            rcx: 0xdead_0000_0000_00c0,
+            rdx: 0xdead_0000_0000_00d0,
+            rsi: 0xdead_0000_0000_0051,
+            rdi: 0xdead_0000_0000_00d1,
+            rbp: 0xdead_0000_0000_00b1,
+            r8: 0x8,
+            r9: 0x9,
+            r10: 0x10,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn the_64_bit_convention_is_rdi_rsi_rdx_r10_r8_r9() {
+        let (w, a) = hypercall_args(&regs(), true);
+        assert_eq!(w, GuestWidth::Bits64);
+        assert_eq!(a, [0xdead_0000_0000_00d1, 0xdead_0000_0000_0051, 0xdead_0000_0000_00d0, 0x10, 0x8, 0x9]);
+    }
+
+    #[test]
+    fn the_32_bit_convention_is_ebx_ecx_edx_esi_edi_ebp_truncated() {
+        let (w, a) = hypercall_args(&regs(), false);
+        assert_eq!(w, GuestWidth::Bits32);
+        assert_eq!(a, [0xb0, 0xc0, 0xd0, 0x51, 0xd1, 0xb1]);
     }
 }

@@ -17,12 +17,7 @@ impl Checks {
         Checks(String::new())
     }
     fn eq(&mut self, c_expr: &str, value: usize) {
-        writeln!(
-            self.0,
-            "_Static_assert(({c_expr}) == {value}u, \"{} is not {value}\");",
-            c_expr.replace('"', "'")
-        )
-        .unwrap();
+        writeln!(self.0, "_Static_assert(({c_expr}) == {value}u, \"{} is not {value}\");", c_expr.replace('"', "'")).unwrap();
     }
     fn size(&mut self, c_type: &str, value: usize) {
         self.eq(&format!("sizeof({c_type})"), value);
@@ -164,8 +159,18 @@ fn checks_64() -> Checks {
     common_checks(&mut c);
     fields!(c, "struct arch_vcpu_info", si::ArchVcpuInfo64, [cr2, pad]);
     fields!(c, "struct vcpu_info", si::VcpuInfo64, [evtchn_upcall_pending, evtchn_upcall_mask, evtchn_pending_sel, arch, time]);
-    fields!(c, "struct arch_shared_info", si::ArchSharedInfo64, [max_pfn, pfn_to_mfn_frame_list_list, nmi_reason, p2m_cr3, p2m_vaddr, p2m_generation]);
-    fields!(c, "struct shared_info", si::SharedInfo64, [vcpu_info, evtchn_pending, evtchn_mask, wc_version, wc_sec, wc_nsec, wc_sec_hi, arch]);
+    fields!(
+        c,
+        "struct arch_shared_info",
+        si::ArchSharedInfo64,
+        [max_pfn, pfn_to_mfn_frame_list_list, nmi_reason, p2m_cr3, p2m_vaddr, p2m_generation]
+    );
+    fields!(
+        c,
+        "struct shared_info",
+        si::SharedInfo64,
+        [vcpu_info, evtchn_pending, evtchn_mask, wc_version, wc_sec, wc_nsec, wc_sec_hi, arch]
+    );
     fields!(c, "struct xen_memory_map", memory::XenMemoryMap64, [nr_entries, buffer]);
     fields!(c, "struct xen_foreign_memory_map", memory::XenForeignMemoryMap64, [domid, map]);
     fields!(c, "struct xen_add_to_physmap", memory::XenAddToPhysmap64, [domid, size, space, idx, gpfn]);
@@ -178,7 +183,12 @@ fn checks_32() -> Checks {
     common_checks(&mut c);
     fields!(c, "struct arch_vcpu_info", si::ArchVcpuInfo32, [cr2, pad]);
     fields!(c, "struct vcpu_info", si::VcpuInfo32, [evtchn_upcall_pending, evtchn_upcall_mask, evtchn_pending_sel, arch, time]);
-    fields!(c, "struct arch_shared_info", si::ArchSharedInfo32, [max_pfn, pfn_to_mfn_frame_list_list, nmi_reason, p2m_cr3, p2m_vaddr, p2m_generation, wc_sec_hi]);
+    fields!(
+        c,
+        "struct arch_shared_info",
+        si::ArchSharedInfo32,
+        [max_pfn, pfn_to_mfn_frame_list_list, nmi_reason, p2m_cr3, p2m_vaddr, p2m_generation, wc_sec_hi]
+    );
     fields!(c, "struct shared_info", si::SharedInfo32, [vcpu_info, evtchn_pending, evtchn_mask, wc_version, wc_sec, wc_nsec, arch]);
     fields!(c, "struct xen_memory_map", memory::XenMemoryMap32, [nr_entries, buffer]);
     fields!(c, "struct xen_foreign_memory_map", memory::XenForeignMemoryMap32, [domid, map]);
@@ -206,30 +216,18 @@ const PRELUDE: &str = r#"
 
 fn compile(checks: &Checks, arch_flag: &str) {
     let header = Path::new("/usr/include/xen/xen.h");
-    assert!(
-        header.exists(),
-        "Xen's public headers are missing: install Debian's libxen-dev (the README's test command does)"
-    );
+    assert!(header.exists(), "Xen's public headers are missing: install Debian's libxen-dev (the README's test command does)");
     let dir = std::env::temp_dir().join(format!("xen-abi-layout-{}-{arch_flag}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join("layout.c");
     std::fs::write(&src, format!("{PRELUDE}\n{}\n", checks.0)).unwrap();
     let out = Command::new("cc")
-        .args([
-            arch_flag,
-            "-ffreestanding",
-            "-fsyntax-only",
-            "-D__XEN_INTERFACE_VERSION__=__XEN_LATEST_INTERFACE_VERSION__",
-        ])
+        .args([arch_flag, "-ffreestanding", "-fsyntax-only", "-D__XEN_INTERFACE_VERSION__=__XEN_LATEST_INTERFACE_VERSION__"])
         .arg(&src)
         .output()
         .expect("run cc");
     let _ = std::fs::remove_dir_all(&dir);
-    assert!(
-        out.status.success(),
-        "layout differs from Xen's headers ({arch_flag}):\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert!(out.status.success(), "layout differs from Xen's headers ({arch_flag}):\n{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
@@ -249,11 +247,7 @@ fn test_a_wrong_layout_is_caught() {
     c.off("struct vcpu_info", "time", 40);
     let src = std::env::temp_dir().join(format!("xen-abi-neg-{}.c", std::process::id()));
     std::fs::write(&src, format!("{PRELUDE}\n{}\n", c.0)).unwrap();
-    let out = Command::new("cc")
-        .args(["-m64", "-ffreestanding", "-fsyntax-only"])
-        .arg(&src)
-        .output()
-        .unwrap();
+    let out = Command::new("cc").args(["-m64", "-ffreestanding", "-fsyntax-only"]).arg(&src).output().unwrap();
     let _ = std::fs::remove_file(&src);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("is not 40"));

@@ -54,6 +54,50 @@ pub fn call(n: u32, a: [u64; 5]) -> i64 {
     ret
 }
 
+// Hypercall from 32-bit compatibility mode, as a 32-bit guest makes it:
+// arguments in ebx, ecx, edx, esi, edi, result in eax, a 4-byte return
+// address on the stack. SysV in: rdi = stub, rsi/rdx/rcx/r8/r9 = arguments.
+core::arch::global_asm!(
+    ".pushsection .text.hypercall32,\"ax\"",
+    "hypercall32:",
+    "push %rbx",
+    "push %rbp",
+    "mov %rdi, %rbp",
+    "mov %rsi, %rbx",
+    "xchg %rdx, %rcx",
+    "mov %r8, %rsi",
+    "mov %r9, %rdi",
+    "push $0x18",
+    "lea 1f(%rip), %rax",
+    "push %rax",
+    "lretq",
+    ".code32",
+    "1:",
+    "call *%ebp",
+    "ljmp $0x08, $2f",
+    ".code64",
+    "2:",
+    "pop %rbp",
+    "pop %rbx",
+    "ret",
+    ".popsection",
+    options(att_syntax)
+);
+extern "C" {
+    fn hypercall32(stub: u64, a0: u64, a1: u64, a2: u64, a3: u64, a4: u64) -> u32;
+}
+
+/// Makes hypercall `n` from 32-bit compatibility mode (32-bit convention).
+/// Pointers must lie below 4 GiB; the result is eax, sign-extended.
+pub fn call32(n: u32, a: [u32; 5]) -> i64 {
+    assert!(READY.load(Ordering::SeqCst), "hypercall before the page is set up");
+    let f = page_addr() + u64::from(n) * 32;
+    let a = a.map(u64::from);
+    // SAFETY: `hypercall32` switches to the flat 32-bit code segment, calls
+    // the stub and comes back; it preserves every callee-saved register.
+    i64::from(unsafe { hypercall32(f, a[0], a[1], a[2], a[3], a[4]) } as i32)
+}
+
 pub fn xen_version(cmd: u32, arg: u64) -> i64 {
     call(nr::XEN_VERSION, [u64::from(cmd), arg, 0, 0, 0])
 }

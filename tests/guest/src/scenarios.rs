@@ -233,6 +233,9 @@ pub fn run(start_info: u64) -> ! {
     if opts.has("efault") {
         scenario_efault(&mut c);
     }
+    if opts.has("hypercall32") {
+        scenario_hypercall32(&mut c);
+    }
     if opts.has("block") {
         scenario_block(&mut c);
     }
@@ -333,8 +336,42 @@ fn scenario_xen_version(c: &mut Checks, opts: &Opts<'_>) {
     check!(c, "hypercall.unknown", r == XenErrno::ENOSYS.to_ret(), "ret {r}");
 }
 
+/// Hypercalls from 32-bit compatibility mode: ebx/ecx/edx arguments, eax
+/// result, 4-byte return address, 32-bit struct layouts.
+fn scenario_hypercall32(c: &mut Checks) {
+    let s = scratch();
+    let buf = s as u64;
+    assert!(buf < 1 << 32, "scratch must be addressable from 32-bit code");
+    let v64 = hcall::xen_version(XENVER_VERSION, 0);
+    let v32 = hcall::call32(xen_abi::hypercall::XEN_VERSION, [XENVER_VERSION, 0, 0, 0, 0]);
+    check!(c, "hypercall32.xen_version", v32 == v64, "32-bit {v32:#x}, 64-bit {v64:#x}");
+    // SAFETY: SCRATCH is ours.
+    unsafe { write_volatile(s as *mut u64, u64::MAX) };
+    let r = hcall::call32(xen_abi::hypercall::XEN_VERSION, [XENVER_PLATFORM_PARAMETERS, buf as u32, 0, 0, 0]);
+    // SAFETY: as above.
+    let vs = unsafe { read_volatile(s as *const u64) };
+    // The compat xen_platform_parameters is one 4-byte virt_start.
+    check!(c, "hypercall32.platform_parameters_layout", r == 0 && vs == 0xffff_ffff_0000_0000, "ret {r} bytes {vs:#x}");
+    let text = b"console32: hello from compat mode\n";
+    let r =
+        hcall::call32(xen_abi::hypercall::CONSOLE_IO, [xen_abi::hypercall::CONSOLEIO_WRITE, text.len() as u32, text.as_ptr() as u32, 0, 0]);
+    check!(c, "hypercall32.console_io", r == 0, "ret {r}");
+    // Above RAM, in the MMIO hole: not guest memory.
+    let r = hcall::call32(xen_abi::hypercall::XEN_VERSION, [XENVER_EXTRAVERSION, 0xf000_0000, 0, 0, 0]);
+    check!(c, "hypercall32.efault", r == XenErrno::EFAULT.to_ret(), "ret {r}");
+    let r = hcall::call32(63, [0; 5]);
+    check!(c, "hypercall32.unknown", r == XenErrno::ENOSYS.to_ret(), "ret {r}");
+}
+
 fn scenario_memmap(c: &mut Checks, si: &HvmStartInfo) {
-    check!(c, "start_info.header", si.magic == XEN_HVM_START_MAGIC_VALUE && si.version >= 1, "magic {:#x} version {}", si.magic, si.version);
+    check!(
+        c,
+        "start_info.header",
+        si.magic == XEN_HVM_START_MAGIC_VALUE && si.version >= 1,
+        "magic {:#x} version {}",
+        si.magic,
+        si.version
+    );
     let n = si.memmap_entries as usize;
     // SAFETY: the domain builder wrote `n` entries at memmap_paddr.
     let sim = unsafe { core::slice::from_raw_parts(si.memmap_paddr as *const HvmMemmapTableEntry, n) };
@@ -413,7 +450,8 @@ fn scenario_vcpu_info(c: &mut Checks) {
     let r = hcall::vcpu_op(VCPUOP_REGISTER_VCPU_INFO, 0, &reg as *const _ as u64);
     let info = (p + 64) as *const VcpuInfo64;
     // SAFETY: vcpu_info now lives at `info`, in our own page.
-    let (pending, sel) = unsafe { (read_volatile(addr_of!((*info).evtchn_upcall_pending)), read_volatile(addr_of!((*info).evtchn_pending_sel))) };
+    let (pending, sel) =
+        unsafe { (read_volatile(addr_of!((*info).evtchn_upcall_pending)), read_volatile(addr_of!((*info).evtchn_pending_sel))) };
     check!(c, "vcpu_info.register", r == 0 && pending == 1 && sel == u64::MAX, "ret {r} pending {pending} sel {sel:#x}");
     if r == 0 {
         // SAFETY: single-threaded guest; plain store to our own static.
@@ -477,14 +515,7 @@ fn scenario_block(c: &mut Checks) {
     check!(c, "sched.yield", r == 0, "ret {r}");
 }
 
-core::arch::global_asm!(
-    ".pushsection .text.out_ret,\"ax\"",
-    "out_ret:",
-    "out %al, $0x80",
-    "ret",
-    ".popsection",
-    options(att_syntax)
-);
+core::arch::global_asm!(".pushsection .text.out_ret,\"ax\"", "out_ret:", "out %al, $0x80", "ret", ".popsection", options(att_syntax));
 extern "C" {
     fn out_ret();
 }

@@ -8,10 +8,8 @@ use anyhow::{bail, Context};
 use xenkvm_tests::run_vmm;
 
 fn field(line: &str, key: &str) -> anyhow::Result<f64> {
-    let v = line
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .with_context(|| format!("no {key} in {line:?}"))?;
+    let v =
+        line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')).with_context(|| format!("no {key} in {line:?}"))?;
     Ok(v.parse()?)
 }
 
@@ -37,10 +35,7 @@ fn main() -> anyhow::Result<()> {
     }
     ratios.sort_by(|x, y| (x.0 / x.1).total_cmp(&(y.0 / y.1)));
     let (h, b, f) = ratios[ratios.len() / 2];
-    println!(
-        "median of {runs} runs x {iterations} iterations: XENVER_version hypercall {h:.0} ns, bare exit {b:.0} ns, ratio {:.3} (target <= 1.15)",
-        h / b
-    );
+    println!("median of {runs} runs x {iterations} iterations: XENVER_version hypercall {h:.0} ns, bare exit {b:.0} ns, ratio {:.3} (target <= 1.15)", h / b);
     println!(
         "floor for a call-based ABI (the guest's own call + the same exit + ret, every instruction emulated at CPL0): {f:.0} ns = {:.3} x bare exit; hypercall = {:.3} x that",
         f / b,

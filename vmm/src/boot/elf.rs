@@ -79,7 +79,11 @@ impl Reader<'_> {
     }
     /// A word: 4 bytes in ELF32, 8 in ELF64.
     fn word(&self, off: u64, elf64: bool) -> Result<u64, Error> {
-        if elf64 { self.u64(off) } else { self.u32(off).map(u64::from) }
+        if elf64 {
+            self.u64(off)
+        } else {
+            self.u32(off).map(u64::from)
+        }
     }
 }
 
@@ -175,11 +179,8 @@ pub fn parse(image: &[u8]) -> Result<PvhImage, Error> {
             if r.u32(sh + 4)? != SHT_NOTE {
                 continue;
             }
-            let (offset, size) = if elf64 {
-                (r.u64(sh + 24)?, r.u64(sh + 32)?)
-            } else {
-                (u64::from(r.u32(sh + 16)?), u64::from(r.u32(sh + 20)?))
-            };
+            let (offset, size) =
+                if elf64 { (r.u64(sh + 24)?, r.u64(sh + 32)?) } else { (u64::from(r.u32(sh + 16)?), u64::from(r.u32(sh + 20)?)) };
             if let Some(e) = find_entry_note(r.bytes(offset, size)?)? {
                 entry = Some(e);
                 break;

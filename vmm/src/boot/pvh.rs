@@ -18,7 +18,9 @@ pub enum Error {
     #[error("Kernel is not a loadable PVH image")]
     Elf(#[source] elf::Error),
     /// A segment lies (partly) outside guest RAM.
-    #[error("Kernel segment {start:#x}..{end:#x} lies outside guest RAM (RAM below 4 GiB ends at {ram_end:#x}); give the guest more memory or relink the kernel")]
+    #[error(
+        "Kernel segment {start:#x}..{end:#x} lies outside guest RAM (RAM below 4 GiB ends at {ram_end:#x}); give the guest more memory or relink the kernel"
+    )]
     SegmentOutsideRam {
         /// Segment start.
         start: u64,
@@ -40,7 +42,11 @@ pub enum Error {
         reserved_end: u64,
     },
     /// A segment overlaps the boot-info area.
-    #[error("Kernel segment {start:#x}..{end:#x} overlaps the boot information area {:#x}..{:#x}", layout::BOOT_INFO_START, layout::BOOT_INFO_END)]
+    #[error(
+        "Kernel segment {start:#x}..{end:#x} overlaps the boot information area {:#x}..{:#x}",
+        layout::BOOT_INFO_START,
+        layout::BOOT_INFO_END
+    )]
     SegmentOverlapsBootInfo {
         /// Segment start.
         start: u64,
@@ -85,13 +91,7 @@ fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
 }
 
 /// Loads `kernel` (and `initrd`) into `physmap` and writes the start info.
-pub fn load(
-    physmap: &Physmap,
-    layout: &MemoryLayout,
-    kernel: &[u8],
-    cmdline: &str,
-    initrd: Option<&[u8]>,
-) -> Result<BootInfo, Error> {
+pub fn load(physmap: &Physmap, layout: &MemoryLayout, kernel: &[u8], cmdline: &str, initrd: Option<&[u8]>) -> Result<BootInfo, Error> {
     let image = elf::parse(kernel).map_err(Error::Elf)?;
     if cmdline.len() > layout::MAX_CMDLINE_LEN {
         return Err(Error::CmdlineTooLong(cmdline.len()));
@@ -155,11 +155,8 @@ pub fn load(
     for (i, m) in modules.iter().enumerate() {
         physmap.write(layout::MODLIST_GPA + (i * size_of::<HvmModlistEntry>()) as u64, m.as_bytes()).map_err(Error::Memory)?;
     }
-    let memmap: Vec<HvmMemmapTableEntry> = layout
-        .e820()
-        .iter()
-        .map(|e| HvmMemmapTableEntry { addr: e.addr, size: e.size, kind: e.kind, reserved: 0 })
-        .collect();
+    let memmap: Vec<HvmMemmapTableEntry> =
+        layout.e820().iter().map(|e| HvmMemmapTableEntry { addr: e.addr, size: e.size, kind: e.kind, reserved: 0 }).collect();
     assert!(memmap.len() <= layout::MAX_MEMMAP_ENTRIES);
     physmap.write(layout::MEMMAP_GPA, memmap.as_bytes()).map_err(Error::Memory)?;
     let si = HvmStartInfo {

@@ -5,9 +5,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use kvm_bindings::{
-    kvm_enable_cap, kvm_irq_routing_entry, kvm_msi, kvm_msr_entry, kvm_segment, kvm_userspace_memory_region,
-    KvmIrqRouting, Msrs, KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X86_USER_SPACE_MSR, KVM_IRQ_ROUTING_MSI,
-    KVM_MP_STATE_RUNNABLE, KVM_MSR_EXIT_REASON_FILTER,
+    kvm_enable_cap, kvm_irq_routing_entry, kvm_msi, kvm_msr_entry, kvm_segment, kvm_userspace_memory_region, KvmIrqRouting, Msrs,
+    KVM_CAP_SPLIT_IRQCHIP, KVM_CAP_X86_USER_SPACE_MSR, KVM_IRQ_ROUTING_MSI, KVM_MP_STATE_RUNNABLE, KVM_MSR_EXIT_REASON_FILTER,
 };
 use kvm_ioctls::{Cap, Kvm, MsrFilterDefaultAction, MsrFilterRange, MsrFilterRangeFlags, VcpuFd, VmFd};
 
@@ -173,7 +172,19 @@ impl MsiSink for KvmMsiSink {
 pub fn set_pvh_entry(vcpu: &VcpuFd, entry: u32, start_info: u64) -> Result<()> {
     let mut sregs = ioctl("KVM_GET_SREGS", vcpu.get_sregs())?;
     let code = kvm_segment {
-        base: 0, limit: 0xffff_ffff, selector: 0x08, type_: 0xb, present: 1, dpl: 0, db: 1, s: 1, l: 0, g: 1, avl: 0, unusable: 0, padding: 0,
+        base: 0,
+        limit: 0xffff_ffff,
+        selector: 0x08,
+        type_: 0xb,
+        present: 1,
+        dpl: 0,
+        db: 1,
+        s: 1,
+        l: 0,
+        g: 1,
+        avl: 0,
+        unusable: 0,
+        padding: 0,
     };
     let data = kvm_segment { selector: 0x10, type_: 0x3, ..code };
     let tss = kvm_segment { base: 0, limit: 0x67, selector: 0x18, type_: 0xb, s: 0, db: 0, g: 0, ..code };
@@ -201,8 +212,8 @@ pub fn set_pvh_entry(vcpu: &VcpuFd, entry: u32, start_info: u64) -> Result<()> {
 
 /// Writes one MSR of a vCPU (from its own thread).
 pub fn write_msr(vcpu: &VcpuFd, index: u32, data: u64) -> Result<()> {
-    let msrs = Msrs::from_entries(&[kvm_msr_entry { index, data, ..Default::default() }])
-        .map_err(|_| Error::MissingCap("an MSR buffer"))?;
+    let msrs =
+        Msrs::from_entries(&[kvm_msr_entry { index, data, ..Default::default() }]).map_err(|_| Error::MissingCap("an MSR buffer"))?;
     let n = ioctl("KVM_SET_MSRS", vcpu.set_msrs(&msrs))?;
     if n != 1 {
         return Err(Error::Ioctl { op: "KVM_SET_MSRS (MSR refused)", source: kvm_ioctls::Error::new(libc::EINVAL) });

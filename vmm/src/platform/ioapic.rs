@@ -144,11 +144,8 @@ impl Ioapic {
             r if (REG_REDIR_BASE..REG_REDIR_BASE + 2 * NUM_PINS as u32).contains(&r) => {
                 let i = ((r - REG_REDIR_BASE) / 2) as usize;
                 let old = self.redir[i];
-                let new = if r % 2 == 0 {
-                    (old & 0xffff_ffff_0000_0000) | u64::from(val)
-                } else {
-                    (old & 0xffff_ffff) | (u64::from(val) << 32)
-                };
+                let new =
+                    if r % 2 == 0 { (old & 0xffff_ffff_0000_0000) | u64::from(val) } else { (old & 0xffff_ffff) | (u64::from(val) << 32) };
                 self.redir[i] = (new & !RTE_RO_BITS) | (old & RTE_REMOTE_IRR);
                 if self.redir[i] & RTE_TRIGGER_LEVEL == 0 {
                     self.redir[i] &= !RTE_REMOTE_IRR;

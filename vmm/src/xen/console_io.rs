@@ -38,7 +38,9 @@ mod tests {
 
     #[test]
     fn test_write_reaches_console_log_and_bad_buffer_is_efault() {
-        let Some((d, cap)) = test_domain() else { return };
+        let Some((d, cap)) = test_domain() else {
+            return;
+        };
         let msg = vec![b'x'; 5000]; // spans chunks
         d.physmap().write(0x20_0000, &msg).unwrap();
         assert_eq!(call(&d, GuestWidth::Bits32, CONSOLE_IO, &[0, 5000, 0x20_0000]), 0);

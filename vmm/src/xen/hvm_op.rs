@@ -11,8 +11,17 @@ fn guest_may_read(index: u32) -> bool {
     use param::*;
     matches!(
         index,
-        CALLBACK_IRQ | VM86_TSS | VM86_TSS_SIZED | ACPI_IOPORTS_LOCATION | VM_GENERATION_ID_ADDR | STORE_PFN
-            | STORE_EVTCHN | CONSOLE_PFN | CONSOLE_EVTCHN | ALTP2M | X87_FIP_WIDTH
+        CALLBACK_IRQ
+            | VM86_TSS
+            | VM86_TSS_SIZED
+            | ACPI_IOPORTS_LOCATION
+            | VM_GENERATION_ID_ADDR
+            | STORE_PFN
+            | STORE_EVTCHN
+            | CONSOLE_PFN
+            | CONSOLE_EVTCHN
+            | ALTP2M
+            | X87_FIP_WIDTH
     )
 }
 
@@ -21,8 +30,14 @@ fn guest_may_write(index: u32) -> bool {
     use param::*;
     matches!(
         index,
-        CALLBACK_IRQ | VM86_TSS | VM86_TSS_SIZED | ACPI_IOPORTS_LOCATION | VM_GENERATION_ID_ADDR | STORE_EVTCHN
-            | CONSOLE_EVTCHN | X87_FIP_WIDTH
+        CALLBACK_IRQ
+            | VM86_TSS
+            | VM86_TSS_SIZED
+            | ACPI_IOPORTS_LOCATION
+            | VM_GENERATION_ID_ADDR
+            | STORE_EVTCHN
+            | CONSOLE_EVTCHN
+            | X87_FIP_WIDTH
     )
 }
 

@@ -84,10 +84,8 @@ fn set_memory_map(ctx: &HypercallCtx<'_>, arg: u64) -> HcResult {
     }
     let mut raw = vec![0u8; nr as usize * E820_ENTRY_SIZE];
     ctx.read_bytes(buffer, &mut raw)?;
-    let entries: Vec<E820Entry> = raw
-        .chunks_exact(E820_ENTRY_SIZE)
-        .map(|c| zerocopy::FromBytes::read_from_bytes(c).expect("exact chunk"))
-        .collect();
+    let entries: Vec<E820Entry> =
+        raw.chunks_exact(E820_ENTRY_SIZE).map(|c| zerocopy::FromBytes::read_from_bytes(c).expect("exact chunk")).collect();
     ctx.domain.state().e820 = entries;
     Ok(0)
 }
@@ -204,7 +202,8 @@ mod tests {
         let (arg, buf) = (0x10_0000u64, 0x10_1000u64);
         let entry = E820Entry { addr: 0x1000, size: 0x2000, kind: E820_RAM };
         d.physmap().write(buf, entry.as_bytes()).unwrap();
-        let fm = XenForeignMemoryMap64 { domid: xen_abi::DOMID_SELF, _pad: [0; 6], map: XenMemoryMap64 { nr_entries: 1, _pad: 0, buffer: buf } };
+        let fm =
+            XenForeignMemoryMap64 { domid: xen_abi::DOMID_SELF, _pad: [0; 6], map: XenMemoryMap64 { nr_entries: 1, _pad: 0, buffer: buf } };
         d.physmap().write(arg, fm.as_bytes()).unwrap();
         assert_eq!(call(&d, GuestWidth::Bits64, MEMORY_OP, &[13, arg]), 0);
         assert_eq!(d.state().e820, vec![entry]);

@@ -241,12 +241,7 @@ pub struct Domain {
 
 impl Domain {
     /// Builds the domain state; the caller has created the VM and its RAM.
-    pub fn new(
-        info: DomainInfo,
-        vm: Arc<VmFd>,
-        physmap: Physmap,
-        console: Arc<ConsoleLog>,
-    ) -> Result<Domain, crate::Error> {
+    pub fn new(info: DomainInfo, vm: Arc<VmFd>, physmap: Physmap, console: Arc<ConsoleLog>) -> Result<Domain, crate::Error> {
         let shared_info_page = Backing::new_memfd("xen-shared-info", xen_abi::PAGE_SIZE)?;
         let grant_frames = Backing::new_memfd("xen-gnttab", info.gnttab_max_frames as usize * xen_abi::PAGE_SIZE)?;
         let mut memslots = crate::kvm::Memslots::new(vm.clone());
@@ -258,9 +253,8 @@ impl Domain {
         params[param::STORE_EVTCHN as usize] = 1;
         params[param::CONSOLE_EVTCHN as usize] = 2;
         let (clock, realtime) = crate::kvm::clock(&vm)?;
-        let now = realtime.unwrap_or_else(|| {
-            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
-        });
+        let now = realtime
+            .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
         let e820 = info.layout.e820();
         let vcpus = (0..info.vcpus).map(VcpuShared::new).collect();
         Ok(Domain {

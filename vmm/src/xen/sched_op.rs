@@ -41,7 +41,9 @@ pub fn sched_op(ctx: &HypercallCtx<'_>, cmd: u32, arg: u64) -> HcResult {
 /// `SCHEDOP_block`: enable event delivery, then sleep until an event is pending.
 fn block(ctx: &HypercallCtx<'_>) -> HcResult {
     let d = ctx.domain;
-    let Some(vcpu) = d.vcpus.get(ctx.vcpu as usize) else { return Err(XenErrno::EINVAL) };
+    let Some(vcpu) = d.vcpus.get(ctx.vcpu as usize) else {
+        return Err(XenErrno::EINVAL);
+    };
     let info = d.vcpu_info_gpa(ctx.vcpu);
     let pending = || -> bool {
         let Some(gpa) = info else { return false };

@@ -13,7 +13,9 @@ use super::request;
 
 /// Handles `HYPERVISOR_vcpu_op(cmd, vcpuid, arg)`.
 pub fn vcpu_op(ctx: &HypercallCtx<'_>, cmd: u32, vcpuid: u32, arg: u64) -> HcResult {
-    let Some(target) = ctx.domain.vcpus.get(vcpuid as usize) else { return Err(XenErrno::ENOENT) };
+    let Some(target) = ctx.domain.vcpus.get(vcpuid as usize) else {
+        return Err(XenErrno::ENOENT);
+    };
     match cmd {
         VCPUOP_REGISTER_VCPU_INFO => {
             let r: VcpuRegisterVcpuInfo = ctx.read_obj(arg)?;
