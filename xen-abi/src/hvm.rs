@@ -61,3 +61,29 @@ pub mod param {
     /// Callback type: an IDT vector.
     pub const CALLBACK_TYPE_VECTOR: u64 = 2;
 }
+
+/// `struct xen_hvm_evtchn_upcall_vector`.
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct XenHvmEvtchnUpcallVector {
+    /// The vCPU.
+    pub vcpu: u32,
+    /// Its upcall vector.
+    pub vector: u8,
+    /// Padding.
+    pub pad: [u8; 3],
+}
+
+/// `HVM_PARAM_CALLBACK_IRQ` types (value bits 63:56).
+pub mod callback {
+    /// `HVM_PARAM_CALLBACK_TYPE_GSI`: value bits 31:0 are a GSI.
+    pub const GSI: u8 = 0;
+    /// `HVM_PARAM_CALLBACK_TYPE_PCI_INTX`.
+    pub const PCI_INTX: u8 = 1;
+    /// `HVM_PARAM_CALLBACK_TYPE_VECTOR`: value bits 7:0 are a vector.
+    pub const VECTOR: u8 = 2;
+    /// `HVM_PARAM_CALLBACK_TYPE_PPI` (Arm).
+    pub const PPI: u8 = 3;
+    /// Shift of the type field.
+    pub const TYPE_SHIFT: u32 = 56;
+}

@@ -13,7 +13,9 @@
 pub mod cpuid;
 pub mod elfnote;
 pub mod errno;
+pub mod event_channel;
 pub mod features;
+pub mod grant_table;
 pub mod hvm;
 pub mod hypercall;
 pub mod memory;

@@ -41,3 +41,32 @@ pub struct SchedShutdown {
     /// `SHUTDOWN_*`.
     pub reason: u32,
 }
+
+/// `struct sched_poll` for 64-bit guests.
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct SchedPoll64 {
+    /// Guest pointer to `nr_ports` ports.
+    pub ports: u64,
+    /// Number of ports.
+    pub nr_ports: u32,
+    /// Padding.
+    pub pad: u32,
+    /// Absolute system-time timeout, 0 for none.
+    pub timeout: u64,
+}
+
+/// `struct sched_poll` for 32-bit guests.
+#[derive(Clone, Copy, Debug, Default, FromBytes, IntoBytes, Immutable, KnownLayout)]
+#[repr(C)]
+pub struct SchedPoll32 {
+    /// Guest pointer to `nr_ports` ports.
+    pub ports: u32,
+    /// Number of ports.
+    pub nr_ports: u32,
+    /// Absolute system-time timeout, 0 for none (two 32-bit halves).
+    pub timeout: [u32; 2],
+}
+
+/// Most ports one `SCHEDOP_poll` may name (Xen's limit).
+pub const SCHED_POLL_MAX_PORTS: u32 = 128;

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use xen_abi::errno::ALL as ALL_ERRNOS;
-use xen_abi::{hvm, hypercall, memory, sched, shared_info as si, vcpu, version};
+use xen_abi::{event_channel as ev, grant_table as gt, hvm, hypercall, memory, sched, shared_info as si, vcpu, version};
 
 struct Checks(String);
 
@@ -51,6 +51,47 @@ fn common_checks(c: &mut Checks) {
     fields!(c, "struct xen_hvm_param", hvm::XenHvmParam, [domid, index, value]);
     fields!(c, "struct sched_shutdown", sched::SchedShutdown, [reason]);
     fields!(c, "struct vcpu_register_vcpu_info", vcpu::VcpuRegisterVcpuInfo, [mfn, offset, rsvd]);
+    fields!(c, "struct evtchn_alloc_unbound", ev::EvtchnAllocUnbound, [dom, remote_dom, port]);
+    fields!(c, "struct evtchn_bind_interdomain", ev::EvtchnBindInterdomain, [remote_dom, remote_port, local_port]);
+    fields!(c, "struct evtchn_bind_virq", ev::EvtchnBindVirq, [virq, vcpu, port]);
+    fields!(c, "struct evtchn_bind_ipi", ev::EvtchnBindIpi, [vcpu, port]);
+    fields!(c, "struct evtchn_close", ev::EvtchnPortArg, [port]);
+    fields!(c, "struct evtchn_send", ev::EvtchnPortArg, [port]);
+    fields!(c, "struct evtchn_unmask", ev::EvtchnPortArg, [port]);
+    fields!(c, "struct evtchn_bind_vcpu", ev::EvtchnBindVcpu, [port, vcpu]);
+    c.size("struct evtchn_reset", 2);
+    fields!(c, "struct evtchn_status", ev::EvtchnStatus, [dom, port, status, vcpu]);
+    c.off("struct evtchn_status", "u.unbound.dom", std::mem::offset_of!(ev::EvtchnStatus, u0));
+    c.off("struct evtchn_status", "u.interdomain.dom", std::mem::offset_of!(ev::EvtchnStatus, u0));
+    c.off("struct evtchn_status", "u.interdomain.port", std::mem::offset_of!(ev::EvtchnStatus, u1));
+    c.off("struct evtchn_status", "u.virq", std::mem::offset_of!(ev::EvtchnStatus, u0));
+    fields!(c, "struct grant_entry_v1", gt::GrantEntryV1, [flags, domid, frame]);
+    fields!(c, "struct gnttab_query_size", gt::GnttabQuerySize, [dom, nr_frames, max_nr_frames, status]);
+    fields!(c, "struct gnttab_set_version", gt::GnttabSetVersion, [version]);
+    fields!(c, "struct gnttab_get_version", gt::GnttabGetVersion, [dom, pad, version]);
+    fields!(c, "struct xen_hvm_evtchn_upcall_vector", hvm::XenHvmEvtchnUpcallVector, [vcpu, vector]);
+    fields!(c, "struct vcpu_set_periodic_timer", vcpu::VcpuSetPeriodicTimer, [period_ns]);
+    c.off("struct vcpu_set_singleshot_timer", "timeout_abs_ns", std::mem::offset_of!(vcpu::VcpuSetSingleshotTimer, timeout_abs_ns));
+    c.off("struct vcpu_set_singleshot_timer", "flags", std::mem::offset_of!(vcpu::VcpuSetSingleshotTimer, flags));
+    fields!(c, "struct vcpu_register_runstate_memory_area", vcpu::VcpuRegisterMemoryArea, [addr]);
+    fields!(c, "struct vcpu_register_time_memory_area", vcpu::VcpuRegisterMemoryArea, [addr]);
+    fields!(
+        c,
+        "struct vcpu_hvm_x86_32",
+        vcpu::VcpuHvmX86_32,
+        [eax, ecx, edx, ebx, esp, ebp, esi, edi, eip, eflags, cr0, cr3, cr4, efer, cs_base, ds_base, ss_base, es_base, tr_base,
+         cs_limit, ds_limit, ss_limit, es_limit, tr_limit, cs_ar, ds_ar, ss_ar, es_ar, tr_ar]
+    );
+    fields!(
+        c,
+        "struct vcpu_hvm_x86_64",
+        vcpu::VcpuHvmX86_64,
+        [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, rip, rflags, cr0, cr3, cr4, efer]
+    );
+    fields!(c, "struct vcpu_hvm_context", vcpu::VcpuHvmContext, [mode]);
+    c.off("struct vcpu_hvm_context", "cpu_regs", std::mem::offset_of!(vcpu::VcpuHvmContext, regs));
+    c.eq("NR_VIRQS", ev::NR_VIRQS as usize);
+    c.eq("GNTTAB_NR_RESERVED_ENTRIES", gt::GNTTAB_NR_RESERVED_ENTRIES as usize);
     c.eq("XEN_LEGACY_MAX_VCPUS", si::XEN_LEGACY_MAX_VCPUS);
     c.eq("sizeof(xen_extraversion_t)", version::XEN_EXTRAVERSION_LEN);
     c.eq("sizeof(xen_capabilities_info_t)", version::XEN_CAPABILITIES_INFO_LEN);
@@ -72,6 +113,59 @@ fn common_checks(c: &mut Checks) {
         ("__HYPERVISOR_hvm_op", hypercall::HVM_OP),
         ("__HYPERVISOR_dm_op", hypercall::DM_OP),
         ("CONSOLEIO_write", hypercall::CONSOLEIO_WRITE),
+        ("EVTCHNOP_bind_interdomain", ev::EVTCHNOP_BIND_INTERDOMAIN),
+        ("EVTCHNOP_bind_virq", ev::EVTCHNOP_BIND_VIRQ),
+        ("EVTCHNOP_bind_pirq", ev::EVTCHNOP_BIND_PIRQ),
+        ("EVTCHNOP_close", ev::EVTCHNOP_CLOSE),
+        ("EVTCHNOP_send", ev::EVTCHNOP_SEND),
+        ("EVTCHNOP_status", ev::EVTCHNOP_STATUS),
+        ("EVTCHNOP_alloc_unbound", ev::EVTCHNOP_ALLOC_UNBOUND),
+        ("EVTCHNOP_bind_ipi", ev::EVTCHNOP_BIND_IPI),
+        ("EVTCHNOP_bind_vcpu", ev::EVTCHNOP_BIND_VCPU),
+        ("EVTCHNOP_unmask", ev::EVTCHNOP_UNMASK),
+        ("EVTCHNOP_reset", ev::EVTCHNOP_RESET),
+        ("EVTCHNOP_init_control", ev::EVTCHNOP_INIT_CONTROL),
+        ("EVTCHNOP_expand_array", ev::EVTCHNOP_EXPAND_ARRAY),
+        ("EVTCHNOP_set_priority", ev::EVTCHNOP_SET_PRIORITY),
+        ("EVTCHNSTAT_closed", ev::EVTCHNSTAT_CLOSED),
+        ("EVTCHNSTAT_unbound", ev::EVTCHNSTAT_UNBOUND),
+        ("EVTCHNSTAT_interdomain", ev::EVTCHNSTAT_INTERDOMAIN),
+        ("EVTCHNSTAT_pirq", ev::EVTCHNSTAT_PIRQ),
+        ("EVTCHNSTAT_virq", ev::EVTCHNSTAT_VIRQ),
+        ("EVTCHNSTAT_ipi", ev::EVTCHNSTAT_IPI),
+        ("VIRQ_TIMER", ev::VIRQ_TIMER),
+        ("VIRQ_DEBUG", ev::VIRQ_DEBUG),
+        ("VIRQ_CONSOLE", ev::VIRQ_CONSOLE),
+        ("VIRQ_DOM_EXC", ev::VIRQ_DOM_EXC),
+        ("VIRQ_XENOPROF", ev::VIRQ_XENOPROF),
+        ("VIRQ_XENPMU", ev::VIRQ_XENPMU),
+        ("VIRQ_ARCH_0", ev::VIRQ_ARCH_0),
+        ("GNTTABOP_map_grant_ref", gt::GNTTABOP_MAP_GRANT_REF),
+        ("GNTTABOP_setup_table", gt::GNTTABOP_SETUP_TABLE),
+        ("GNTTABOP_query_size", gt::GNTTABOP_QUERY_SIZE),
+        ("GNTTABOP_set_version", gt::GNTTABOP_SET_VERSION),
+        ("GNTTABOP_get_version", gt::GNTTABOP_GET_VERSION),
+        ("GTF_permit_access", u32::from(gt::GTF_PERMIT_ACCESS)),
+        ("GTF_accept_transfer", u32::from(gt::GTF_ACCEPT_TRANSFER)),
+        ("GTF_transitive", u32::from(gt::GTF_TRANSITIVE)),
+        ("GTF_type_mask", u32::from(gt::GTF_TYPE_MASK)),
+        ("GTF_readonly", u32::from(gt::GTF_READONLY)),
+        ("GTF_reading", u32::from(gt::GTF_READING)),
+        ("GTF_writing", u32::from(gt::GTF_WRITING)),
+        ("GTF_sub_page", u32::from(gt::GTF_SUB_PAGE)),
+        ("(GNTST_general_error + 100)", (gt::GNTST_GENERAL_ERROR + 100) as u32),
+        ("(GNTST_bad_domain + 100)", (gt::GNTST_BAD_DOMAIN + 100) as u32),
+        ("(GNTST_bad_gntref + 100)", (gt::GNTST_BAD_GNTREF + 100) as u32),
+        ("(GNTST_permission_denied + 100)", (gt::GNTST_PERMISSION_DENIED + 100) as u32),
+        ("(GNTST_bad_page + 100)", (gt::GNTST_BAD_PAGE + 100) as u32),
+        ("RUNSTATE_running", vcpu::RUNSTATE_RUNNING),
+        ("RUNSTATE_runnable", vcpu::RUNSTATE_RUNNABLE),
+        ("RUNSTATE_blocked", vcpu::RUNSTATE_BLOCKED),
+        ("RUNSTATE_offline", vcpu::RUNSTATE_OFFLINE),
+        ("VCPU_SSHOTTMR_future", vcpu::VCPU_SSHOTTMR_FUTURE),
+        ("VCPU_HVM_MODE_32B", vcpu::VCPU_HVM_MODE_32B),
+        ("VCPU_HVM_MODE_64B", vcpu::VCPU_HVM_MODE_64B),
+        ("HVMOP_set_evtchn_upcall_vector", hvm::HVMOP_SET_EVTCHN_UPCALL_VECTOR),
         ("CONSOLEIO_read", hypercall::CONSOLEIO_READ),
         ("XENVER_version", version::XENVER_VERSION),
         ("XENVER_extraversion", version::XENVER_EXTRAVERSION),
@@ -175,6 +269,10 @@ fn checks_64() -> Checks {
     fields!(c, "struct xen_foreign_memory_map", memory::XenForeignMemoryMap64, [domid, map]);
     fields!(c, "struct xen_add_to_physmap", memory::XenAddToPhysmap64, [domid, size, space, idx, gpfn]);
     c.size("struct xen_platform_parameters", 8);
+    fields!(c, "struct gnttab_setup_table", gt::GnttabSetupTable64, [dom, nr_frames, status, frame_list]);
+    fields!(c, "struct sched_poll", sched::SchedPoll64, [ports, nr_ports, timeout]);
+    fields!(c, "struct vcpu_runstate_info", vcpu::VcpuRunstateInfo64, [state, state_entry_time, time]);
+    c.size("struct vcpu_set_singleshot_timer", 16);
     c
 }
 
@@ -194,6 +292,10 @@ fn checks_32() -> Checks {
     fields!(c, "struct xen_foreign_memory_map", memory::XenForeignMemoryMap32, [domid, map]);
     fields!(c, "struct xen_add_to_physmap", memory::XenAddToPhysmap32, [domid, size, space, idx, gpfn]);
     c.size("struct xen_platform_parameters", 4);
+    fields!(c, "struct gnttab_setup_table", gt::GnttabSetupTable32, [dom, nr_frames, status, frame_list]);
+    fields!(c, "struct sched_poll", sched::SchedPoll32, [ports, nr_ports, timeout]);
+    fields!(c, "struct vcpu_runstate_info", vcpu::VcpuRunstateInfo32, [state, state_entry_time, time]);
+    c.size("struct vcpu_set_singleshot_timer", 12);
     c
 }
 
@@ -207,6 +309,9 @@ const PRELUDE: &str = r#"
 #include <xen/features.h>
 #include <xen/sched.h>
 #include <xen/vcpu.h>
+#include <xen/event_channel.h>
+#include <xen/grant_table.h>
+#include <xen/hvm/hvm_vcpu.h>
 #include <xen/elfnote.h>
 #include <xen/hvm/hvm_op.h>
 #include <xen/hvm/params.h>
