@@ -5,6 +5,7 @@
 
 pub mod boot;
 pub mod cpuid;
+pub mod event_loop;
 pub mod guest_access;
 pub mod kvm;
 pub mod layout;
@@ -44,6 +45,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The event loop could not be created.
+    #[error("Cannot create the event loop")]
+    EventLoop(#[source] std::io::Error),
     /// The kick signal handler could not be installed.
     #[error("Cannot install the vCPU kick signal handler")]
     Signal(#[source] std::io::Error),
@@ -174,6 +178,8 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
     };
     let domain = Arc::new(Domain::new(info, vm.clone(), physmap, console.clone())?);
     let ioapic = Arc::new(Mutex::new(Ioapic::new(Box::new(kvm::KvmMsiSink { vm: vm.clone() }))));
+    let irq: Arc<dyn xen::upcall::IrqSink> = Arc::new(kvm::KvmIrqSink { vm: vm.clone(), ioapic: ioapic.clone() });
+    let _ = domain.irq.set(irq);
     let devices = Arc::new(vcpu::Devices { ioapic: ioapic.clone(), com1: Mutex::new(platform::serial::com1(ioapic, console)) });
 
     kvm::install_kick_handler().map_err(Error::Signal)?;
@@ -199,6 +205,20 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
         entry = format_args!("{:#x}", boot.entry)
     );
     let mut threads = Vec::new();
+    let helpers: [(&str, fn(&xen::Domain)); 2] = [("timers", xen::timer::run), ("events", |d| d.events.run(d))];
+    for (name, f) in helpers {
+        let d = domain.clone();
+        match std::thread::Builder::new().name(name.into()).spawn(move || f(&d)) {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                domain.request_stop(StopReason::Fault(format!("{name} thread start failed")));
+                for t in threads {
+                    let _ = t.join();
+                }
+                return Err(Error::Thread(e));
+            }
+        }
+    }
     for v in vcpus {
         let name = format!("vcpu{}", v.id);
         match std::thread::Builder::new().name(name).spawn(move || v.run()) {

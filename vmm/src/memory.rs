@@ -102,6 +102,19 @@ impl Backing {
         self.mmap.file_offset().expect("backings are file-backed").file()
     }
 
+    /// An atomic view of the naturally aligned u8 at `offset`.
+    pub fn atomic_u8(&self, offset: usize) -> Option<&AtomicU8> {
+        self.mmap.get_atomic_ref::<AtomicU8>(offset).ok()
+    }
+
+    /// An atomic view of the naturally aligned u32 at `offset`.
+    pub fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
+        if offset % 4 != 0 {
+            return None;
+        }
+        self.mmap.get_atomic_ref::<AtomicU32>(offset).ok()
+    }
+
     fn read(&self, offset: usize, buf: &mut [u8]) -> bool {
         match self.mmap.get_slice(offset, buf.len()) {
             Ok(s) => s.copy_to(buf) == buf.len(),

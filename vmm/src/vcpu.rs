@@ -134,12 +134,22 @@ impl Vcpu {
     fn run_loop(&mut self) -> Result<(), StopReason> {
         let domain = self.domain.clone();
         let devices = self.devices.clone();
+        let shared = &domain.vcpus[self.id as usize];
+        let mut running = false;
         loop {
             if domain.stopping() {
                 return Ok(());
             }
             self.handle_requests()?;
-            let next = match self.fd.run() {
+            let result = self.fd.run();
+            if result.is_ok() && !running {
+                // The first exit shows the vCPU runs guest code (for an AP: it got its SIPI).
+                running = true;
+                shared.online.store(true, Ordering::SeqCst);
+                lock(&shared.bringup).initialised = true;
+                domain.set_runstate(self.id, xen_abi::vcpu::RUNSTATE_RUNNING);
+            }
+            let next = match result {
                 Ok(exit) => match exit {
                     VcpuExit::IoOut(port, _) if port == u16::from(HYPERCALL_PORT) => Next::Hypercall,
                     VcpuExit::IoOut(port, data) => {
@@ -165,6 +175,8 @@ impl Vcpu {
                         Next::Continue
                     }
                     VcpuExit::IoapicEoi(vector) => {
+                        // A GSI upcall stays asserted while vCPU 0's upcall is pending.
+                        crate::xen::upcall::refresh_gsi(&domain);
                         lock(&devices.ioapic).end_of_interrupt(vector);
                         Next::Continue
                     }
@@ -204,8 +216,22 @@ impl Vcpu {
     }
 
     fn handle_requests(&mut self) -> Result<(), StopReason> {
-        let shared = &self.domain.vcpus[self.id as usize];
+        let domain = self.domain.clone();
+        let shared = &domain.vcpus[self.id as usize];
         let req = shared.requests.swap(0, Ordering::SeqCst);
+        if req & request::START != 0 {
+            let context = lock(&shared.bringup).context.take();
+            if let Some(c) = context {
+                kvm::load_hvm_context(&self.fd, &c)
+                    .map_err(|e| StopReason::Fault(format!("vCPU {}: loading the VCPUOP_initialise context failed: {e}", self.id)))?;
+                shared.online.store(true, Ordering::SeqCst);
+                domain.set_runstate(self.id, xen_abi::vcpu::RUNSTATE_RUNNING);
+                tracing::info!(event = "vcpu.up", vcpu = self.id);
+            }
+        }
+        if req & request::DOWN != 0 || lock(&shared.bringup).down {
+            self.park_while_down();
+        }
         if req & request::UPDATE_TIME_AREA != 0 {
             // KVM keeps a pvclock (Xen's vcpu_time_info layout) at this address.
             let value = shared_info::time_area_gpa(&self.domain, self.id).map_or(0, |gpa| gpa | 1);
@@ -213,6 +239,22 @@ impl Vcpu {
                 .map_err(|e| StopReason::Fault(format!("vCPU {}: setting the time area failed: {e}", self.id)))?;
         }
         Ok(())
+    }
+
+    /// `VCPUOP_down`: sleep, offline, until `VCPUOP_up` or the VM stops.
+    fn park_while_down(&self) {
+        let d = &self.domain;
+        let shared = &d.vcpus[self.id as usize];
+        shared.online.store(false, Ordering::SeqCst);
+        d.set_runstate(self.id, xen_abi::vcpu::RUNSTATE_OFFLINE);
+        let (m, cv) = &shared.wake;
+        let mut gen = lock(m);
+        while lock(&shared.bringup).down && !d.stopping() {
+            gen = cv.wait_timeout(gen, std::time::Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
+        }
+        drop(gen);
+        shared.online.store(true, Ordering::SeqCst);
+        d.set_runstate(self.id, xen_abi::vcpu::RUNSTATE_RUNNING);
     }
 
     fn hypercall(&mut self) {

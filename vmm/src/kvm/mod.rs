@@ -308,3 +308,86 @@ pub fn kicker_for(t: libc::pthread_t) -> Box<dyn Fn() + Send> {
         }
     })
 }
+
+/// Upcall IRQs into KVM: vectors as fixed MSIs to one vCPU's APIC, GSIs
+/// through the userspace IOAPIC.
+pub struct KvmIrqSink {
+    /// The VM.
+    pub vm: Arc<VmFd>,
+    /// The IOAPIC.
+    pub ioapic: Arc<std::sync::Mutex<crate::platform::ioapic::Ioapic>>,
+}
+
+impl crate::xen::upcall::IrqSink for KvmIrqSink {
+    fn vector(&self, vcpu: u32, vector: u8) {
+        // APIC ids are vCPU ids; physical destination, fixed delivery, edge.
+        let msi = kvm_msi { address_lo: 0xfee0_0000 | (vcpu << 12), data: u32::from(vector), ..Default::default() };
+        if let Err(e) = self.vm.signal_msi(msi) {
+            tracing::warn!(error = %e, vcpu, vector, "KVM_SIGNAL_MSI for an upcall failed");
+        }
+    }
+
+    fn set_gsi(&self, gsi: u32, level: bool) {
+        self.ioapic.lock().unwrap_or_else(|e| e.into_inner()).set_irq(gsi as usize, level);
+    }
+}
+
+/// A segment from `vcpu_hvm_x86_32`'s base/limit/attributes (SVM-style `ar`:
+/// type 3:0, S 4, DPL 6:5, P 7, AVL 8, L 9, D/B 10, G 11).
+pub fn segment_from_ar(base: u32, limit: u32, ar: u16) -> kvm_segment {
+    let bit = |n: u16| ((ar >> n) & 1) as u8;
+    kvm_segment {
+        base: u64::from(base),
+        limit,
+        selector: 0,
+        type_: (ar & 0xf) as u8,
+        s: bit(4),
+        dpl: ((ar >> 5) & 3) as u8,
+        present: bit(7),
+        avl: bit(8),
+        l: bit(9),
+        db: bit(10),
+        g: bit(11),
+        unusable: u8::from(bit(7) == 0),
+        padding: 0,
+    }
+}
+
+/// Loads a `VCPUOP_initialise` context (already checked) into a vCPU and makes it runnable.
+pub fn load_hvm_context(vcpu: &VcpuFd, c: &xen_abi::vcpu::VcpuHvmContext) -> Result<()> {
+    use xen_abi::vcpu::{VcpuHvmX86_32, VcpuHvmX86_64, VCPU_HVM_MODE_64B};
+    use zerocopy::FromBytes;
+    let mut sregs = ioctl("KVM_GET_SREGS", vcpu.get_sregs())?;
+    let mut regs = kvm_bindings::kvm_regs::default();
+    if c.mode == VCPU_HVM_MODE_64B {
+        let r = VcpuHvmX86_64::read_from_prefix(&c.regs).map_err(|_| Error::MissingCap("a 64-bit context"))?.0;
+        (regs.rax, regs.rcx, regs.rdx, regs.rbx) = (r.rax, r.rcx, r.rdx, r.rbx);
+        (regs.rsp, regs.rbp, regs.rsi, regs.rdi) = (r.rsp, r.rbp, r.rsi, r.rdi);
+        (regs.rip, regs.rflags) = (r.rip, r.rflags | 2);
+        (sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer) = (r.cr0, r.cr3, r.cr4, r.efer | (1 << 10));
+        // Xen's flat long-mode segments for VCPU_HVM_MODE_64B.
+        sregs.cs = segment_from_ar(0, 0xffff_ffff, 0xa9b);
+        let data = segment_from_ar(0, 0xffff_ffff, 0xc93);
+        (sregs.ds, sregs.es, sregs.ss, sregs.fs, sregs.gs) = (data, data, data, data, data);
+        sregs.tr = segment_from_ar(0, 0x67, 0x8b);
+    } else {
+        let r = VcpuHvmX86_32::read_from_prefix(&c.regs).map_err(|_| Error::MissingCap("a 32-bit context"))?.0;
+        let w = u64::from;
+        (regs.rax, regs.rcx, regs.rdx, regs.rbx) = (w(r.eax), w(r.ecx), w(r.edx), w(r.ebx));
+        (regs.rsp, regs.rbp, regs.rsi, regs.rdi) = (w(r.esp), w(r.ebp), w(r.esi), w(r.edi));
+        (regs.rip, regs.rflags) = (w(r.eip), w(r.eflags) | 2);
+        (sregs.cr0, sregs.cr3, sregs.cr4, sregs.efer) = (w(r.cr0), w(r.cr3), w(r.cr4), r.efer);
+        sregs.cs = segment_from_ar(r.cs_base, r.cs_limit, r.cs_ar);
+        sregs.ds = segment_from_ar(r.ds_base, r.ds_limit, r.ds_ar);
+        sregs.ss = segment_from_ar(r.ss_base, r.ss_limit, r.ss_ar);
+        sregs.es = segment_from_ar(r.es_base, r.es_limit, r.es_ar);
+        sregs.fs = sregs.ds;
+        sregs.gs = sregs.ds;
+        sregs.tr = segment_from_ar(r.tr_base, r.tr_limit, r.tr_ar);
+    }
+    ioctl("KVM_SET_SREGS", vcpu.set_sregs(&sregs))?;
+    ioctl("KVM_SET_REGS", vcpu.set_regs(&regs))?;
+    let mp = kvm_bindings::kvm_mp_state { mp_state: KVM_MP_STATE_RUNNABLE };
+    ioctl("KVM_SET_MP_STATE", vcpu.set_mp_state(mp))?;
+    Ok(())
+}

@@ -1,10 +1,11 @@
 //! `HYPERVISOR_hvm_op` (`xen/hvm/hvm_op.h`): HVM parameters.
 
 use xen_abi::errno::XenErrno;
-use xen_abi::hvm::{param, XenHvmParam, HVMOP_GET_PARAM, HVMOP_SET_PARAM};
+use xen_abi::hvm::{param, XenHvmEvtchnUpcallVector, XenHvmParam, HVMOP_GET_PARAM, HVMOP_SET_EVTCHN_UPCALL_VECTOR, HVMOP_SET_PARAM};
 use xen_abi::hypercall;
 
 use super::hypercall::{HcResult, HypercallCtx};
+use super::upcall::{self, Callback};
 
 /// Parameters a guest may read about itself (Xen's `hvm_allow_get_param`).
 fn guest_may_read(index: u32) -> bool {
@@ -62,12 +63,33 @@ pub fn hvm_op(ctx: &HypercallCtx<'_>, op: u64, arg: u64) -> HcResult {
             if !guest_may_write(p.index) {
                 return Err(XenErrno::EPERM);
             }
-            let mut st = ctx.domain.state();
-            st.params[i] = p.value;
             if p.index == param::CALLBACK_IRQ {
+                let cb = Callback::parse(p.value).map_err(|why| {
+                    tracing::warn!(value = format_args!("{:#x}", p.value), why, "refused HVM_PARAM_CALLBACK_IRQ");
+                    XenErrno::EINVAL
+                })?;
+                let mut st = ctx.domain.state();
+                st.params[i] = p.value;
                 // Like Xen's hvm_latch_shinfo_size(): the guest's mode now fixes the layout.
                 st.width.get_or_insert(ctx.width);
-                tracing::info!(value = format_args!("{:#x}", p.value), "guest set its event-channel callback");
+                drop(st);
+                tracing::info!(callback = ?cb, "guest set its event-channel callback");
+                upcall::set_callback(ctx.domain, cb);
+                return Ok(0);
+            }
+            ctx.domain.state().params[i] = p.value;
+            Ok(0)
+        }
+        HVMOP_SET_EVTCHN_UPCALL_VECTOR => {
+            let u: XenHvmEvtchnUpcallVector = ctx.read_obj(arg)?;
+            let v = ctx.domain.vcpus.get(u.vcpu as usize).ok_or(XenErrno::ENOENT)?;
+            if u.vector < 0x10 {
+                return Err(XenErrno::EINVAL);
+            }
+            *v.upcall_vector.lock().unwrap_or_else(|e| e.into_inner()) = Some(u.vector);
+            tracing::debug!(vcpu = u.vcpu, vector = u.vector, "per-vCPU upcall vector set");
+            if ctx.domain.upcall_pending(u.vcpu) {
+                upcall::inject(ctx.domain, u.vcpu);
             }
             Ok(0)
         }

@@ -90,6 +90,16 @@ pub fn dispatch(ctx: &HypercallCtx<'_>, call: Hypercall) -> i64 {
         nr::SCHED_OP => super::sched_op::sched_op(ctx, a[0] as u32, a[1]),
         nr::CONSOLE_IO => super::console_io::console_io(ctx, a[0] as u32, a[1] as u32, a[2]),
         nr::VCPU_OP => super::vcpu_op::vcpu_op(ctx, a[0] as u32, a[1] as u32, a[2]),
+        nr::EVENT_CHANNEL_OP => super::evtchn::event_channel_op(ctx, a[0] as u32, a[1]),
+        nr::GRANT_TABLE_OP => super::gnttab::grant_table_op(ctx, a[0] as u32, a[1], a[2] as u32),
+        nr::SET_TIMER_OP => {
+            // 32-bit guests pass the 64-bit timeout in two registers, low half first.
+            let timeout = match ctx.width {
+                GuestWidth::Bits64 => a[0],
+                GuestWidth::Bits32 => (a[1] << 32) | a[0],
+            };
+            super::timer::set_timer_op(ctx.domain, ctx.vcpu, timeout)
+        }
         other => {
             ctx.domain.log_unknown(other, u64::MAX, "hypercall");
             Err(XenErrno::ENOSYS)

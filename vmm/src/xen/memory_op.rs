@@ -143,6 +143,7 @@ fn add_to_physmap(ctx: &HypercallCtx<'_>, arg: u64) -> HcResult {
         XENMAPSPACE_SHARED_INFO => st.shared_info_gfn = Some(gpfn),
         _ => {
             st.grant_frame_gfns.insert(idx, gpfn);
+            d.gnttab_grow(idx as u32 + 1);
         }
     }
     d.update_physmap(|pm| {

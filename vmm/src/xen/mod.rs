@@ -2,18 +2,23 @@
 //! after its public header. `hypercall.rs` only dispatches.
 
 pub mod console_io;
+pub mod evtchn;
+pub mod gnttab;
 pub mod hvm_op;
 pub mod hypercall;
 pub mod hypercall_page;
 pub mod memory_op;
+pub mod runstate;
 pub mod sched_op;
 pub mod shared_info;
+pub mod timer;
+pub mod upcall;
 pub mod vcpu_op;
 pub mod xen_version;
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, OnceLock, RwLock};
 
 use kvm_ioctls::VmFd;
 use xen_abi::hvm::param;
@@ -112,6 +117,21 @@ impl ShutdownReason {
 pub mod request {
     /// Re-point KVM's pvclock at the vCPU's current `vcpu_info.time`.
     pub const UPDATE_TIME_AREA: u32 = 1 << 0;
+    /// Load the context given with `VCPUOP_initialise` and run.
+    pub const START: u32 = 1 << 1;
+    /// Stop running guest code until `VCPUOP_up` (`VCPUOP_down`).
+    pub const DOWN: u32 = 1 << 2;
+}
+
+/// Bring-up state of a vCPU (`VCPUOP_initialise`/`up`/`down`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct VcpuBringup {
+    /// Whether the vCPU has a context (it ran, or `VCPUOP_initialise` gave one).
+    pub initialised: bool,
+    /// A context waiting to be loaded by the vCPU thread.
+    pub context: Option<xen_abi::vcpu::VcpuHvmContext>,
+    /// Held down by `VCPUOP_down`.
+    pub down: bool,
 }
 
 /// The parts of a vCPU other threads can see and poke.
@@ -128,6 +148,18 @@ pub struct VcpuShared {
     pub kicker: Mutex<Option<Box<dyn Fn() + Send>>>,
     /// Whether the vCPU is up (running guest code), as `VCPUOP_is_up` reports.
     pub online: std::sync::atomic::AtomicBool,
+    /// Its own upcall vector (`HVMOP_set_evtchn_upcall_vector`).
+    pub upcall_vector: Mutex<Option<u8>>,
+    /// Ports it waits on in `SCHEDOP_poll`.
+    pub poll: Mutex<Option<Vec<u32>>>,
+    /// Its PV timers.
+    pub timers: Mutex<timer::VcpuTimers>,
+    /// Its runstate.
+    pub runstate: Mutex<runstate::Runstate>,
+    /// Guest-physical address of a secondary `vcpu_time_info` (`VCPUOP_register_vcpu_time_memory_area`).
+    pub time_area: Mutex<Option<u64>>,
+    /// Bring-up state.
+    pub bringup: Mutex<VcpuBringup>,
 }
 
 impl VcpuShared {
@@ -139,6 +171,12 @@ impl VcpuShared {
             wake: (Mutex::new(0), Condvar::new()),
             kicker: Mutex::new(None),
             online: std::sync::atomic::AtomicBool::new(false),
+            upcall_vector: Mutex::new(None),
+            poll: Mutex::new(None),
+            timers: Mutex::new(timer::VcpuTimers::default()),
+            runstate: Mutex::new(runstate::Runstate::default()),
+            time_area: Mutex::new(None),
+            bringup: Mutex::new(VcpuBringup::default()),
         }
     }
 
@@ -237,6 +275,18 @@ pub struct Domain {
     pub stopped: Condvar,
     /// Host realtime (ns since the epoch) when the guest's system time was 0.
     pub boot_wallclock_ns: u64,
+    /// Event-channel port table.
+    pub evtchn: Mutex<evtchn::EvtchnTable>,
+    /// Backend notify eventfds the event thread waits on.
+    pub events: crate::event_loop::EventLoop,
+    /// Wakes the timer thread.
+    pub timers: timer::TimerService,
+    /// The domain-wide upcall callback.
+    pub callback: Mutex<upcall::Callback>,
+    /// Where upcall IRQs go (set once the IOAPIC exists).
+    pub irq: OnceLock<Arc<dyn upcall::IrqSink>>,
+    /// Grant-table state.
+    pub gnttab: Mutex<gnttab::GnttabState>,
 }
 
 impl Domain {
@@ -277,6 +327,12 @@ impl Domain {
             stop: Mutex::new(None),
             stopped: Condvar::new(),
             boot_wallclock_ns: now.saturating_sub(clock),
+            evtchn: Mutex::new(evtchn::EvtchnTable::new(info.vcpus)),
+            events: crate::event_loop::EventLoop::new().map_err(crate::Error::EventLoop)?,
+            timers: timer::TimerService::default(),
+            callback: Mutex::new(upcall::Callback::None),
+            irq: OnceLock::new(),
+            gnttab: Mutex::new(gnttab::GnttabState::default()),
             info,
         })
     }
@@ -308,6 +364,7 @@ impl Domain {
         }
         drop(s);
         self.stopped.notify_all();
+        self.timers.changed();
         for v in &self.vcpus {
             v.kick();
         }

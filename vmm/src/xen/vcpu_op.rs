@@ -5,11 +5,17 @@ use std::sync::atomic::Ordering;
 use xen_abi::errno::XenErrno;
 use xen_abi::hypercall;
 use xen_abi::shared_info::VCPU_INFO_SIZE;
-use xen_abi::vcpu::{VcpuRegisterVcpuInfo, VCPUOP_REGISTER_VCPU_INFO};
+use xen_abi::vcpu::*;
 use xen_abi::{GuestWidth, PAGE_SHIFT, PAGE_SIZE};
 
 use super::hypercall::{HcResult, HypercallCtx};
-use super::request;
+use super::timer::Periodic;
+use super::{request, VcpuShared};
+
+/// Xen's `STIME_DELTA_MAX`.
+const STIME_DELTA_MAX: u64 = i64::MAX as u64;
+/// Xen's `MILLISECS(1)`: the shortest period.
+const MIN_PERIOD_NS: u64 = 1_000_000;
 
 /// Handles `HYPERVISOR_vcpu_op(cmd, vcpuid, arg)`.
 pub fn vcpu_op(ctx: &HypercallCtx<'_>, cmd: u32, vcpuid: u32, arg: u64) -> HcResult {
@@ -21,12 +27,189 @@ pub fn vcpu_op(ctx: &HypercallCtx<'_>, cmd: u32, vcpuid: u32, arg: u64) -> HcRes
             let r: VcpuRegisterVcpuInfo = ctx.read_obj(arg)?;
             register_vcpu_info(ctx, target, r)
         }
+        VCPUOP_IS_UP => Ok(i64::from(target.online.load(Ordering::SeqCst))),
+        VCPUOP_INITIALISE => {
+            let c: VcpuHvmContext = ctx.read_obj(arg)?;
+            check_hvm_context(&c).map_err(|why| {
+                tracing::warn!(vcpu = vcpuid, why, "VCPUOP_initialise: bad context");
+                XenErrno::EINVAL
+            })?;
+            let mut b = target.bringup.lock().unwrap_or_else(|e| e.into_inner());
+            if b.initialised {
+                return Err(XenErrno::EEXIST);
+            }
+            b.initialised = true;
+            b.context = Some(c);
+            Ok(0)
+        }
+        VCPUOP_UP => {
+            let mut b = target.bringup.lock().unwrap_or_else(|e| e.into_inner());
+            if !b.initialised {
+                return Err(XenErrno::EINVAL);
+            }
+            b.down = false;
+            let start = b.context.is_some();
+            drop(b);
+            if start {
+                target.request(request::START);
+            } else {
+                target.wake_up();
+            }
+            Ok(0)
+        }
+        VCPUOP_DOWN => {
+            target.bringup.lock().unwrap_or_else(|e| e.into_inner()).down = true;
+            target.request(request::DOWN);
+            Ok(0)
+        }
+        VCPUOP_SET_PERIODIC_TIMER => {
+            let t: VcpuSetPeriodicTimer = ctx.read_obj(arg)?;
+            if t.period_ns < MIN_PERIOD_NS || t.period_ns > STIME_DELTA_MAX {
+                return Err(XenErrno::EINVAL);
+            }
+            let next = ctx.domain.system_time() + t.period_ns;
+            ctx.domain.update_timers(vcpuid, |tm| tm.periodic = Some(Periodic { period: t.period_ns, next }));
+            Ok(0)
+        }
+        VCPUOP_STOP_PERIODIC_TIMER => {
+            ctx.domain.update_timers(vcpuid, |tm| tm.periodic = None);
+            Ok(0)
+        }
+        VCPUOP_SET_SINGLESHOT_TIMER => {
+            // Only on the calling vCPU, as in Xen.
+            if vcpuid != ctx.vcpu {
+                return Err(XenErrno::EINVAL);
+            }
+            let t: VcpuSetSingleshotTimer = ctx.read_obj(arg)?;
+            let (at, flags) = (t.timeout_abs_ns, t.flags);
+            if flags & VCPU_SSHOTTMR_FUTURE != 0 && at < ctx.domain.system_time() {
+                return Err(XenErrno::ETIME);
+            }
+            ctx.domain.update_timers(vcpuid, |tm| tm.singleshot = Some(at));
+            Ok(0)
+        }
+        VCPUOP_STOP_SINGLESHOT_TIMER => {
+            if vcpuid != ctx.vcpu {
+                return Err(XenErrno::EINVAL);
+            }
+            ctx.domain.update_timers(vcpuid, |tm| tm.singleshot = None);
+            Ok(0)
+        }
+        VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA => {
+            let a: VcpuRegisterMemoryArea = ctx.read_obj(arg)?;
+            let size = match ctx.domain.width() {
+                GuestWidth::Bits64 => core::mem::size_of::<VcpuRunstateInfo64>(),
+                GuestWidth::Bits32 => core::mem::size_of::<VcpuRunstateInfo32>(),
+            };
+            let area = if a.addr == 0 { None } else { Some(area_gpa(ctx, a.addr, size)?) };
+            let mut rs = target.runstate.lock().unwrap_or_else(|e| e.into_inner());
+            rs.area = area;
+            // Written at once, as Xen does; read from its own vCPU it says "running".
+            let mut shown = *rs;
+            if target.id == ctx.vcpu {
+                shown.state = RUNSTATE_RUNNING;
+            }
+            ctx.domain.write_runstate(&shown);
+            Ok(0)
+        }
+        VCPUOP_GET_RUNSTATE_INFO => {
+            let rs = *target.runstate.lock().unwrap_or_else(|e| e.into_inner());
+            match ctx.width {
+                GuestWidth::Bits64 => ctx.write_obj(
+                    arg,
+                    &VcpuRunstateInfo64 { state: rs.state, pad: 0, state_entry_time: rs.entry, time: rs.time },
+                )?,
+                GuestWidth::Bits32 => {
+                    let split = |v: u64| [v as u32, (v >> 32) as u32];
+                    ctx.write_obj(arg, &VcpuRunstateInfo32 { state: rs.state, state_entry_time: split(rs.entry), time: rs.time.map(split) })?
+                }
+            }
+            Ok(0)
+        }
+        VCPUOP_REGISTER_VCPU_TIME_MEMORY_AREA => {
+            let a: VcpuRegisterMemoryArea = ctx.read_obj(arg)?;
+            let area = if a.addr == 0 { None } else { Some(area_gpa(ctx, a.addr, 32)?) };
+            *target.time_area.lock().unwrap_or_else(|e| e.into_inner()) = area;
+            ctx.domain.copy_time_area(target.id);
+            Ok(0)
+        }
         other => ctx.unknown(hypercall::VCPU_OP, u64::from(other)),
     }
 }
 
+/// The guest-physical address of a registered area: translated once, with
+/// the caller's page tables, and required to be RAM within one page.
+fn area_gpa(ctx: &HypercallCtx<'_>, gva: u64, size: usize) -> Result<u64, XenErrno> {
+    if (gva & 0xfff) as usize + size > PAGE_SIZE || gva % 4 != 0 {
+        return Err(XenErrno::EINVAL);
+    }
+    let pm = ctx.domain.physmap();
+    let gpa = crate::guest_access::GuestAccess::new(&pm, ctx.paging).translate(gva, true).map_err(|_| XenErrno::EFAULT)?;
+    if !pm.is_ram(gpa, size as u64) {
+        return Err(XenErrno::EFAULT);
+    }
+    Ok(gpa)
+}
+
+/// Xen's checks of a `vcpu_hvm_context` before it is loaded.
+pub fn check_hvm_context(c: &VcpuHvmContext) -> Result<(), &'static str> {
+    use zerocopy::FromBytes;
+    const CR0_PE: u64 = 1;
+    const CR0_PG: u64 = 1 << 31;
+    const CR4_PAE: u64 = 1 << 5;
+    const EFER_LME: u64 = 1 << 8;
+    match c.mode {
+        VCPU_HVM_MODE_64B => {
+            let r = VcpuHvmX86_64::read_from_prefix(&c.regs).map_err(|_| "short context")?.0;
+            if r.cr0 & (CR0_PE | CR0_PG) != (CR0_PE | CR0_PG) || r.cr4 & CR4_PAE == 0 || r.efer & EFER_LME == 0 {
+                return Err("64-bit mode needs CR0.PE|PG, CR4.PAE and EFER.LME");
+            }
+            let canonical = (r.rip as i64) << 16 >> 16 == r.rip as i64;
+            if !canonical {
+                return Err("rip is not canonical");
+            }
+            Ok(())
+        }
+        VCPU_HVM_MODE_32B => {
+            let r = VcpuHvmX86_32::read_from_prefix(&c.regs).map_err(|_| "short context")?.0;
+            if u64::from(r.cr0) & CR0_PE == 0 {
+                return Err("32-bit mode needs CR0.PE");
+            }
+            let present = |ar: u16| ar & (1 << 7) != 0;
+            let code = |ar: u16| ar & (1 << 4) != 0 && ar & (1 << 3) != 0;
+            if !present(r.cs_ar) || !code(r.cs_ar) {
+                return Err("cs must be a present code segment");
+            }
+            if !present(r.ss_ar) || !present(r.tr_ar) {
+                return Err("ss and tr must be present");
+            }
+            for (limit, ar) in [(r.cs_limit, r.cs_ar), (r.ds_limit, r.ds_ar), (r.ss_limit, r.ss_ar), (r.es_limit, r.es_ar)] {
+                if present(ar) && ar & (1 << 11) != 0 && limit & 0xfff != 0xfff {
+                    return Err("a page-granular segment limit must end in 0xfff");
+                }
+            }
+            Ok(())
+        }
+        _ => Err("unknown mode"),
+    }
+}
+
+impl super::Domain {
+    /// Copies vCPU `vcpu`'s `vcpu_info.time` into its secondary time area.
+    pub fn copy_time_area(&self, vcpu: u32) {
+        let Some(v) = self.vcpus.get(vcpu as usize) else { return };
+        let Some(dst) = *v.time_area.lock().unwrap_or_else(|e| e.into_inner()) else { return };
+        let Some(src) = super::shared_info::time_area_gpa(self, vcpu) else { return };
+        let pm = self.physmap();
+        let mut t = [0u8; 32];
+        if pm.read(src, &mut t).is_ok() {
+            let _ = pm.write(dst, &t);
+        }
+    }
+}
+
 /// `VCPUOP_register_vcpu_info`: move a vCPU's vcpu_info into guest RAM.
-fn register_vcpu_info(ctx: &HypercallCtx<'_>, target: &super::VcpuShared, r: VcpuRegisterVcpuInfo) -> HcResult {
+fn register_vcpu_info(ctx: &HypercallCtx<'_>, target: &VcpuShared, r: VcpuRegisterVcpuInfo) -> HcResult {
     let d = ctx.domain;
     // Only on yourself or on a vCPU that is down, as in Xen.
     if target.id != ctx.vcpu && target.online.load(Ordering::SeqCst) {
@@ -62,6 +245,8 @@ fn register_vcpu_info(ctx: &HypercallCtx<'_>, target: &super::VcpuShared, r: Vcp
     }
     *target.registered_vcpu_info.lock().unwrap_or_else(|e| e.into_inner()) = Some(gpa);
     target.request(request::UPDATE_TIME_AREA);
+    // Xen's arch_evtchn_inject: whatever was pending is delivered at the new place.
+    super::upcall::inject(d, target.id);
     tracing::debug!(vcpu = target.id, gpa = format_args!("{gpa:#x}"), "vcpu_info registered");
     Ok(0)
 }
