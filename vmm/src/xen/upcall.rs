@@ -142,6 +142,7 @@ pub(crate) mod tests {
         d.mark_events_pending(1);
         assert_eq!(rec.0.lock().unwrap().last(), Some(&("vector", 1, 0xe0)), "the per-vCPU vector wins");
         rec.0.lock().unwrap().clear();
+        clear(1);
         set_callback(&d, Callback::Gsi(5));
         d.mark_events_pending(0);
         assert_eq!(*rec.0.lock().unwrap(), vec![("gsi", 5, 1)]);
