@@ -8,7 +8,13 @@
 #![no_std]
 #![no_main]
 
+/// `check!(checks, "name", ok, "detail {}", ...)`: one PASS/FAIL line.
+macro_rules! check {
+    ($c:expr, $name:expr, $ok:expr, $($d:tt)*) => { $c.check($name, $ok, format_args!($($d)*)) };
+}
+
 mod console;
+mod events;
 mod hcall;
 mod scenarios;
 
@@ -66,6 +72,7 @@ gdt:
     .quad 0x00cf92000000ffff /* 0x10: data */
     .quad 0x00cf9a000000ffff /* 0x18: 32-bit code, for compat-mode hypercalls */
 gdt_end:
+    .global gdt_ptr
 gdt_ptr:
     .word gdt_end - gdt - 1
     .long gdt

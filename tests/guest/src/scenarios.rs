@@ -55,13 +55,13 @@ impl<'a> Opts<'a> {
     }
 }
 
-struct Checks {
+pub(crate) struct Checks {
     failed: u32,
     passed: u32,
 }
 
 impl Checks {
-    fn check(&mut self, name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
+    pub(crate) fn check(&mut self, name: &str, ok: bool, detail: core::fmt::Arguments<'_>) {
         if ok {
             self.passed += 1;
             println!("PASS {name}");
@@ -70,10 +70,6 @@ impl Checks {
             println!("FAIL {name}: {detail}");
         }
     }
-}
-
-macro_rules! check {
-    ($c:expr, $name:expr, $ok:expr, $($d:tt)*) => { $c.check($name, $ok, format_args!($($d)*)) };
 }
 
 fn cpuid(leaf: u32, sub: u32) -> (u32, u32, u32, u32) {
@@ -115,7 +111,7 @@ fn errno_name(r: i64) -> &'static str {
 }
 
 /// System time from a vcpu_time_info, with the version protocol.
-fn system_time(t: *const VcpuTimeInfo) -> u64 {
+pub(crate) fn system_time(t: *const VcpuTimeInfo) -> u64 {
     loop {
         // SAFETY: `t` points at a vcpu_time_info the hypervisor maintains in mapped memory.
         unsafe {
@@ -147,7 +143,7 @@ fn time_of(info: *const VcpuInfo64) -> *const VcpuTimeInfo {
     unsafe { addr_of!((*info).time) }
 }
 
-fn map_shared_info(page: u64) -> i64 {
+pub(crate) fn map_shared_info(page: u64) -> i64 {
     let x = XenAddToPhysmap64 { domid: DOMID_SELF, size: 0, space: XENMAPSPACE_SHARED_INFO, idx: 0, gpfn: page >> 12 };
     hcall::memory_op(XENMEM_ADD_TO_PHYSMAP, &x as *const _ as u64)
 }
@@ -238,6 +234,25 @@ pub fn run(start_info: u64) -> ! {
     }
     if opts.has("block") {
         scenario_block(&mut c);
+    }
+    let want_events = ["evtchn", "timer", "gnttab"].iter().any(|s| opts.has(s)) || opts.named("smp") || opts.named("bench_evtchn");
+    // SAFETY: single-threaded until the smp scenario; plain read of our own static.
+    if want_events && crate::events::setup(&mut c, addr_of_mut!(SHINFO_A) as u64, unsafe { LIVE_VCPU_INFO }) {
+        if opts.has("evtchn") {
+            crate::events::scenario_evtchn(&mut c);
+        }
+        if opts.has("timer") {
+            crate::events::scenario_timer(&mut c);
+        }
+        if opts.has("gnttab") {
+            crate::events::scenario_gnttab(&mut c);
+        }
+        if opts.named("smp") {
+            crate::events::scenario_smp(&mut c);
+        }
+        if let Some(n) = opts.num("bench_evtchn") {
+            crate::events::bench(&mut c, n as u32);
+        }
     }
     if let Some(n) = opts.num("bench") {
         bench(&mut c, n);

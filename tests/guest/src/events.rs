@@ -1,0 +1,626 @@
+//! Event channels as a Xen HVM/PVH guest uses them: an IDT with the upcall
+//! vector, the 2-level scan in the handler, timers, a second vCPU.
+
+use core::ptr::{addr_of, addr_of_mut, read_volatile, write_volatile};
+use core::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+
+use xen_abi::errno::XenErrno;
+use xen_abi::event_channel::*;
+use xen_abi::grant_table::*;
+use xen_abi::hvm::{param, XenHvmEvtchnUpcallVector, XenHvmParam, HVMOP_SET_EVTCHN_UPCALL_VECTOR, HVMOP_SET_PARAM};
+use xen_abi::hypercall as nr;
+use xen_abi::memory::*;
+use xen_abi::shared_info::{SharedInfo64, VcpuInfo64};
+use xen_abi::vcpu::*;
+use xen_abi::DOMID_SELF;
+
+use crate::console::println;
+use crate::hcall::{self, Page};
+use crate::scenarios::Checks;
+
+/// The domain-wide callback vector; vCPU 1 also gets its own.
+pub const CALLBACK_VECTOR: u8 = 0xf3;
+const AP_VECTOR: u8 = 0xe0;
+const LAPIC: u64 = 0xfee0_0000;
+const MAX_TRACKED: usize = 64;
+/// Tolerance stated for timers: never early, at most this late.
+pub const TIMER_TOLERANCE_NS: u64 = 100_000_000;
+
+/// Address of shared_info.
+pub static SHINFO: AtomicU64 = AtomicU64::new(0);
+/// Address of each vCPU's vcpu_info.
+pub static VCPU_INFO: [AtomicU64; 2] = [AtomicU64::new(0), AtomicU64::new(0)];
+/// Upcalls seen per port.
+static HITS: [AtomicU32; MAX_TRACKED] = [const { AtomicU32::new(0) }; MAX_TRACKED];
+/// System time of the last upcall per port.
+static WHEN: [AtomicU64; MAX_TRACKED] = [const { AtomicU64::new(0) }; MAX_TRACKED];
+/// vCPU that handled the last upcall per port.
+static WHO: [AtomicU32; MAX_TRACKED] = [const { AtomicU32::new(u32::MAX) }; MAX_TRACKED];
+/// Upcalls taken per vCPU.
+static UPCALLS: [AtomicU32; 2] = [const { AtomicU32::new(0) }; 2];
+
+#[repr(C, align(16))]
+struct Idt([u64; 512]);
+static mut IDT: Idt = Idt([0; 512]);
+/// Where vcpu_info is moved to while an event is pending.
+static mut RELOC_PAGE: Page = Page([0; 4096]);
+/// Two guest frames for the grant-table frame (place, then remap).
+static mut GT_A: Page = Page([0; 4096]);
+static mut GT_B: Page = Page([0; 4096]);
+
+core::arch::global_asm!(
+    ".pushsection .text.upcall,\"ax\"",
+    ".global upcall_entry",
+    "upcall_entry:",
+    "push %rax", "push %rcx", "push %rdx", "push %rsi", "push %rdi",
+    "push %r8", "push %r9", "push %r10", "push %r11",
+    "cld",
+    "call upcall_handler",
+    "pop %r11", "pop %r10", "pop %r9", "pop %r8",
+    "pop %rdi", "pop %rsi", "pop %rdx", "pop %rcx", "pop %rax",
+    "iretq",
+    ".global spurious_entry",
+    "spurious_entry:",
+    "iretq",
+    // A second vCPU starts here in long mode with Xen's flat selector-0
+    // segments: load our GDT and selectors so that iretq works, then go on.
+    ".global ap_entry64",
+    "ap_entry64:",
+    "lgdt gdt_ptr",
+    "pushq $0x08",
+    "lea 1f(%rip), %rax",
+    "push %rax",
+    "lretq",
+    "1:",
+    "mov $0x10, %ax",
+    "mov %ax, %ds",
+    "mov %ax, %es",
+    "mov %ax, %ss",
+    "call ap_main",
+    "ud2",
+    ".popsection",
+    options(att_syntax)
+);
+extern "C" {
+    fn upcall_entry();
+    fn spurious_entry();
+    fn ap_entry64();
+}
+
+fn set_gate(vector: u8, handler: unsafe extern "C" fn()) {
+    let a = handler as *const () as u64;
+    let lo = (a & 0xffff) | (0x08 << 16) | (0x8e00u64 << 32) | ((a >> 16) & 0xffff) << 48;
+    // SAFETY: the IDT is ours; gates are written before interrupts are enabled.
+    unsafe {
+        let idt = addr_of_mut!(IDT.0) as *mut u64;
+        write_volatile(idt.add(vector as usize * 2), lo);
+        write_volatile(idt.add(vector as usize * 2 + 1), a >> 32);
+    }
+}
+
+fn load_idt() {
+    #[repr(C, packed)]
+    struct Ptr {
+        limit: u16,
+        base: u64,
+    }
+    let p = Ptr { limit: 256 * 16 - 1, base: addr_of!(IDT) as u64 };
+    // SAFETY: loads our IDT, whose gates point at handlers in this image.
+    unsafe { core::arch::asm!("lidt [{}]", in(reg) &p, options(readonly, nostack)) };
+}
+
+fn lapic_write(reg: u64, v: u32) {
+    // SAFETY: the local APIC page is identity-mapped.
+    unsafe { write_volatile((LAPIC + reg) as *mut u32, v) };
+}
+
+fn apic_id() -> usize {
+    // SAFETY: as above.
+    ((unsafe { read_volatile((LAPIC + 0x20) as *const u32) } >> 24) & 1) as usize
+}
+
+fn sti() {
+    // SAFETY: handlers are installed.
+    unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
+}
+
+fn cli() {
+    // SAFETY: disabling interrupts is always allowed at CPL0.
+    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
+}
+
+/// Installs the IDT and software-enables this CPU's local APIC.
+pub fn init_cpu() {
+    load_idt();
+    lapic_write(0xf0, 0x1ff); // SVR: enabled, spurious vector 0xff
+}
+
+fn now(vcpu: usize) -> u64 {
+    let vi = VCPU_INFO[vcpu].load(Ordering::SeqCst) as *const VcpuInfo64;
+    // SAFETY: only computes a field address of a vcpu_info we registered or that lives in shared_info.
+    crate::scenarios::system_time(unsafe { addr_of!((*vi).time) })
+}
+
+#[no_mangle]
+extern "C" fn upcall_handler() {
+    let me = apic_id();
+    let t = now(me);
+    UPCALLS[me].fetch_add(1, Ordering::SeqCst);
+    let vi = VCPU_INFO[me].load(Ordering::SeqCst) as *mut VcpuInfo64;
+    let sh = SHINFO.load(Ordering::SeqCst) as *mut SharedInfo64;
+    // SAFETY: vi and sh point at the live vcpu_info and shared_info; the
+    // fields are shared with the hypervisor and used atomically.
+    unsafe {
+        write_volatile(addr_of_mut!((*vi).evtchn_upcall_pending), 0);
+        let sel = AtomicU64::from_ptr(addr_of_mut!((*vi).evtchn_pending_sel)).swap(0, Ordering::SeqCst);
+        let mut words = sel;
+        while words != 0 {
+            let w = words.trailing_zeros() as usize;
+            words &= words - 1;
+            let pending = AtomicU64::from_ptr(addr_of_mut!((*sh).evtchn_pending[w]));
+            let mask = read_volatile(addr_of!((*sh).evtchn_mask[w]));
+            let mut ready = pending.load(Ordering::SeqCst) & !mask;
+            while ready != 0 {
+                let b = ready.trailing_zeros() as usize;
+                ready &= ready - 1;
+                pending.fetch_and(!(1 << b), Ordering::SeqCst);
+                let port = w * 64 + b;
+                if port < MAX_TRACKED {
+                    WHEN[port].store(t, Ordering::SeqCst);
+                    WHO[port].store(me as u32, Ordering::SeqCst);
+                    HITS[port].fetch_add(1, Ordering::SeqCst);
+                }
+            }
+        }
+    }
+    lapic_write(0xb0, 0); // EOI
+}
+
+fn evtchn_op<T>(cmd: u32, arg: &mut T) -> i64 {
+    hcall::call(nr::EVENT_CHANNEL_OP, [u64::from(cmd), arg as *mut T as u64, 0, 0, 0])
+}
+
+fn alloc_unbound(remote: u16) -> u32 {
+    let mut a = EvtchnAllocUnbound { dom: DOMID_SELF, remote_dom: remote, port: 0 };
+    if evtchn_op(EVTCHNOP_ALLOC_UNBOUND, &mut a) == 0 {
+        a.port
+    } else {
+        0
+    }
+}
+
+fn bind_loopback(remote_port: u32) -> (i64, u32) {
+    let mut b = EvtchnBindInterdomain { remote_dom: DOMID_SELF, pad: 0, remote_port, local_port: 0 };
+    (evtchn_op(EVTCHNOP_BIND_INTERDOMAIN, &mut b), b.local_port)
+}
+
+fn bind_virq(virq: u32, vcpu: u32) -> (i64, u32) {
+    let mut b = EvtchnBindVirq { virq, vcpu, port: 0 };
+    (evtchn_op(EVTCHNOP_BIND_VIRQ, &mut b), b.port)
+}
+
+fn bind_ipi(vcpu: u32) -> (i64, u32) {
+    let mut b = EvtchnBindIpi { vcpu, port: 0 };
+    (evtchn_op(EVTCHNOP_BIND_IPI, &mut b), b.port)
+}
+
+fn port_op(cmd: u32, port: u32) -> i64 {
+    evtchn_op(cmd, &mut EvtchnPortArg { port })
+}
+
+fn status(port: u32) -> (i64, EvtchnStatus) {
+    let mut s = EvtchnStatus { dom: DOMID_SELF, port, ..Default::default() };
+    (evtchn_op(EVTCHNOP_STATUS, &mut s), s)
+}
+
+fn hits(port: u32) -> u32 {
+    HITS[port as usize].load(Ordering::SeqCst)
+}
+
+/// Waits (with interrupts on) until `port` has more than `seen` upcalls.
+fn wait_hits(port: u32, seen: u32) -> bool {
+    for _ in 0..200 {
+        if hits(port) > seen {
+            return true;
+        }
+        hcall::sched_op(xen_abi::sched::SCHEDOP_YIELD, 0);
+    }
+    hits(port) > seen
+}
+
+fn set_mask(port: u32, on: bool) {
+    let sh = SHINFO.load(Ordering::SeqCst) as *mut SharedInfo64;
+    // SAFETY: shared_info is mapped; the mask word is shared and used atomically.
+    let w = unsafe { AtomicU64::from_ptr(addr_of_mut!((*sh).evtchn_mask[port as usize / 64])) };
+    if on {
+        w.fetch_or(1 << (port % 64), Ordering::SeqCst);
+    } else {
+        w.fetch_and(!(1 << (port % 64)), Ordering::SeqCst);
+    }
+}
+
+fn pending(port: u32) -> bool {
+    let sh = SHINFO.load(Ordering::SeqCst) as *const SharedInfo64;
+    // SAFETY: as above.
+    unsafe { read_volatile(addr_of!((*sh).evtchn_pending[port as usize / 64])) & (1 << (port % 64)) != 0 }
+}
+
+fn set_callback(value: u64) -> i64 {
+    let mut p = XenHvmParam { domid: DOMID_SELF, _pad: 0, index: param::CALLBACK_IRQ, value };
+    hcall::hvm_op(HVMOP_SET_PARAM, &mut p as *mut _ as u64)
+}
+
+/// Maps shared_info at `page` and sets up upcalls on this (boot) vCPU.
+pub fn setup(c: &mut Checks, page: u64, live_vcpu_info: u64) -> bool {
+    let r = crate::scenarios::map_shared_info(page);
+    SHINFO.store(page, Ordering::SeqCst);
+    let vi0 = if live_vcpu_info != 0 { live_vcpu_info } else { page };
+    VCPU_INFO[0].store(vi0, Ordering::SeqCst);
+    VCPU_INFO[1].store(page + 64, Ordering::SeqCst);
+    set_gate(CALLBACK_VECTOR, upcall_entry);
+    set_gate(AP_VECTOR, upcall_entry);
+    set_gate(0xff, spurious_entry);
+    init_cpu();
+    let bad = set_callback((1 << 56) | 0x10);
+    let cb = set_callback((2 << 56) | u64::from(CALLBACK_VECTOR));
+    check!(c, "evtchn.callback_vector", r == 0 && cb == 0 && bad == XenErrno::EINVAL.to_ret(), "map {r} vector {cb} pci-intx {bad}");
+    sti();
+    r == 0 && cb == 0
+}
+
+/// Loopback, masking, close/rebind, status, bad arguments, vcpu_info relocation.
+pub fn scenario_evtchn(c: &mut Checks) {
+    let relocate_to = addr_of_mut!(RELOC_PAGE) as u64;
+    let a = alloc_unbound(DOMID_SELF);
+    let (r, l) = bind_loopback(a);
+    let ok = r == 0 && a != 0 && l != a;
+    let before = hits(a);
+    let s = port_op(EVTCHNOP_SEND, l);
+    let delivered = wait_hits(a, before);
+    check!(c, "evtchn.loopback", ok && s == 0 && delivered, "alloc {a} bind {r}/{l} send {s} delivered {delivered}");
+    let back = hits(l);
+    port_op(EVTCHNOP_SEND, a);
+    check!(c, "evtchn.loopback_reverse", wait_hits(l, back), "port {l} got no upcall");
+
+    // Masked: stays pending, no upcall; unmask delivers.
+    set_mask(a, true);
+    let before = hits(a);
+    port_op(EVTCHNOP_SEND, l);
+    for _ in 0..5 {
+        hcall::sched_op(xen_abi::sched::SCHEDOP_YIELD, 0);
+    }
+    let held = hits(a) == before && pending(a);
+    let u = port_op(EVTCHNOP_UNMASK, a);
+    check!(c, "evtchn.masked_then_unmask", held && u == 0 && wait_hits(a, before), "held {held} unmask {u}");
+
+    // Status of every type.
+    let (rv, t) = bind_virq(VIRQ_TIMER, 0);
+    let (ri, ipi) = bind_ipi(0);
+    let un = alloc_unbound(0);
+    let (_, s_inter) = status(l);
+    let (_, s_virq) = status(t);
+    let (_, s_ipi) = status(ipi);
+    let (_, s_unbound) = status(un);
+    let (_, s_closed) = status(60);
+    let ok = rv == 0
+        && ri == 0
+        && s_inter.status == EVTCHNSTAT_INTERDOMAIN
+        && s_inter.u1 == a
+        && s_virq.status == EVTCHNSTAT_VIRQ
+        && s_virq.u0 == VIRQ_TIMER
+        && s_ipi.status == EVTCHNSTAT_IPI
+        && s_unbound.status == EVTCHNSTAT_UNBOUND
+        && s_unbound.u0 == 0
+        && s_closed.status == EVTCHNSTAT_CLOSED;
+    check!(
+        c,
+        "evtchn.status",
+        ok,
+        "inter {} virq {} ipi {} unbound {} closed {}",
+        s_inter.status,
+        s_virq.status,
+        s_ipi.status,
+        s_unbound.status,
+        s_closed.status
+    );
+    let before = hits(ipi);
+    port_op(EVTCHNOP_SEND, ipi);
+    check!(c, "evtchn.ipi_self", wait_hits(ipi, before), "no upcall on the IPI port");
+
+    // Bad ports and vCPUs, as Xen answers them.
+    let e1 = port_op(EVTCHNOP_SEND, 5000);
+    let e2 = port_op(EVTCHNOP_CLOSE, 61);
+    let e3 = bind_ipi(99).0;
+    let e4 = bind_virq(VIRQ_TIMER, 99).0;
+    let e5 = bind_virq(VIRQ_TIMER, 0).0;
+    let e6 = bind_virq(VIRQ_CONSOLE, 1).0;
+    let e7 = port_op(EVTCHNOP_SEND, t);
+    let ok = e1 == XenErrno::EINVAL.to_ret()
+        && e2 == XenErrno::EINVAL.to_ret()
+        && e3 == XenErrno::ENOENT.to_ret()
+        && e4 == XenErrno::ENOENT.to_ret()
+        && e5 == XenErrno::EEXIST.to_ret()
+        && e6 == XenErrno::EINVAL.to_ret()
+        && e7 == XenErrno::EINVAL.to_ret();
+    check!(c, "evtchn.bad_arguments", ok, "{e1} {e2} {e3} {e4} {e5} {e6} {e7}");
+
+    // Close and rebind.
+    let cl = port_op(EVTCHNOP_CLOSE, l);
+    let (_, after) = status(a);
+    let (r2, l2) = bind_loopback(a);
+    let before = hits(a);
+    port_op(EVTCHNOP_SEND, l2);
+    let ok = cl == 0 && after.status == EVTCHNSTAT_UNBOUND && r2 == 0 && wait_hits(a, before);
+    check!(c, "evtchn.close_and_rebind", ok, "close {cl} status after {} rebind {r2}", after.status);
+
+    // vcpu_info relocation keeps an event that is pending but not yet taken.
+    cli();
+    let before = hits(a);
+    port_op(EVTCHNOP_SEND, l2);
+    let reg = VcpuRegisterVcpuInfo { mfn: relocate_to >> 12, offset: 128, rsvd: 0 };
+    let rr = hcall::vcpu_op(VCPUOP_REGISTER_VCPU_INFO, 0, &reg as *const _ as u64);
+    if rr == 0 {
+        VCPU_INFO[0].store(relocate_to + 128, Ordering::SeqCst);
+    }
+    let vi = (relocate_to + 128) as *const VcpuInfo64;
+    // SAFETY: the vcpu_info now lives there.
+    let up = unsafe { read_volatile(addr_of!((*vi).evtchn_upcall_pending)) };
+    sti();
+    let ok = rr == 0 && up == 1 && wait_hits(a, before);
+    check!(c, "evtchn.vcpu_info_relocation_keeps_pending", ok, "register {rr} upcall_pending {up}");
+    port_op(EVTCHNOP_CLOSE, ipi);
+    port_op(EVTCHNOP_CLOSE, un);
+    TIMER_PORT.store(t, Ordering::SeqCst);
+}
+
+static TIMER_PORT: AtomicU32 = AtomicU32::new(0);
+
+/// VIRQ_TIMER: one-shot through set_timer_op and VCPUOP_set_singleshot_timer,
+/// periodic; SCHEDOP_block wakes on it; runstate times.
+pub fn scenario_timer(c: &mut Checks) {
+    let mut t = TIMER_PORT.load(Ordering::SeqCst);
+    if t == 0 {
+        t = bind_virq(VIRQ_TIMER, 0).1;
+    }
+    let mut rs = VcpuRunstateInfo64::default();
+    let rr = hcall::vcpu_op(VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA, 0, &VcpuRegisterMemoryArea { addr: addr_of_mut!(rs) as u64 } as *const _ as u64);
+    // SAFETY: the hypervisor wrote the area.
+    let rs0 = unsafe { read_volatile(addr_of!(rs)) };
+    check!(c, "runstate.register", rr == 0 && rs0.state == RUNSTATE_RUNNING && rs0.state_entry_time > 0, "ret {rr} state {}", rs0.state);
+
+    // One-shot via set_timer_op, then SCHEDOP_block until it fires.
+    let before = hits(t);
+    let deadline = now(0) + 3_000_000;
+    let r = hcall::call(nr::SET_TIMER_OP, [deadline, 0, 0, 0, 0]);
+    let b = hcall::sched_op(xen_abi::sched::SCHEDOP_BLOCK, 0);
+    let fired = wait_hits(t, before);
+    let at = WHEN[t as usize].load(Ordering::SeqCst);
+    let late = at.saturating_sub(deadline);
+    check!(
+        c,
+        "timer.oneshot_block",
+        r == 0 && b == 0 && fired && at >= deadline && late <= TIMER_TOLERANCE_NS,
+        "set {r} block {b} fired {fired} at {at} deadline {deadline}"
+    );
+    println!("TIMER oneshot_late_ns={late}");
+    // SAFETY: as above.
+    let rs1 = unsafe { read_volatile(addr_of!(rs)) };
+    let mono = (0..4).all(|i| rs1.time[i] >= rs0.time[i]) && rs1.state_entry_time >= rs0.state_entry_time;
+    check!(c, "runstate.blocked_time", rs1.time[RUNSTATE_BLOCKED as usize] > rs0.time[RUNSTATE_BLOCKED as usize] && mono, "before {:?} after {:?}", rs0.time, rs1.time);
+
+    // VCPUOP_set_singleshot_timer: future flag refuses the past.
+    let past = VcpuSetSingleshotTimer { timeout_abs_ns: 1, flags: VCPU_SSHOTTMR_FUTURE };
+    let e = hcall::vcpu_op(VCPUOP_SET_SINGLESHOT_TIMER, 0, &past as *const _ as u64);
+    let before = hits(t);
+    let deadline = now(0) + 2_000_000;
+    let ss = VcpuSetSingleshotTimer { timeout_abs_ns: deadline, flags: VCPU_SSHOTTMR_FUTURE };
+    let r = hcall::vcpu_op(VCPUOP_SET_SINGLESHOT_TIMER, 0, &ss as *const _ as u64);
+    hcall::sched_op(xen_abi::sched::SCHEDOP_BLOCK, 0);
+    let fired = wait_hits(t, before);
+    let at = WHEN[t as usize].load(Ordering::SeqCst);
+    check!(c, "timer.singleshot_vcpuop", e == XenErrno::ETIME.to_ret() && r == 0 && fired && at >= deadline, "past {e} set {r} fired {fired}");
+
+    // Periodic: 5 ticks, each at least a period after the previous.
+    let period = 4_000_000u64;
+    let short = hcall::vcpu_op(VCPUOP_SET_PERIODIC_TIMER, 0, &VcpuSetPeriodicTimer { period_ns: 1000 } as *const _ as u64);
+    let start = now(0);
+    let r = hcall::vcpu_op(VCPUOP_SET_PERIODIC_TIMER, 0, &VcpuSetPeriodicTimer { period_ns: period } as *const _ as u64);
+    let mut prev = start;
+    let mut ok = r == 0;
+    let mut worst = 0;
+    for _ in 0..5 {
+        let before = hits(t);
+        while hits(t) == before {
+            hcall::sched_op(xen_abi::sched::SCHEDOP_BLOCK, 0);
+        }
+        let at = WHEN[t as usize].load(Ordering::SeqCst);
+        ok &= at >= prev + period;
+        worst = worst.max(at - prev - period.min(at - prev));
+        prev = at;
+    }
+    let stop = hcall::vcpu_op(VCPUOP_STOP_PERIODIC_TIMER, 0, 0);
+    let after_stop = hits(t);
+    let quiet_until = now(0) + 3 * period;
+    while now(0) < quiet_until {
+        hcall::sched_op(xen_abi::sched::SCHEDOP_YIELD, 0);
+    }
+    let quiet = hits(t) == after_stop;
+    check!(
+        c,
+        "timer.periodic",
+        ok && short == XenErrno::EINVAL.to_ret() && stop == 0 && quiet && worst <= TIMER_TOLERANCE_NS,
+        "never early {ok}, short period {short}, stop {stop}, quiet after stop {quiet}"
+    );
+    println!("TIMER periodic_worst_late_ns={worst}");
+}
+
+/// Grant table set-up, query and remap of a frame.
+pub fn scenario_gnttab(c: &mut Checks) {
+    let (frame_a, frame_b) = (addr_of_mut!(GT_A) as u64, addr_of_mut!(GT_B) as u64);
+    let gt = |cmd: u32, arg: u64| hcall::call(nr::GRANT_TABLE_OP, [u64::from(cmd), arg, 1, 0, 0]);
+    let mut q = GnttabQuerySize { dom: DOMID_SELF, ..Default::default() };
+    let r = gt(GNTTABOP_QUERY_SIZE, &mut q as *mut _ as u64);
+    check!(c, "gnttab.query_size", r == 0 && q.status == 0 && q.nr_frames >= 1 && q.max_nr_frames >= 4, "ret {r} status {} {}/{}", q.status, q.nr_frames, q.max_nr_frames);
+    let mut v = GnttabSetVersion { version: 2 };
+    let r2 = gt(GNTTABOP_SET_VERSION, &mut v as *mut _ as u64);
+    let mut v1 = GnttabSetVersion { version: 1 };
+    let r1 = gt(GNTTABOP_SET_VERSION, &mut v1 as *mut _ as u64);
+    let mut g = GnttabGetVersion { dom: DOMID_SELF, ..Default::default() };
+    let rg = gt(GNTTABOP_GET_VERSION, &mut g as *mut _ as u64);
+    check!(c, "gnttab.versions", r2 == XenErrno::ENOSYS.to_ret() && v.version == 1 && r1 == 0 && rg == 0 && g.version == 1, "v2 {r2} v1 {r1} get {rg}/{}", g.version);
+    let map = |gpfn: u64| {
+        let x = XenAddToPhysmap64 { domid: DOMID_SELF, size: 0, space: XENMAPSPACE_GRANT_TABLE, idx: 0, gpfn };
+        hcall::memory_op(XENMEM_ADD_TO_PHYSMAP, &x as *const _ as u64)
+    };
+    let ra = map(frame_a >> 12);
+    let entry = GrantEntryV1 { flags: GTF_PERMIT_ACCESS, domid: 0, frame: 0x1234 };
+    // SAFETY: grant frame 0 is mapped at frame_a.
+    unsafe { write_volatile((frame_a + 8 * 9) as *mut GrantEntryV1, entry) };
+    let mut frames = [0u64; 2];
+    let mut st = GnttabSetupTable64 { dom: DOMID_SELF, nr_frames: 1, frame_list: frames.as_mut_ptr() as u64, ..Default::default() };
+    let rs = gt(GNTTABOP_SETUP_TABLE, &mut st as *mut _ as u64);
+    check!(c, "gnttab.setup_table", ra == 0 && rs == 0 && st.status == 0 && frames[0] == frame_a >> 12, "map {ra} setup {rs} status {} frame {:#x}", st.status, frames[0]);
+    let rb = map(frame_b >> 12);
+    // SAFETY: the frame moved to frame_b.
+    let moved = unsafe { read_volatile((frame_b + 8 * 9) as *const GrantEntryV1) };
+    check!(c, "gnttab.remap", rb == 0 && moved == entry, "map {rb} entry {moved:?}");
+}
+
+// ---- second vCPU ----
+
+static AP_READY: AtomicBool = AtomicBool::new(false);
+static AP_PORTS: [AtomicU32; 3] = [const { AtomicU32::new(0) }; 3]; // [ipi to AP, ipi to BSP, AP timer]
+static AP_TIMER_OK: AtomicU32 = AtomicU32::new(0);
+static AP_VECTOR_RET: AtomicU64 = AtomicU64::new(u64::MAX);
+#[repr(C, align(16))]
+struct Stack([u8; 16384]);
+static mut AP_STACK: Stack = Stack([0; 16384]);
+
+#[no_mangle]
+extern "C" fn ap_main() -> ! {
+    init_cpu();
+    let v = XenHvmEvtchnUpcallVector { vcpu: 1, vector: AP_VECTOR, pad: [0; 3] };
+    let r = hcall::hvm_op(HVMOP_SET_EVTCHN_UPCALL_VECTOR, &v as *const _ as u64);
+    AP_VECTOR_RET.store(r as u64, Ordering::SeqCst);
+    sti();
+    // Our own timer, on our own VIRQ_TIMER.
+    let tp = AP_PORTS[2].load(Ordering::SeqCst);
+    let before = hits(tp);
+    let deadline = now(1) + 2_000_000;
+    hcall::call(nr::SET_TIMER_OP, [deadline, 0, 0, 0, 0]);
+    AP_READY.store(true, Ordering::SeqCst);
+    while hits(tp) == before {
+        hcall::sched_op(xen_abi::sched::SCHEDOP_BLOCK, 0);
+    }
+    let ok = WHO[tp as usize].load(Ordering::SeqCst) == 1 && WHEN[tp as usize].load(Ordering::SeqCst) >= deadline;
+    AP_TIMER_OK.store(1 + u32::from(ok), Ordering::SeqCst);
+    // Answer every IPI from the BSP with one back.
+    let (to_me, to_bsp) = (AP_PORTS[0].load(Ordering::SeqCst), AP_PORTS[1].load(Ordering::SeqCst));
+    let mut answered = 0;
+    loop {
+        let got = hits(to_me);
+        while answered < got {
+            port_op(EVTCHNOP_SEND, to_bsp);
+            answered += 1;
+        }
+        hcall::sched_op(xen_abi::sched::SCHEDOP_BLOCK, 0);
+    }
+}
+
+/// Brings vCPU 1 up with VCPUOP_initialise/up and plays IPIs with it.
+pub fn scenario_smp(c: &mut Checks) {
+    let down = hcall::vcpu_op(VCPUOP_IS_UP, 1, 0);
+    let ss = VcpuSetSingleshotTimer { timeout_abs_ns: now(0) + 1_000_000, flags: 0 };
+    let other = hcall::vcpu_op(VCPUOP_SET_SINGLESHOT_TIMER, 1, &ss as *const _ as u64);
+    check!(c, "smp.singleshot_only_on_self", other == XenErrno::EINVAL.to_ret(), "ret {other}");
+    let (r0, to_ap) = bind_ipi(1);
+    let (r1, to_bsp) = bind_ipi(0);
+    let (r2, ap_timer) = bind_virq(VIRQ_TIMER, 1);
+    AP_PORTS[0].store(to_ap, Ordering::SeqCst);
+    AP_PORTS[1].store(to_bsp, Ordering::SeqCst);
+    AP_PORTS[2].store(ap_timer, Ordering::SeqCst);
+    let mut ctx = VcpuHvmContext { mode: VCPU_HVM_MODE_64B, pad: 0, regs: [0; 120] };
+    let cr3: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
+    let regs = VcpuHvmX86_64 {
+        rip: ap_entry64 as *const () as u64,
+        rsp: addr_of!(AP_STACK) as u64 + 16384,
+        rflags: 2,
+        cr0: 0x8000_0011,
+        cr3,
+        cr4: 0x20,
+        efer: 0x500,
+        ..Default::default()
+    };
+    ctx.regs[..112].copy_from_slice(zerocopy::IntoBytes::as_bytes(&regs));
+    let ri = hcall::vcpu_op(VCPUOP_INITIALISE, 1, &ctx as *const _ as u64);
+    let again = hcall::vcpu_op(VCPUOP_INITIALISE, 1, &ctx as *const _ as u64);
+    let ru = hcall::vcpu_op(VCPUOP_UP, 1, 0);
+    let mut spins = 0;
+    while !AP_READY.load(Ordering::SeqCst) && spins < 2000 {
+        hcall::sched_op(xen_abi::sched::SCHEDOP_YIELD, 0);
+        spins += 1;
+    }
+    let up = hcall::vcpu_op(VCPUOP_IS_UP, 1, 0);
+    check!(
+        c,
+        "smp.vcpu_up",
+        down == 0 && r0 == 0 && r1 == 0 && r2 == 0 && ri == 0 && again == XenErrno::EEXIST.to_ret() && ru == 0 && up == 1 && AP_READY.load(Ordering::SeqCst),
+        "is_up before {down} initialise {ri}/{again} up {ru} is_up after {up}"
+    );
+    check!(c, "smp.upcall_vector", AP_VECTOR_RET.load(Ordering::SeqCst) == 0, "HVMOP_set_evtchn_upcall_vector {}", AP_VECTOR_RET.load(Ordering::SeqCst) as i64);
+    for _ in 0..2000 {
+        if AP_TIMER_OK.load(Ordering::SeqCst) != 0 {
+            break;
+        }
+        hcall::sched_op(xen_abi::sched::SCHEDOP_YIELD, 0);
+    }
+    check!(c, "smp.ap_timer", AP_TIMER_OK.load(Ordering::SeqCst) == 2, "vCPU 1's VIRQ_TIMER: {}", AP_TIMER_OK.load(Ordering::SeqCst));
+    let mut ok = true;
+    for i in 0..5 {
+        let before = hits(to_bsp);
+        port_op(EVTCHNOP_SEND, to_ap);
+        ok &= wait_hits(to_bsp, before);
+        if !ok {
+            println!("FAIL smp.ipi_ping_pong: round {i} got no answer");
+            break;
+        }
+    }
+    let who = WHO[to_ap as usize].load(Ordering::SeqCst);
+    check!(c, "smp.ipi_ping_pong", ok && who == 1 && UPCALLS[1].load(Ordering::SeqCst) > 0, "handled on vCPU {who}");
+    let rd = hcall::vcpu_op(VCPUOP_DOWN, 1, 0);
+    let mut gone = 1;
+    for _ in 0..2000 {
+        gone = hcall::vcpu_op(VCPUOP_IS_UP, 1, 0);
+        if gone == 0 {
+            break;
+        }
+        hcall::sched_op(xen_abi::sched::SCHEDOP_YIELD, 0);
+    }
+    check!(c, "smp.vcpu_down", rd == 0 && gone == 0, "down {rd} is_up {gone}");
+}
+
+/// Latency of a loopback send to the handler, in guest time (BENCH line).
+pub fn bench_loopback(n: u32) -> u64 {
+    let a = alloc_unbound(DOMID_SELF);
+    let (_, l) = bind_loopback(a);
+    let mut best = u64::MAX;
+    for _ in 0..n {
+        let before = hits(a);
+        let t0 = now(0);
+        port_op(EVTCHNOP_SEND, l);
+        while hits(a) == before {
+            core::hint::spin_loop();
+        }
+        best = best.min(WHEN[a as usize].load(Ordering::SeqCst) - t0);
+    }
+    best
+}
+
+/// The evtchn benchmark (guest half): loopback send → handler, best of `n`.
+pub fn bench(c: &mut Checks, n: u32) {
+    let loopback = bench_loopback(n);
+    println!("BENCH evtchn loopback_ns={loopback}");
+    check!(c, "bench_evtchn", loopback > 0, "zero timing");
+}

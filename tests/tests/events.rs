@@ -1,0 +1,53 @@
+//! Event channels, upcalls, PV timers, runstate, grant tables and SMP, as the
+//! test guest exercises them through the hypercall page.
+
+use xenkvm_tests::run_vmm;
+
+#[test]
+fn test_event_channels_upcalls_and_vcpu_info_relocation() {
+    let run = run_vmm(&["--cmdline", "evtchn"]);
+    run.assert_passed(&[
+        "evtchn.callback_vector",
+        "evtchn.loopback",
+        "evtchn.loopback_reverse",
+        "evtchn.masked_then_unmask",
+        "evtchn.status",
+        "evtchn.ipi_self",
+        "evtchn.bad_arguments",
+        "evtchn.close_and_rebind",
+        "evtchn.vcpu_info_relocation_keeps_pending",
+    ]);
+    assert!(run.stderr.contains("refused HVM_PARAM_CALLBACK_IRQ"), "a PCI INTx callback is refused with a reason\n{run}");
+    assert_eq!(run.code, Some(0), "{run}");
+}
+
+#[test]
+fn test_timers_never_fire_early_and_block_wakes_on_them() {
+    // The guest checks every expiry against its own clock: never before the
+    // deadline, at most 100 ms after it (TIMER_TOLERANCE_NS).
+    let run = run_vmm(&["--cmdline", "timer"]);
+    run.assert_passed(&["runstate.register", "timer.oneshot_block", "runstate.blocked_time", "timer.singleshot_vcpuop", "timer.periodic"]);
+    assert!(run.console.contains("TIMER oneshot_late_ns="), "{run}");
+    assert_eq!(run.code, Some(0), "{run}");
+}
+
+#[test]
+fn test_grant_table_setup_query_and_remap() {
+    let run = run_vmm(&["--cmdline", "gnttab"]);
+    run.assert_passed(&["gnttab.query_size", "gnttab.versions", "gnttab.setup_table", "gnttab.remap"]);
+    assert_eq!(run.code, Some(0), "{run}");
+}
+
+#[test]
+fn test_second_vcpu_initialise_up_ipis_timer_and_down() {
+    let run = run_vmm(&["--vcpus", "2", "--cmdline", "smp"]);
+    run.assert_passed(&[
+        "smp.singleshot_only_on_self",
+        "smp.vcpu_up",
+        "smp.upcall_vector",
+        "smp.ap_timer",
+        "smp.ipi_ping_pong",
+        "smp.vcpu_down",
+    ]);
+    assert_eq!(run.code, Some(0), "{run}");
+}
