@@ -1,0 +1,319 @@
+//! Grant-table access for backends, as Xen's grant-table code does it for
+//! a driver domain: a backend may touch a guest frame only through a grant
+//! entry that names its domain, permits access (`GTF_permit_access`), and is
+//! not read-only when it writes; while it uses the frame, `GTF_reading` (and
+//! `GTF_writing`) are set in the entry so the guest can see the grant is busy
+//! and must not revoke it. The frame number is checked against the guest's
+//! RAM layout before any byte is touched.
+//!
+//! The grant table is the vmm's grant-frame memfd and the RAM the guest's
+//! memfds, both mapped by the backend; see `shared/DESIGN.md`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Mutex;
+
+use vm_memory::{MmapRegion, VolatileMemory, VolatileSlice};
+use xen_abi::grant_table::*;
+use xen_abi::PAGE_SIZE;
+
+/// Why a grant could not be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum GrantError {
+    /// The reference is beyond the table.
+    #[error("grant reference {0} is beyond the grant table")]
+    BadRef(u32),
+    /// The entry does not permit access (invalid, transfer or transitive).
+    #[error("grant {gref} does not permit access (flags {flags:#x})")]
+    NotPermitted {
+        /// The reference.
+        gref: u32,
+        /// Its flags.
+        flags: u16,
+    },
+    /// The entry grants another domain.
+    #[error("grant {gref} is for domain {domid}, not {expected}")]
+    WrongDomain {
+        /// The reference.
+        gref: u32,
+        /// Domain named in the entry.
+        domid: u16,
+        /// The backend's domain.
+        expected: u16,
+    },
+    /// A write through a read-only grant.
+    #[error("grant {0} is read-only")]
+    ReadOnly(u32),
+    /// The granted frame is not guest RAM.
+    #[error("grant {gref} names frame {frame:#x}, which is not guest RAM")]
+    FrameOutsideRam {
+        /// The reference.
+        gref: u32,
+        /// The frame.
+        frame: u32,
+    },
+    /// The guest kept changing the entry under us.
+    #[error("grant {0} changed while being acquired")]
+    Unstable(u32),
+}
+
+/// How the backend will use a granted frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Access {
+    /// Read the guest's data (e.g. a disk write).
+    Read,
+    /// Write into the guest's frame (e.g. a disk read).
+    Write,
+}
+
+/// A range of guest RAM mapped in this process.
+pub struct RamRegion {
+    /// Guest-physical start.
+    pub gpa: u64,
+    /// The mapping.
+    pub mmap: MmapRegion,
+}
+
+/// The guest's RAM as the backend mapped it.
+pub struct GuestRam {
+    regions: Vec<RamRegion>,
+}
+
+impl GuestRam {
+    /// RAM from its regions.
+    pub fn new(regions: Vec<RamRegion>) -> GuestRam {
+        GuestRam { regions }
+    }
+
+    /// The page at guest frame `gfn`, if it is RAM.
+    pub fn page(&self, gfn: u64) -> Option<VolatileSlice<'_>> {
+        let gpa = gfn.checked_mul(PAGE_SIZE as u64)?;
+        let r = self.regions.iter().find(|r| gpa >= r.gpa && gpa + PAGE_SIZE as u64 <= r.gpa + r.mmap.size() as u64)?;
+        r.mmap.get_slice((gpa - r.gpa) as usize, PAGE_SIZE).ok()
+    }
+}
+
+/// The grant table (v1) of one guest, seen by one backend domain.
+pub struct GrantTable<'a> {
+    table: &'a MmapRegion,
+    ram: &'a GuestRam,
+    backend_domid: u16,
+    /// Pins per reference: (users, writers), so nested users share the flags.
+    active: Mutex<HashMap<u32, (u32, u32)>>,
+}
+
+/// How often a changing entry is retried (Xen gives up after 4 retries too).
+const RETRIES: u32 = 4;
+
+impl<'a> GrantTable<'a> {
+    /// A view of `table` (the grant frames) over `ram`, for backends of `backend_domid`.
+    pub fn new(table: &'a MmapRegion, ram: &'a GuestRam, backend_domid: u16) -> GrantTable<'a> {
+        GrantTable { table, ram, backend_domid, active: Mutex::new(HashMap::new()) }
+    }
+
+    /// Entries the table holds.
+    pub fn len(&self) -> u32 {
+        (self.table.size() / core::mem::size_of::<GrantEntryV1>()) as u32
+    }
+
+    /// Whether the table is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The `flags | domid << 16` word of an entry, updated atomically.
+    fn word(&self, gref: u32) -> Result<&AtomicU32, GrantError> {
+        if gref >= self.len() {
+            return Err(GrantError::BadRef(gref));
+        }
+        self.table.get_atomic_ref::<AtomicU32>(gref as usize * 8).map_err(|_| GrantError::BadRef(gref))
+    }
+
+    fn frame(&self, gref: u32) -> Result<u32, GrantError> {
+        let w = self.table.get_atomic_ref::<AtomicU32>(gref as usize * 8 + 4).map_err(|_| GrantError::BadRef(gref))?;
+        Ok(w.load(Ordering::SeqCst))
+    }
+
+    /// Validates grant `gref` for `access`, marks it in use and returns its page.
+    pub fn map(&self, gref: u32, access: Access) -> Result<GrantedPage<'_, 'a>, GrantError> {
+        let word = self.word(gref)?;
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        let pins = active.get(&gref).copied().unwrap_or((0, 0));
+        let mut cur = word.load(Ordering::SeqCst);
+        let mut tries = 0;
+        loop {
+            let flags = cur as u16;
+            let domid = (cur >> 16) as u16;
+            // A grant already pinned was checked when first pinned (as in Xen).
+            if pins.0 == 0 {
+                if flags & GTF_TYPE_MASK != GTF_PERMIT_ACCESS {
+                    return Err(GrantError::NotPermitted { gref, flags });
+                }
+                if domid != self.backend_domid {
+                    return Err(GrantError::WrongDomain { gref, domid, expected: self.backend_domid });
+                }
+            }
+            let mut new = cur | u32::from(GTF_READING);
+            if access == Access::Write {
+                if flags & GTF_READONLY != 0 {
+                    return Err(GrantError::ReadOnly(gref));
+                }
+                new |= u32::from(GTF_WRITING);
+            }
+            match word.compare_exchange(cur, new, Ordering::SeqCst, Ordering::SeqCst) {
+                Ok(_) => break,
+                Err(seen) => {
+                    tries += 1;
+                    if tries > RETRIES {
+                        return Err(GrantError::Unstable(gref));
+                    }
+                    cur = seen;
+                }
+            }
+        }
+        let frame = self.frame(gref)?;
+        let Some(page) = self.ram.page(u64::from(frame)) else {
+            // Undo our flags before refusing.
+            if pins.0 == 0 {
+                word.fetch_and(!u32::from(GTF_READING | GTF_WRITING), Ordering::SeqCst);
+            } else if pins.1 == 0 {
+                word.fetch_and(!u32::from(GTF_WRITING), Ordering::SeqCst);
+            }
+            return Err(GrantError::FrameOutsideRam { gref, frame });
+        };
+        let w = u32::from(access == Access::Write);
+        active.insert(gref, (pins.0 + 1, pins.1 + w));
+        Ok(GrantedPage { table: self, gref, access, page })
+    }
+
+    fn release(&self, gref: u32, access: Access) {
+        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        let Some(&(users, writers)) = active.get(&gref) else { return };
+        let writers = writers - u32::from(access == Access::Write);
+        let users = users - 1;
+        let mut clear = 0u32;
+        if writers == 0 {
+            clear |= u32::from(GTF_WRITING);
+        }
+        if users == 0 {
+            clear |= u32::from(GTF_READING);
+            active.remove(&gref);
+        } else {
+            active.insert(gref, (users, writers));
+        }
+        if let Ok(word) = self.word(gref) {
+            word.fetch_and(!clear, Ordering::SeqCst);
+        }
+    }
+}
+
+/// A granted guest page, held (`GTF_reading`/`GTF_writing` set) until dropped.
+pub struct GrantedPage<'t, 'a> {
+    table: &'t GrantTable<'a>,
+    gref: u32,
+    access: Access,
+    page: VolatileSlice<'t>,
+}
+
+impl GrantedPage<'_, '_> {
+    /// The page (4096 bytes). Writable only through a write grant.
+    pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), GrantError> {
+        let s = self.page.subslice(offset, buf.len()).map_err(|_| GrantError::BadRef(self.gref))?;
+        s.copy_to(buf);
+        Ok(())
+    }
+
+    /// Writes into the granted page; refused for a read grant.
+    pub fn write(&self, offset: usize, buf: &[u8]) -> Result<(), GrantError> {
+        if self.access != Access::Write {
+            return Err(GrantError::ReadOnly(self.gref));
+        }
+        let s = self.page.subslice(offset, buf.len()).map_err(|_| GrantError::BadRef(self.gref))?;
+        s.copy_from(buf);
+        Ok(())
+    }
+}
+
+impl Drop for GrantedPage<'_, '_> {
+    fn drop(&mut self) {
+        self.table.release(self.gref, self.access);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RAM_PAGES: u64 = 16;
+
+    fn setup() -> (MmapRegion, GuestRam) {
+        let table = MmapRegion::new(PAGE_SIZE).unwrap();
+        // RAM at frames 0x100..0x110 only.
+        let ram = GuestRam::new(vec![RamRegion { gpa: 0x100 << 12, mmap: MmapRegion::new(RAM_PAGES as usize * PAGE_SIZE).unwrap() }]);
+        (table, ram)
+    }
+
+    fn put(table: &MmapRegion, gref: u32, flags: u16, domid: u16, frame: u32) {
+        let e = [flags.to_le_bytes(), domid.to_le_bytes()].concat();
+        table.get_slice(gref as usize * 8, 4).unwrap().copy_from(&e);
+        table.get_slice(gref as usize * 8 + 4, 4).unwrap().copy_from(&frame.to_le_bytes());
+    }
+
+    fn flags(table: &MmapRegion, gref: u32) -> u16 {
+        let mut b = [0u8; 2];
+        table.get_slice(gref as usize * 8, 2).unwrap().copy_to(&mut b);
+        u16::from_le_bytes(b)
+    }
+
+    #[test]
+    fn test_a_good_grant_is_held_while_in_use() {
+        let (table, ram) = setup();
+        put(&table, 3, GTF_PERMIT_ACCESS, 0, 0x105);
+        let gt = GrantTable::new(&table, &ram, 0);
+        {
+            let w = gt.map(3, Access::Write).unwrap();
+            assert_eq!(flags(&table, 3), GTF_PERMIT_ACCESS | GTF_READING | GTF_WRITING);
+            w.write(10, b"hello").unwrap();
+            let r = gt.map(3, Access::Read).unwrap();
+            let mut b = [0u8; 5];
+            r.read(10, &mut b).unwrap();
+            assert_eq!(&b, b"hello");
+            drop(w);
+            assert_eq!(flags(&table, 3), GTF_PERMIT_ACCESS | GTF_READING, "writing cleared with the last writer");
+        }
+        assert_eq!(flags(&table, 3), GTF_PERMIT_ACCESS, "reading cleared with the last user");
+        let mut b = [0u8; 5];
+        ram.page(0x105).unwrap().subslice(10, 5).unwrap().copy_to(&mut b);
+        assert_eq!(&b, b"hello", "the write reached guest frame 0x105");
+    }
+
+    #[test]
+    fn test_every_refusal() {
+        let (table, ram) = setup();
+        let gt = GrantTable::new(&table, &ram, 0);
+        assert_eq!(gt.map(512, Access::Read).err(), Some(GrantError::BadRef(512)), "beyond one frame of entries");
+        put(&table, 1, GTF_INVALID, 0, 0x101);
+        assert!(matches!(gt.map(1, Access::Read), Err(GrantError::NotPermitted { gref: 1, .. })));
+        put(&table, 2, GTF_ACCEPT_TRANSFER, 0, 0x101);
+        assert!(matches!(gt.map(2, Access::Read), Err(GrantError::NotPermitted { gref: 2, .. })));
+        put(&table, 3, GTF_TRANSITIVE, 0, 0x101);
+        assert!(matches!(gt.map(3, Access::Read), Err(GrantError::NotPermitted { gref: 3, .. })));
+        put(&table, 4, GTF_PERMIT_ACCESS, 7, 0x101);
+        assert_eq!(gt.map(4, Access::Read).err(), Some(GrantError::WrongDomain { gref: 4, domid: 7, expected: 0 }));
+        put(&table, 5, GTF_PERMIT_ACCESS | GTF_READONLY, 0, 0x101);
+        assert_eq!(gt.map(5, Access::Write).err(), Some(GrantError::ReadOnly(5)));
+        assert_eq!(flags(&table, 5), GTF_PERMIT_ACCESS | GTF_READONLY, "a refusal leaves the entry alone");
+        let r = gt.map(5, Access::Read).unwrap();
+        assert_eq!(r.write(0, b"x").err(), Some(GrantError::ReadOnly(5)), "no writes through a read mapping");
+        drop(r);
+        put(&table, 6, GTF_PERMIT_ACCESS, 0, 0x99);
+        assert_eq!(gt.map(6, Access::Write).err(), Some(GrantError::FrameOutsideRam { gref: 6, frame: 0x99 }));
+        assert_eq!(flags(&table, 6), GTF_PERMIT_ACCESS, "flags undone after a bad frame");
+        put(&table, 7, GTF_PERMIT_ACCESS, 0, 0x100 + RAM_PAGES as u32);
+        assert!(matches!(gt.map(7, Access::Read), Err(GrantError::FrameOutsideRam { .. })), "one past the end of RAM");
+        put(&table, 8, GTF_PERMIT_ACCESS, 0, u32::MAX);
+        assert!(matches!(gt.map(8, Access::Read), Err(GrantError::FrameOutsideRam { .. })));
+        let p = gt.map(5, Access::Read).unwrap();
+        assert!(p.read(4090, &mut [0u8; 10]).is_err(), "no read past the page");
+    }
+}
