@@ -51,3 +51,13 @@ fn test_second_vcpu_initialise_up_ipis_timer_and_down() {
     ]);
     assert_eq!(run.code, Some(0), "{run}");
 }
+
+#[test]
+fn test_backend_notify_and_bare_msi_reach_the_handler() {
+    // The benchmark's paths (no timing asserted): a host eventfd notify on a
+    // backend channel the guest bound with bind_interdomain(0, port), and a
+    // bare MSI, both reach the guest's upcall handler.
+    let run = run_vmm(&["--test-device", "--cmdline", "bench_evtchn=3"]);
+    run.assert_passed(&["evtchn.callback_vector", "bench_evtchn"]);
+    assert!(run.console.contains("BENCH evtchn rounds=3"), "{run}");
+}

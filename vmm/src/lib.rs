@@ -113,6 +113,8 @@ pub struct VmConfig {
     pub gnttab_max_frames: u32,
     /// Console output.
     pub console: ConsoleTarget,
+    /// The test/benchmark device on port 0xe5.
+    pub test_device: bool,
 }
 
 impl VmConfig {
@@ -130,6 +132,7 @@ impl VmConfig {
             name: "guest".into(),
             gnttab_max_frames: 64,
             console: ConsoleTarget::Stdout,
+            test_device: false,
         }
     }
 }
@@ -180,7 +183,10 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
     let ioapic = Arc::new(Mutex::new(Ioapic::new(Box::new(kvm::KvmMsiSink { vm: vm.clone() }))));
     let irq: Arc<dyn xen::upcall::IrqSink> = Arc::new(kvm::KvmIrqSink { vm: vm.clone(), ioapic: ioapic.clone() });
     let _ = domain.irq.set(irq);
-    let devices = Arc::new(vcpu::Devices { ioapic: ioapic.clone(), com1: Mutex::new(platform::serial::com1(ioapic, console)) });
+    let test_device =
+        if config.test_device { Some(platform::test_device::TestDevice::new(&domain).map_err(Error::EventLoop)?) } else { None };
+    let devices =
+        Arc::new(vcpu::Devices { ioapic: ioapic.clone(), com1: Mutex::new(platform::serial::com1(ioapic, console)), test_device });
 
     kvm::install_kick_handler().map_err(Error::Signal)?;
     let supported =

@@ -56,6 +56,10 @@ struct Args {
     /// Write guest console output (16550, port 0xe9, console_io) here instead of stdout.
     #[arg(long)]
     console_log: Option<PathBuf>,
+    /// Test and benchmark only: a device on I/O port 0xe5 that plays a backend
+    /// (see `platform/test_device.rs`).
+    #[arg(long, hide = true)]
+    test_device: bool,
 }
 
 fn exit_code(reason: &StopReason) -> u8 {
@@ -88,6 +92,7 @@ fn main() -> ExitCode {
     config.domid = args.domid;
     config.name = args.name;
     config.gnttab_max_frames = args.gnttab_max_frames;
+    config.test_device = args.test_device;
     if let Some(p) = args.console_log {
         config.console = ConsoleTarget::File(p);
     }

@@ -24,6 +24,8 @@ pub struct Devices {
     pub ioapic: Arc<Mutex<Ioapic>>,
     /// COM1.
     pub com1: Mutex<Com1>,
+    /// The test/benchmark device, when enabled.
+    pub test_device: Option<crate::platform::test_device::TestDevice>,
 }
 
 /// What to do after an exit, once the exit's borrow of the vCPU is over.
@@ -53,6 +55,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 fn io_out(d: &Domain, dev: &Devices, port: u16, data: &[u8]) {
     match port {
+        crate::platform::test_device::PORT if dev.test_device.is_some() => {
+            if let Some(t) = &dev.test_device {
+                t.write(d, data);
+            }
+        }
         DEBUGCON_PORT => d.console.write(data),
         p if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&p) => {
             let mut com1 = lock(&dev.com1);
@@ -69,6 +76,11 @@ fn io_out(d: &Domain, dev: &Devices, port: u16, data: &[u8]) {
 
 fn io_in(dev: &Devices, port: u16, data: &mut [u8]) {
     match port {
+        crate::platform::test_device::PORT if dev.test_device.is_some() => {
+            if let Some(t) = &dev.test_device {
+                t.read(data);
+            }
+        }
         DEBUGCON_PORT => data.fill(0xe9), // Bochs/QEMU presence check
         p if (COM1_BASE..COM1_BASE + COM1_LEN).contains(&p) => {
             let mut com1 = lock(&dev.com1);

@@ -79,15 +79,12 @@ fn common_checks(c: &mut Checks) {
         c,
         "struct vcpu_hvm_x86_32",
         vcpu::VcpuHvmX86_32,
-        [eax, ecx, edx, ebx, esp, ebp, esi, edi, eip, eflags, cr0, cr3, cr4, efer, cs_base, ds_base, ss_base, es_base, tr_base,
-         cs_limit, ds_limit, ss_limit, es_limit, tr_limit, cs_ar, ds_ar, ss_ar, es_ar, tr_ar]
+        [
+            eax, ecx, edx, ebx, esp, ebp, esi, edi, eip, eflags, cr0, cr3, cr4, efer, cs_base, ds_base, ss_base, es_base, tr_base,
+            cs_limit, ds_limit, ss_limit, es_limit, tr_limit, cs_ar, ds_ar, ss_ar, es_ar, tr_ar
+        ]
     );
-    fields!(
-        c,
-        "struct vcpu_hvm_x86_64",
-        vcpu::VcpuHvmX86_64,
-        [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, rip, rflags, cr0, cr3, cr4, efer]
-    );
+    fields!(c, "struct vcpu_hvm_x86_64", vcpu::VcpuHvmX86_64, [rax, rcx, rdx, rbx, rsp, rbp, rsi, rdi, rip, rflags, cr0, cr3, cr4, efer]);
     fields!(c, "struct vcpu_hvm_context", vcpu::VcpuHvmContext, [mode]);
     c.off("struct vcpu_hvm_context", "cpu_regs", std::mem::offset_of!(vcpu::VcpuHvmContext, regs));
     c.eq("NR_VIRQS", ev::NR_VIRQS as usize);

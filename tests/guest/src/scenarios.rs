@@ -235,7 +235,7 @@ pub fn run(start_info: u64) -> ! {
     if opts.has("block") {
         scenario_block(&mut c);
     }
-    let want_events = ["evtchn", "timer", "gnttab"].iter().any(|s| opts.has(s)) || opts.named("smp") || opts.named("bench_evtchn");
+    let want_events = ["evtchn", "timer", "gnttab"].iter().any(|s| opts.has(s)) || opts.named("smp") || opts.num("bench_evtchn").is_some();
     // SAFETY: single-threaded until the smp scenario; plain read of our own static.
     if want_events && crate::events::setup(&mut c, addr_of_mut!(SHINFO_A) as u64, unsafe { LIVE_VCPU_INFO }) {
         if opts.has("evtchn") {

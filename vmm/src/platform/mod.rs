@@ -5,6 +5,7 @@
 pub mod console_log;
 pub mod ioapic;
 pub mod serial;
+pub mod test_device;
 
 /// Port of the Bochs/Xen debug console (`outb` to 0xe9).
 pub const DEBUGCON_PORT: u16 = 0xe9;

@@ -172,10 +172,8 @@ impl Domain {
         }
         let base = vcpu as usize * VCPU_INFO_SIZE;
         let page = &self.shared_info_page;
-        let bits = VcpuInfoBits {
-            upcall_pending: page.atomic_u8(base)?,
-            sel: [page.atomic_u32(base + sel)?, page.atomic_u32(base + sel + 4)?],
-        };
+        let bits =
+            VcpuInfoBits { upcall_pending: page.atomic_u8(base)?, sel: [page.atomic_u32(base + sel)?, page.atomic_u32(base + sel + 4)?] };
         Some(f(&bits))
     }
 
@@ -187,15 +185,13 @@ impl Domain {
     /// Whether `port`'s pending bit is set in shared_info.
     pub fn port_pending(&self, port: u32) -> bool {
         let l = SharedInfoLayout::for_width(self.width());
-        self.shinfo_word(l.evtchn_pending + (port as usize / 32) * 4)
-            .is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (port % 32)) != 0)
+        self.shinfo_word(l.evtchn_pending + (port as usize / 32) * 4).is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (port % 32)) != 0)
     }
 
     /// Whether `port`'s mask bit is set in shared_info.
     pub fn port_masked(&self, port: u32) -> bool {
         let l = SharedInfoLayout::for_width(self.width());
-        self.shinfo_word(l.evtchn_mask + (port as usize / 32) * 4)
-            .is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (port % 32)) != 0)
+        self.shinfo_word(l.evtchn_mask + (port as usize / 32) * 4).is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (port % 32)) != 0)
     }
 
     /// Xen's `evtchn_2l_set_pending`: set the pending bit; if it was clear and
@@ -635,7 +631,8 @@ mod tests {
     fn test_loopback_send_sets_pending_selector_and_upcall() {
         let Some((d, _)) = test_domain() else { return };
         let a = alloc_unbound(&d, DOMID_SELF);
-        let (r, b) = op(&d, EVTCHNOP_BIND_INTERDOMAIN, &EvtchnBindInterdomain { remote_dom: DOMID_SELF, remote_port: a, ..Default::default() });
+        let (r, b) =
+            op(&d, EVTCHNOP_BIND_INTERDOMAIN, &EvtchnBindInterdomain { remote_dom: DOMID_SELF, remote_port: a, ..Default::default() });
         assert_eq!(r, 0);
         let l = b.local_port;
         assert_ne!(l, a);
@@ -712,9 +709,11 @@ mod tests {
         assert_eq!(status(&d, u).0, 0);
         let (r, _) = op(&d, EVTCHNOP_STATUS, &EvtchnStatus { dom: 9, port: u, ..Default::default() });
         assert_eq!(r, -1, "EPERM for another domain");
-        let (r, _) = op(&d, EVTCHNOP_BIND_INTERDOMAIN, &EvtchnBindInterdomain { remote_dom: DOMID_SELF, remote_port: i.port, ..Default::default() });
+        let (r, _) =
+            op(&d, EVTCHNOP_BIND_INTERDOMAIN, &EvtchnBindInterdomain { remote_dom: DOMID_SELF, remote_port: i.port, ..Default::default() });
         assert_eq!(r, -22, "bind_interdomain to a port that is not unbound");
-        let (r, _) = op(&d, EVTCHNOP_BIND_INTERDOMAIN, &EvtchnBindInterdomain { remote_dom: DOMID_SELF, remote_port: u, ..Default::default() });
+        let (r, _) =
+            op(&d, EVTCHNOP_BIND_INTERDOMAIN, &EvtchnBindInterdomain { remote_dom: DOMID_SELF, remote_port: u, ..Default::default() });
         assert_eq!(r, -22, "unbound for dom0, not for us");
         assert_eq!(op(&d, EVTCHNOP_INIT_CONTROL, &[0u8; 24]).0, -38, "FIFO is not offered");
         let (r, _) = op(&d, EVTCHNOP_RESET, &EvtchnReset { dom: DOMID_SELF });
@@ -760,7 +759,8 @@ mod tests {
         assert_eq!(d.evtchn().binding(g), Some(&Binding::Unbound { remote_dom: 0 }));
         // The backend allocates; the guest binds with bind_interdomain(0, port).
         let b = d.backend_alloc_unbound().unwrap();
-        let (r, bi) = op(&d, EVTCHNOP_BIND_INTERDOMAIN, &EvtchnBindInterdomain { remote_dom: 0, remote_port: b.port, ..Default::default() });
+        let (r, bi) =
+            op(&d, EVTCHNOP_BIND_INTERDOMAIN, &EvtchnBindInterdomain { remote_dom: 0, remote_port: b.port, ..Default::default() });
         assert_eq!(r, 0);
         let (_, s) = status(&d, bi.local_port);
         assert_eq!((s.status, s.u0, s.u1), (EVTCHNSTAT_INTERDOMAIN, 0, b.port));

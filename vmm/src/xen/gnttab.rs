@@ -159,18 +159,30 @@ mod tests {
         assert_eq!(q.status, GNTST_BAD_DOMAIN);
         d.state().grant_frame_gfns.insert(1, 0x700);
         let list = 0x11_0000;
-        let (r, s) = op(&d, w, GNTTABOP_SETUP_TABLE, &GnttabSetupTable64 { dom: DOMID_SELF, nr_frames: 2, frame_list: list, ..Default::default() });
+        let (r, s) =
+            op(&d, w, GNTTABOP_SETUP_TABLE, &GnttabSetupTable64 { dom: DOMID_SELF, nr_frames: 2, frame_list: list, ..Default::default() });
         assert_eq!((r, s.status), (0, GNTST_OKAY));
         assert_eq!(d.physmap().read_u64(list).unwrap(), u64::MAX, "frame 0 not mapped");
         assert_eq!(d.physmap().read_u64(list + 8).unwrap(), 0x700);
         let (_, q) = op(&d, w, GNTTABOP_QUERY_SIZE, &GnttabQuerySize { dom: DOMID_SELF, ..Default::default() });
         assert_eq!(q.nr_frames, 2, "setup_table grew the table");
-        let (_, s) = op(&d, w, GNTTABOP_SETUP_TABLE, &GnttabSetupTable64 { dom: DOMID_SELF, nr_frames: 5, frame_list: list, ..Default::default() });
+        let (_, s) =
+            op(&d, w, GNTTABOP_SETUP_TABLE, &GnttabSetupTable64 { dom: DOMID_SELF, nr_frames: 5, frame_list: list, ..Default::default() });
         assert_eq!(s.status, GNTST_GENERAL_ERROR, "beyond max_frames");
-        let (r, _) = op(&d, w, GNTTABOP_SETUP_TABLE, &GnttabSetupTable64 { dom: DOMID_SELF, nr_frames: 1, frame_list: 0xe000_0000, ..Default::default() });
+        let (r, _) = op(
+            &d,
+            w,
+            GNTTABOP_SETUP_TABLE,
+            &GnttabSetupTable64 { dom: DOMID_SELF, nr_frames: 1, frame_list: 0xe000_0000, ..Default::default() },
+        );
         assert_eq!(r, -14, "bad frame list");
         // 32-bit layout: 16-byte struct, 4-byte frames.
-        let (r, s) = op(&d, GuestWidth::Bits32, GNTTABOP_SETUP_TABLE, &GnttabSetupTable32 { dom: DOMID_SELF, nr_frames: 2, frame_list: list as u32, ..Default::default() });
+        let (r, s) = op(
+            &d,
+            GuestWidth::Bits32,
+            GNTTABOP_SETUP_TABLE,
+            &GnttabSetupTable32 { dom: DOMID_SELF, nr_frames: 2, frame_list: list as u32, ..Default::default() },
+        );
         assert_eq!((r, s.status), (0, 0));
         assert_eq!(d.physmap().read_u32(list + 4).unwrap(), 0x700);
         let (r, v) = op(&d, w, GNTTABOP_SET_VERSION, &GnttabSetVersion { version: 1 });

@@ -187,14 +187,17 @@ mod tests {
     fn test_poll_returns_on_pending_port_raise_and_timeout() {
         let Some((d, _)) = test_domain() else { return };
         let port: u32 = 3; // free: never pending
-        // An IPI port on vCPU 0, masked: poll still sees it.
+                           // An IPI port on vCPU 0, masked: poll still sees it.
         let ipi = {
             let a = xen_abi::event_channel::EvtchnBindIpi { vcpu: 0, port: 0 };
             d.physmap().write(0x10_0000, zerocopy::IntoBytes::as_bytes(&a)).unwrap();
             assert_eq!(call(&d, GuestWidth::Bits64, xen_abi::hypercall::EVENT_CHANNEL_OP, &[7, 0x10_0000]), 0);
             d.physmap().read_u32(0x10_0004).unwrap()
         };
-        d.shared_info_page.atomic_u32(xen_abi::shared_info::SharedInfoLayout::for_width(GuestWidth::Bits64).evtchn_mask).unwrap().store(u32::MAX, Ordering::SeqCst);
+        d.shared_info_page
+            .atomic_u32(xen_abi::shared_info::SharedInfoLayout::for_width(GuestWidth::Bits64).evtchn_mask)
+            .unwrap()
+            .store(u32::MAX, Ordering::SeqCst);
         d.physmap().write(0x20_0000, &[ipi.to_le_bytes(), port.to_le_bytes()].concat()).unwrap();
         let poll_arg = |timeout: u64| {
             let p = SchedPoll64 { ports: 0x20_0000, nr_ports: 2, pad: 0, timeout };

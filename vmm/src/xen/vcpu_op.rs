@@ -115,13 +115,15 @@ pub fn vcpu_op(ctx: &HypercallCtx<'_>, cmd: u32, vcpuid: u32, arg: u64) -> HcRes
         VCPUOP_GET_RUNSTATE_INFO => {
             let rs = *target.runstate.lock().unwrap_or_else(|e| e.into_inner());
             match ctx.width {
-                GuestWidth::Bits64 => ctx.write_obj(
-                    arg,
-                    &VcpuRunstateInfo64 { state: rs.state, pad: 0, state_entry_time: rs.entry, time: rs.time },
-                )?,
+                GuestWidth::Bits64 => {
+                    ctx.write_obj(arg, &VcpuRunstateInfo64 { state: rs.state, pad: 0, state_entry_time: rs.entry, time: rs.time })?
+                }
                 GuestWidth::Bits32 => {
                     let split = |v: u64| [v as u32, (v >> 32) as u32];
-                    ctx.write_obj(arg, &VcpuRunstateInfo32 { state: rs.state, state_entry_time: split(rs.entry), time: rs.time.map(split) })?
+                    ctx.write_obj(
+                        arg,
+                        &VcpuRunstateInfo32 { state: rs.state, state_entry_time: split(rs.entry), time: rs.time.map(split) },
+                    )?
                 }
             }
             Ok(0)
