@@ -127,3 +127,11 @@ pub fn tempdir() -> PathBuf {
     std::fs::create_dir_all(&d).expect("create temp dir");
     d
 }
+
+/// The number after `key=` in a `BENCH …` line the guest printed.
+pub fn bench_field(line: &str, key: &str) -> anyhow::Result<f64> {
+    use anyhow::Context;
+    let v =
+        line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')).with_context(|| format!("no {key} in {line:?}"))?;
+    Ok(v.parse()?)
+}

@@ -4,14 +4,8 @@
 //!
 //! Usage: bench-hypercall [ITERATIONS] [RUNS]
 
-use anyhow::{bail, Context};
-use xenkvm_tests::run_vmm;
-
-fn field(line: &str, key: &str) -> anyhow::Result<f64> {
-    let v =
-        line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')).with_context(|| format!("no {key} in {line:?}"))?;
-    Ok(v.parse()?)
-}
+use anyhow::bail;
+use xenkvm_tests::{bench_field as field, run_vmm};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);

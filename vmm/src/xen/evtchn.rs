@@ -207,16 +207,22 @@ impl Domain {
         }
         let masked = mask(port as usize / 32).is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (port % 32)) != 0);
         if !masked {
-            let word_bits = (width.word_bytes() * 8) as u32;
-            let sel_was_set = self.with_vcpu_info(vcpu, width, |b| {
-                let words = |i: usize| b.sel.get(i).copied();
-                set_bit(&words, port / word_bits)
-            });
-            if let Some(Some(false)) = sel_was_set {
-                self.mark_events_pending(vcpu);
-            }
+            self.flag_selector(port, vcpu, width);
         }
         self.wake_pollers(port);
+    }
+
+    /// Sets `port`'s selector bit in `vcpu`'s vcpu_info; on the 0 → 1 edge,
+    /// marks the vCPU's events pending.
+    fn flag_selector(&self, port: u32, vcpu: u32, width: GuestWidth) {
+        let word_bits = (width.word_bytes() * 8) as u32;
+        let sel_was_set = self.with_vcpu_info(vcpu, width, |b| {
+            let words = |i: usize| b.sel.get(i).copied();
+            set_bit(&words, port / word_bits)
+        });
+        if let Some(Some(false)) = sel_was_set {
+            self.mark_events_pending(vcpu);
+        }
     }
 
     /// Xen's `vcpu_mark_events_pending`: set `evtchn_upcall_pending`; on the
@@ -580,14 +586,7 @@ pub fn unmask(d: &Domain, port: u32, limit: u32) -> Result<(), XenErrno> {
     let idx = port as usize / 32;
     let was_masked = d.shinfo_word(l.evtchn_mask + idx * 4).is_some_and(|w| w.fetch_and(!m, Ordering::SeqCst) & m != 0);
     if was_masked && d.port_pending(port) {
-        let word_bits = (width.word_bytes() * 8) as u32;
-        let sel_was_set = d.with_vcpu_info(vcpu, width, |b| {
-            let words = |i: usize| b.sel.get(i).copied();
-            set_bit(&words, port / word_bits)
-        });
-        if let Some(Some(false)) = sel_was_set {
-            d.mark_events_pending(vcpu);
-        }
+        d.flag_selector(port, vcpu, width);
     }
     Ok(())
 }
