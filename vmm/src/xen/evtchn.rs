@@ -154,6 +154,12 @@ impl Domain {
         self.shared_info_page.atomic_u32(offset)
     }
 
+    /// `port`'s word and bit in the shared_info bitmap at `bitmap` (pending
+    /// or mask); 32-bit words address both ABIs' bitmaps (little-endian).
+    fn port_bit(&self, bitmap: usize, port: u32) -> Option<(&AtomicU32, u32)> {
+        Some((self.shinfo_word(bitmap + (port as usize / 32) * 4)?, 1 << (port % 32)))
+    }
+
     /// Runs `f` on vCPU `vcpu`'s vcpu_info bits, wherever that vcpu_info is now.
     fn with_vcpu_info<R>(&self, vcpu: u32, width: GuestWidth, f: impl FnOnce(&VcpuInfoBits<'_>) -> R) -> Option<R> {
         let v = self.vcpus.get(vcpu as usize)?;
@@ -200,12 +206,11 @@ impl Domain {
     fn set_pending(&self, port: u32, vcpu: u32) {
         let width = self.width();
         let l = SharedInfoLayout::for_width(width);
-        let pending = |i: usize| self.shinfo_word(l.evtchn_pending + i * 4);
-        let mask = |i: usize| self.shinfo_word(l.evtchn_mask + i * 4);
-        if set_bit(&pending, port) != Some(false) {
+        let was_pending = self.port_bit(l.evtchn_pending, port).map(|(w, m)| w.fetch_or(m, Ordering::SeqCst) & m != 0);
+        if was_pending != Some(false) {
             return;
         }
-        let masked = mask(port as usize / 32).is_some_and(|w| w.load(Ordering::SeqCst) & (1 << (port % 32)) != 0);
+        let masked = self.port_bit(l.evtchn_mask, port).is_some_and(|(w, m)| w.load(Ordering::SeqCst) & m != 0);
         if !masked {
             self.flag_selector(port, vcpu, width);
         }
@@ -379,9 +384,7 @@ pub fn event_channel_op(ctx: &HypercallCtx<'_>, cmd: u32, arg: u64) -> HcResult 
                 if rp.binding != (Binding::Unbound { remote_dom: d.info.domid }) {
                     return Err(XenErrno::EINVAL);
                 }
-                let local = t.alloc(limit, Binding::Free, 0)?;
-                let local = if local == b.remote_port { t.alloc(limit, Binding::Free, 0)? } else { local };
-                t.ports[local as usize].binding = Binding::Loopback { remote_port: b.remote_port };
+                let local = t.alloc(limit, Binding::Loopback { remote_port: b.remote_port }, 0)?;
                 t.ports[b.remote_port as usize].binding = Binding::Loopback { remote_port: local };
                 local
             } else if remote == BACKEND_DOMID {
@@ -509,7 +512,6 @@ pub fn close(d: &Domain, port: u32, limit: u32) -> Result<(), XenErrno> {
     if port == 0 {
         return Err(XenErrno::EINVAL);
     }
-    let mut unwatch = None;
     match p.binding {
         Binding::Free => return Err(XenErrno::EINVAL),
         Binding::Unbound { .. } | Binding::Ipi => {}
@@ -529,19 +531,16 @@ pub fn close(d: &Domain, port: u32, limit: u32) -> Result<(), XenErrno> {
             // The backend's port stays allocated, unbound, until the backend closes it.
             if let Some(bp) = t.backend_ports.get_mut(&remote_port) {
                 bp.peer = None;
-                unwatch = Some(remote_port);
+                tracing::debug!(port, backend_port = remote_port, "guest closed a backend channel");
             }
         }
     }
     t.ports[port as usize] = Port { binding: Binding::Free, vcpu: 0 };
     drop(t);
-    if let Some(bp) = unwatch {
-        tracing::debug!(port, backend_port = bp, "guest closed a backend channel");
-    }
     // Xen clears the pending bit so a reused port starts clean (mask is left to the guest).
     let l = SharedInfoLayout::for_width(d.width());
-    if let Some(w) = d.shinfo_word(l.evtchn_pending + (port as usize / 32) * 4) {
-        w.fetch_and(!(1 << (port % 32)), Ordering::SeqCst);
+    if let Some((w, m)) = d.port_bit(l.evtchn_pending, port) {
+        w.fetch_and(!m, Ordering::SeqCst);
     }
     Ok(())
 }
@@ -582,9 +581,7 @@ pub fn unmask(d: &Domain, port: u32, limit: u32) -> Result<(), XenErrno> {
     let vcpu = d.evtchn().get(port, limit)?.vcpu;
     let width = d.width();
     let l = SharedInfoLayout::for_width(width);
-    let m = 1u32 << (port % 32);
-    let idx = port as usize / 32;
-    let was_masked = d.shinfo_word(l.evtchn_mask + idx * 4).is_some_and(|w| w.fetch_and(!m, Ordering::SeqCst) & m != 0);
+    let was_masked = d.port_bit(l.evtchn_mask, port).is_some_and(|(w, m)| w.fetch_and(!m, Ordering::SeqCst) & m != 0);
     if was_masked && d.port_pending(port) {
         d.flag_selector(port, vcpu, width);
     }

@@ -7,25 +7,6 @@ use xen_abi::hypercall;
 use super::hypercall::{HcResult, HypercallCtx};
 use super::upcall::{self, Callback};
 
-/// Parameters a guest may read about itself (Xen's `hvm_allow_get_param`).
-fn guest_may_read(index: u32) -> bool {
-    use param::*;
-    matches!(
-        index,
-        CALLBACK_IRQ
-            | VM86_TSS
-            | VM86_TSS_SIZED
-            | ACPI_IOPORTS_LOCATION
-            | VM_GENERATION_ID_ADDR
-            | STORE_PFN
-            | STORE_EVTCHN
-            | CONSOLE_PFN
-            | CONSOLE_EVTCHN
-            | ALTP2M
-            | X87_FIP_WIDTH
-    )
-}
-
 /// Parameters a guest may set on itself (Xen's `hvm_allow_set_param`).
 fn guest_may_write(index: u32) -> bool {
     use param::*;
@@ -40,6 +21,13 @@ fn guest_may_write(index: u32) -> bool {
             | CONSOLE_EVTCHN
             | X87_FIP_WIDTH
     )
+}
+
+/// Parameters a guest may read about itself (Xen's `hvm_allow_get_param`):
+/// those it may set, plus the toolstack's ring pages and altp2m.
+fn guest_may_read(index: u32) -> bool {
+    use param::*;
+    guest_may_write(index) || matches!(index, STORE_PFN | CONSOLE_PFN | ALTP2M)
 }
 
 /// Handles `HYPERVISOR_hvm_op(op, arg)`.
