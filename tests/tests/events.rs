@@ -26,7 +26,15 @@ fn test_timers_never_fire_early_and_block_wakes_on_them() {
     // The guest checks every expiry against its own clock: never before the
     // deadline, at most 100 ms after it (TIMER_TOLERANCE_NS).
     let run = run_vmm(&["--cmdline", "timer"]);
-    run.assert_passed(&["runstate.register", "timer.oneshot_block", "runstate.blocked_time", "timer.singleshot_vcpuop", "timer.periodic"]);
+    run.assert_passed(&[
+        "runstate.register",
+        "timer.oneshot_block",
+        "runstate.blocked_time",
+        "timer.singleshot_vcpuop",
+        "vcpu_time_area",
+        "runstate.get_runstate_info",
+        "timer.periodic",
+    ]);
     assert!(run.console.contains("TIMER oneshot_late_ns="), "{run}");
     assert_eq!(run.code, Some(0), "{run}");
 }
@@ -60,4 +68,24 @@ fn test_backend_notify_and_bare_msi_reach_the_handler() {
     let run = run_vmm(&["--test-device", "--cmdline", "bench_evtchn=3"]);
     run.assert_passed(&["evtchn.callback_vector", "bench_evtchn"]);
     assert!(run.console.contains("BENCH evtchn rounds=3"), "{run}");
+}
+
+#[test]
+fn test_second_vcpu_started_by_init_and_sipi() {
+    // The guest copies a real-mode trampoline to 0x8000 and sends INIT and
+    // STARTUP through its local APIC's ICR; vCPU 1 climbs to long mode and
+    // then runs the same timer and IPI checks as the VCPUOP_up path.
+    let run = run_vmm(&["--vcpus", "2", "--cmdline", "sipi"]);
+    run.assert_passed(&["sipi.vcpu_up", "smp.upcall_vector", "smp.ap_timer", "smp.ipi_ping_pong", "smp.vcpu_down"]);
+    assert_eq!(run.code, Some(0), "{run}");
+}
+
+#[test]
+fn test_gsi_callback_through_the_ioapic() {
+    // HVM_PARAM_CALLBACK_IRQ of GSI type: one upcall per event (the line
+    // drops once the handler cleared evtchn_upcall_pending and EOI'd), the
+    // line stays asserted while the pin is masked, and back to a vector.
+    let run = run_vmm(&["--cmdline", "gsi"]);
+    run.assert_passed(&["evtchn.callback_vector", "gsi.delivery", "gsi.level_held_while_masked", "gsi.back_to_vector"]);
+    assert_eq!(run.code, Some(0), "{run}");
 }

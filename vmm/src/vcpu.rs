@@ -160,6 +160,9 @@ impl Vcpu {
                 shared.online.store(true, Ordering::SeqCst);
                 lock(&shared.bringup).initialised = true;
                 domain.set_runstate(self.id, xen_abi::vcpu::RUNSTATE_RUNNING);
+                // INIT resets KVM's clock MSR: an AP started by INIT/SIPI gets
+                // its vcpu_info time back before it next enters the guest.
+                shared.requests.fetch_or(request::UPDATE_TIME_AREA, Ordering::SeqCst);
             }
             let next = match result {
                 Ok(exit) => match exit {

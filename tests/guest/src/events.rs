@@ -10,7 +10,7 @@ use xen_abi::grant_table::*;
 use xen_abi::hvm::{param, XenHvmEvtchnUpcallVector, XenHvmParam, HVMOP_SET_EVTCHN_UPCALL_VECTOR, HVMOP_SET_PARAM};
 use xen_abi::hypercall as nr;
 use xen_abi::memory::*;
-use xen_abi::shared_info::{SharedInfo64, VcpuInfo64};
+use xen_abi::shared_info::{SharedInfo64, VcpuInfo64, VcpuTimeInfo};
 use xen_abi::vcpu::*;
 use xen_abi::DOMID_SELF;
 
@@ -49,6 +49,13 @@ static mut RELOC_PAGE: Page = Page([0; 4096]);
 /// Two guest frames for the grant-table frame (place, then remap).
 static mut GT_A: Page = Page([0; 4096]);
 static mut GT_B: Page = Page([0; 4096]);
+/// The runstate area (static: the hypervisor keeps writing it).
+static mut RUNSTATE: VcpuRunstateInfo64 = VcpuRunstateInfo64 { state: 0, pad: 0, state_entry_time: 0, time: [0; 4] };
+#[repr(C, align(32))]
+struct TimeArea(VcpuTimeInfo);
+/// The secondary time area (VCPUOP_register_vcpu_time_memory_area).
+// SAFETY: all-zero bytes are a valid vcpu_time_info.
+static mut TIME_AREA: TimeArea = TimeArea(unsafe { core::mem::zeroed() });
 
 core::arch::global_asm!(
     ".pushsection .text.upcall,\"ax\"",
@@ -399,14 +406,10 @@ pub fn scenario_timer(c: &mut Checks) {
     if t == 0 {
         t = bind_virq(VIRQ_TIMER, 0).1;
     }
-    let mut rs = VcpuRunstateInfo64::default();
-    let rr = hcall::vcpu_op(
-        VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA,
-        0,
-        &VcpuRegisterMemoryArea { addr: addr_of_mut!(rs) as u64 } as *const _ as u64,
-    );
+    let rs = addr_of_mut!(RUNSTATE);
+    let rr = hcall::vcpu_op(VCPUOP_REGISTER_RUNSTATE_MEMORY_AREA, 0, &VcpuRegisterMemoryArea { addr: rs as u64 } as *const _ as u64);
     // SAFETY: the hypervisor wrote the area.
-    let rs0 = unsafe { read_volatile(addr_of!(rs)) };
+    let rs0 = unsafe { read_volatile(rs) };
     check!(c, "runstate.register", rr == 0 && rs0.state == RUNSTATE_RUNNING && rs0.state_entry_time > 0, "ret {rr} state {}", rs0.state);
 
     // One-shot via set_timer_op, then SCHEDOP_block until it fires.
@@ -425,7 +428,7 @@ pub fn scenario_timer(c: &mut Checks) {
     );
     println!("TIMER oneshot_late_ns={late}");
     // SAFETY: as above.
-    let rs1 = unsafe { read_volatile(addr_of!(rs)) };
+    let rs1 = unsafe { read_volatile(rs) };
     let mono = (0..4).all(|i| rs1.time[i] >= rs0.time[i]) && rs1.state_entry_time >= rs0.state_entry_time;
     check!(
         c,
@@ -435,6 +438,11 @@ pub fn scenario_timer(c: &mut Checks) {
         rs0.time,
         rs1.time
     );
+
+    // A secondary time area, checked now and again after the vCPU has blocked.
+    let ta = addr_of_mut!(TIME_AREA) as u64;
+    let rt = hcall::vcpu_op(VCPUOP_REGISTER_VCPU_TIME_MEMORY_AREA, 0, &VcpuRegisterMemoryArea { addr: ta } as *const _ as u64);
+    let first_area = time_area_agrees();
 
     // VCPUOP_set_singleshot_timer: future flag refuses the past.
     let past = VcpuSetSingleshotTimer { timeout_abs_ns: 1, flags: VCPU_SSHOTTMR_FUTURE };
@@ -452,6 +460,7 @@ pub fn scenario_timer(c: &mut Checks) {
         e == XenErrno::ETIME.to_ret() && r == 0 && fired && at >= deadline,
         "past {e} set {r} fired {fired}"
     );
+    scenario_time_area_and_runstate_info(c, rt, first_area);
 
     // Periodic: 5 ticks, each at least a period after the previous.
     let period = 4_000_000u64;
@@ -485,6 +494,48 @@ pub fn scenario_timer(c: &mut Checks) {
         "never early {ok}, short period {short}, stop {stop}, quiet after stop {quiet}"
     );
     println!("TIMER periodic_worst_late_ns={worst}");
+}
+
+/// The time area's clock and vcpu_info's agree (both are read in turn, so
+/// they differ by the few µs in between, never by milliseconds).
+fn time_area_agrees() -> Option<u64> {
+    let area = addr_of!(TIME_AREA) as *const VcpuTimeInfo;
+    // SAFETY: the area is ours and the hypervisor writes it.
+    let version = unsafe { read_volatile(addr_of!((*area).version)) };
+    let a = crate::scenarios::system_time(area);
+    let b = now(0);
+    let gap = a.abs_diff(b);
+    (version & 1 == 0 && a != 0 && gap < 5_000_000).then_some(gap)
+}
+
+/// VCPUOP_register_vcpu_time_memory_area (registered by the timer scenario)
+/// stays current across a block; VCPUOP_get_runstate_info matches the area.
+fn scenario_time_area_and_runstate_info(c: &mut Checks, registered: i64, first: Option<u64>) {
+    let again = time_area_agrees();
+    check!(
+        c,
+        "vcpu_time_area",
+        registered == 0 && first.is_some() && again.is_some(),
+        "register {registered} gap {first:?} after block {again:?}"
+    );
+    let mut ri = VcpuRunstateInfo64::default();
+    let rg = hcall::vcpu_op(VCPUOP_GET_RUNSTATE_INFO, 0, addr_of_mut!(ri) as u64);
+    // SAFETY: the area is ours and the hypervisor writes it.
+    let area = unsafe { read_volatile(addr_of!(RUNSTATE)) };
+    let bad = hcall::vcpu_op(VCPUOP_GET_RUNSTATE_INFO, 7, addr_of_mut!(ri) as u64);
+    check!(
+        c,
+        "runstate.get_runstate_info",
+        rg == 0
+            && ri.state == RUNSTATE_RUNNING
+            && ri.state_entry_time == area.state_entry_time
+            && ri.time == area.time
+            && bad == XenErrno::ENOENT.to_ret(),
+        "ret {rg} state {} entry {} vs area {}; vCPU 7: {bad}",
+        ri.state,
+        ri.state_entry_time,
+        area.state_entry_time
+    );
 }
 
 /// Grant table set-up, query and remap of a frame.
@@ -540,6 +591,83 @@ pub fn scenario_gnttab(c: &mut Checks) {
     check!(c, "gnttab.remap", rb == 0 && moved == entry, "map {rb} entry {moved:?}");
 }
 
+const IOAPIC: u64 = 0xfec0_0000;
+
+fn ioapic_write(reg: u32, v: u32) {
+    // SAFETY: the IOAPIC window is identity-mapped; IOREGSEL then IOWIN.
+    unsafe {
+        write_volatile(IOAPIC as *mut u32, reg);
+        write_volatile((IOAPIC + 0x10) as *mut u32, v);
+    }
+}
+
+fn upcalls() -> u32 {
+    UPCALLS[0].load(Ordering::SeqCst)
+}
+
+fn settle() {
+    for _ in 0..10 {
+        hcall::sched_op(xen_abi::sched::SCHEDOP_YIELD, 0);
+    }
+}
+
+/// `HVM_PARAM_CALLBACK_IRQ` of GSI type: the guest programs an IOAPIC pin
+/// (level, active high) and takes upcalls through it; the line stays
+/// asserted while `evtchn_upcall_pending` is set and drops once the handler
+/// cleared it and EOI'd.
+pub fn scenario_gsi(c: &mut Checks) {
+    const GSI: u32 = 20;
+    const GSI_VECTOR: u8 = 0xe8;
+    const LEVEL: u32 = 1 << 15;
+    const MASKED: u32 = 1 << 16;
+    let rte = 0x10 + 2 * GSI;
+    ioapic_write(rte + 1, 0); // destination: APIC 0
+    ioapic_write(rte, u32::from(GSI_VECTOR) | LEVEL);
+    set_gate(GSI_VECTOR, upcall_entry);
+    // Only the IOAPIC route may deliver from here on.
+    set_gate(CALLBACK_VECTOR, spurious_entry);
+    let r = set_callback(u64::from(GSI));
+    let a = alloc_unbound(DOMID_SELF);
+    let (rb, l) = bind_loopback(a);
+    wait_hits(l, 0); // binding raises the new port once
+    settle();
+
+    let (u0, h0) = (upcalls(), hits(a));
+    port_op(EVTCHNOP_SEND, l);
+    let first = wait_hits(a, h0);
+    settle();
+    port_op(EVTCHNOP_SEND, l);
+    let second = wait_hits(a, h0 + 1);
+    settle();
+    let taken = upcalls() - u0;
+    check!(
+        c,
+        "gsi.delivery",
+        r == 0 && rb == 0 && first && second && taken == 2,
+        "set {r} bind {rb} first {first} second {second}; upcalls for 2 events: {taken}"
+    );
+
+    // Masked at the IOAPIC: the event stays pending and the line stays high;
+    // unmasking delivers it (level semantics).
+    ioapic_write(rte, u32::from(GSI_VECTOR) | LEVEL | MASKED);
+    let (u1, h1) = (upcalls(), hits(a));
+    port_op(EVTCHNOP_SEND, l);
+    settle();
+    let held = upcalls() == u1 && pending(a);
+    ioapic_write(rte, u32::from(GSI_VECTOR) | LEVEL);
+    let delivered = wait_hits(a, h1);
+    settle();
+    check!(c, "gsi.level_held_while_masked", held && delivered && upcalls() - u1 == 1, "held {held} delivered on unmask {delivered}");
+
+    // Back to the vector callback.
+    ioapic_write(rte, u32::from(GSI_VECTOR) | LEVEL | MASKED);
+    let back = set_callback((2 << 56) | u64::from(CALLBACK_VECTOR));
+    set_gate(CALLBACK_VECTOR, upcall_entry);
+    let h2 = hits(a);
+    port_op(EVTCHNOP_SEND, l);
+    check!(c, "gsi.back_to_vector", back == 0 && wait_hits(a, h2), "set {back}");
+}
+
 // ---- second vCPU ----
 
 static AP_READY: AtomicBool = AtomicBool::new(false);
@@ -581,8 +709,109 @@ extern "C" fn ap_main() -> ! {
     }
 }
 
-/// Brings vCPU 1 up with VCPUOP_initialise/up and plays IPIs with it.
-pub fn scenario_smp(c: &mut Checks) {
+/// How the scenario starts vCPU 1.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum ApStart {
+    /// `VCPUOP_initialise` with a 64-bit context, then `VCPUOP_up` (PVH Linux).
+    VcpuOp,
+    /// INIT and STARTUP IPIs through the local APIC's ICR into a real-mode
+    /// trampoline (HVM Linux, and what a BIOS does).
+    InitSipi,
+}
+
+/// Where the INIT/SIPI trampoline is copied (below 1 MiB, page aligned).
+const TRAMPOLINE: u64 = 0x8000;
+
+// Real mode → 32-bit protected mode → long mode, then ap_entry64. Its last
+// 32 bytes are data the BSP fills in: GDT pointer, CR3, stack, entry.
+core::arch::global_asm!(
+    ".pushsection .text.trampoline,\"ax\"",
+    ".set TRAMP, 0x8000",
+    ".global sipi_trampoline",
+    ".global sipi_trampoline_end",
+    ".code16",
+    "sipi_trampoline:",
+    "cli",
+    "mov %cs, %ax",
+    "mov %ax, %ds",
+    "lgdtl (tr_gdt - sipi_trampoline)",
+    "mov %cr0, %eax",
+    "or $1, %eax",
+    "mov %eax, %cr0",
+    "ljmpl $0x18, $(TRAMP + tr_pm32 - sipi_trampoline)",
+    ".code32",
+    "tr_pm32:",
+    "mov $0x10, %ax",
+    "mov %ax, %ds",
+    "mov %ax, %es",
+    "mov %ax, %ss",
+    "mov %cr4, %eax",
+    "or $0x20, %eax",
+    "mov %eax, %cr4",
+    "mov (TRAMP + tr_cr3 - sipi_trampoline), %eax",
+    "mov %eax, %cr3",
+    "mov $0xc0000080, %ecx",
+    "rdmsr",
+    "or $0x100, %eax",
+    "wrmsr",
+    "mov %cr0, %eax",
+    "and $0x9fffffff, %eax",
+    "or $0x80000000, %eax",
+    "mov %eax, %cr0",
+    "ljmp $0x08, $(TRAMP + tr_lm64 - sipi_trampoline)",
+    ".code64",
+    "tr_lm64:",
+    "mov (TRAMP + tr_stack - sipi_trampoline), %rsp",
+    "jmp *(TRAMP + tr_entry - sipi_trampoline)",
+    ".balign 8",
+    "tr_gdt: .quad 0",
+    "tr_cr3: .quad 0",
+    "tr_stack: .quad 0",
+    "tr_entry: .quad 0",
+    "sipi_trampoline_end:",
+    ".popsection",
+    options(att_syntax)
+);
+extern "C" {
+    static sipi_trampoline: u8;
+    static sipi_trampoline_end: u8;
+    static gdt_ptr: [u8; 6];
+}
+
+fn cr3() -> u64 {
+    let cr3: u64;
+    // SAFETY: reading CR3 has no side effects.
+    unsafe { core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
+    cr3
+}
+
+/// Copies the trampoline to [`TRAMPOLINE`], fills in its data and sends
+/// INIT, then STARTUP twice, to APIC 1 as the MP specification does.
+fn start_ap_with_sipi() {
+    // SAFETY: the symbols bound the trampoline in our image; 0x8000.. is free
+    // RAM below our image, identity-mapped; the data slots are its last 32 bytes.
+    unsafe {
+        let start = addr_of!(sipi_trampoline);
+        let len = addr_of!(sipi_trampoline_end) as usize - start as usize;
+        core::ptr::copy_nonoverlapping(start, TRAMPOLINE as *mut u8, len);
+        let data = (TRAMPOLINE as usize + len - 32) as *mut u64;
+        let mut gdt = [0u8; 8];
+        gdt[..6].copy_from_slice(&*addr_of!(gdt_ptr));
+        write_volatile(data, u64::from_le_bytes(gdt));
+        write_volatile(data.add(1), cr3());
+        write_volatile(data.add(2), addr_of!(AP_STACK) as u64 + 16384);
+        write_volatile(data.add(3), ap_entry64 as *const () as u64);
+    }
+    lapic_write(0x310, 1 << 24); // ICR high: APIC 1
+    lapic_write(0x300, 0x4500); // INIT, assert
+    for _ in 0..2 {
+        lapic_write(0x310, 1 << 24);
+        lapic_write(0x300, 0x4600 | (TRAMPOLINE >> 12) as u32); // STARTUP
+    }
+}
+
+/// Brings vCPU 1 up (either way) and plays IPIs and timers with it.
+pub fn scenario_smp(c: &mut Checks, how: ApStart) {
     let down = hcall::vcpu_op(VCPUOP_IS_UP, 1, 0);
     let ss = VcpuSetSingleshotTimer { timeout_abs_ns: now(0) + 1_000_000, flags: 0 };
     let other = hcall::vcpu_op(VCPUOP_SET_SINGLESHOT_TIMER, 1, &ss as *const _ as u64);
@@ -593,24 +822,34 @@ pub fn scenario_smp(c: &mut Checks) {
     AP_PORTS[0].store(to_ap, Ordering::SeqCst);
     AP_PORTS[1].store(to_bsp, Ordering::SeqCst);
     AP_PORTS[2].store(ap_timer, Ordering::SeqCst);
-    let mut ctx = VcpuHvmContext { mode: VCPU_HVM_MODE_64B, pad: 0, regs: [0; 120] };
-    let cr3: u64;
-    // SAFETY: reading CR3 has no side effects.
-    unsafe { core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack)) };
-    let regs = VcpuHvmX86_64 {
-        rip: ap_entry64 as *const () as u64,
-        rsp: addr_of!(AP_STACK) as u64 + 16384,
-        rflags: 2,
-        cr0: 0x8000_0011,
-        cr3,
-        cr4: 0x20,
-        efer: 0x500,
-        ..Default::default()
+    let bound = r0 == 0 && r1 == 0 && r2 == 0;
+    let started = match how {
+        ApStart::VcpuOp => {
+            let mut ctx = VcpuHvmContext { mode: VCPU_HVM_MODE_64B, pad: 0, regs: [0; 120] };
+            let regs = VcpuHvmX86_64 {
+                rip: ap_entry64 as *const () as u64,
+                rsp: addr_of!(AP_STACK) as u64 + 16384,
+                rflags: 2,
+                cr0: 0x8000_0011,
+                cr3: cr3(),
+                cr4: 0x20,
+                efer: 0x500,
+                ..Default::default()
+            };
+            ctx.regs[..112].copy_from_slice(zerocopy::IntoBytes::as_bytes(&regs));
+            let ri = hcall::vcpu_op(VCPUOP_INITIALISE, 1, &ctx as *const _ as u64);
+            let again = hcall::vcpu_op(VCPUOP_INITIALISE, 1, &ctx as *const _ as u64);
+            let ru = hcall::vcpu_op(VCPUOP_UP, 1, 0);
+            if ri != 0 || again != XenErrno::EEXIST.to_ret() || ru != 0 {
+                println!("FAIL smp.vcpu_up: initialise {ri}/{again} up {ru}");
+            }
+            ri == 0 && again == XenErrno::EEXIST.to_ret() && ru == 0
+        }
+        ApStart::InitSipi => {
+            start_ap_with_sipi();
+            true
+        }
     };
-    ctx.regs[..112].copy_from_slice(zerocopy::IntoBytes::as_bytes(&regs));
-    let ri = hcall::vcpu_op(VCPUOP_INITIALISE, 1, &ctx as *const _ as u64);
-    let again = hcall::vcpu_op(VCPUOP_INITIALISE, 1, &ctx as *const _ as u64);
-    let ru = hcall::vcpu_op(VCPUOP_UP, 1, 0);
     let mut spins = 0;
     while !AP_READY.load(Ordering::SeqCst) && spins < 2000 {
         hcall::sched_op(xen_abi::sched::SCHEDOP_YIELD, 0);
@@ -619,17 +858,9 @@ pub fn scenario_smp(c: &mut Checks) {
     let up = hcall::vcpu_op(VCPUOP_IS_UP, 1, 0);
     check!(
         c,
-        "smp.vcpu_up",
-        down == 0
-            && r0 == 0
-            && r1 == 0
-            && r2 == 0
-            && ri == 0
-            && again == XenErrno::EEXIST.to_ret()
-            && ru == 0
-            && up == 1
-            && AP_READY.load(Ordering::SeqCst),
-        "is_up before {down} initialise {ri}/{again} up {ru} is_up after {up}"
+        if how == ApStart::VcpuOp { "smp.vcpu_up" } else { "sipi.vcpu_up" },
+        down == 0 && bound && started && up == 1 && AP_READY.load(Ordering::SeqCst),
+        "is_up before {down} bound {bound} started {started} is_up after {up}"
     );
     check!(
         c,

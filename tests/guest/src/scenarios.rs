@@ -235,7 +235,9 @@ pub fn run(start_info: u64) -> ! {
     if opts.has("block") {
         scenario_block(&mut c);
     }
-    let want_events = ["evtchn", "timer", "gnttab"].iter().any(|s| opts.has(s)) || opts.named("smp") || opts.num("bench_evtchn").is_some();
+    let want_events = ["evtchn", "timer", "gnttab"].iter().any(|s| opts.has(s))
+        || ["smp", "sipi", "gsi"].iter().any(|s| opts.named(s))
+        || opts.num("bench_evtchn").is_some();
     // SAFETY: single-threaded until the smp scenario; plain read of our own static.
     if want_events && crate::events::setup(&mut c, addr_of_mut!(SHINFO_A) as u64, unsafe { LIVE_VCPU_INFO }) {
         if opts.has("evtchn") {
@@ -247,8 +249,14 @@ pub fn run(start_info: u64) -> ! {
         if opts.has("gnttab") {
             crate::events::scenario_gnttab(&mut c);
         }
+        if opts.named("gsi") {
+            crate::events::scenario_gsi(&mut c);
+        }
         if opts.named("smp") {
-            crate::events::scenario_smp(&mut c);
+            crate::events::scenario_smp(&mut c, crate::events::ApStart::VcpuOp);
+        }
+        if opts.named("sipi") {
+            crate::events::scenario_smp(&mut c, crate::events::ApStart::InitSipi);
         }
         if let Some(n) = opts.num("bench_evtchn") {
             crate::events::bench(&mut c, n as u32);

@@ -51,26 +51,23 @@ fn dom_status(ctx: &HypercallCtx<'_>, dom: u16) -> i16 {
 /// Handles `HYPERVISOR_grant_table_op(cmd, uop, count)`.
 pub fn grant_table_op(ctx: &HypercallCtx<'_>, cmd: u32, uop: u64, count: u32) -> HcResult {
     let d = ctx.domain;
+    // Xen takes exactly one query_size or setup_table op per call (a
+    // negative count is refused for every op), so nothing here loops over a
+    // guest-chosen count.
+    if (count as i32) < 0 || (matches!(cmd, GNTTABOP_QUERY_SIZE | GNTTABOP_SETUP_TABLE) && count != 1) {
+        return Err(XenErrno::EINVAL);
+    }
     match cmd {
         GNTTABOP_QUERY_SIZE => {
-            for i in 0..u64::from(count) {
-                let at = uop + i * core::mem::size_of::<GnttabQuerySize>() as u64;
-                let mut q: GnttabQuerySize = ctx.read_obj(at)?;
-                q.status = dom_status(ctx, q.dom);
-                if q.status == GNTST_OKAY {
-                    q.nr_frames = d.gnttab.lock().unwrap_or_else(|e| e.into_inner()).nr_frames;
-                    q.max_nr_frames = d.info.gnttab_max_frames;
-                }
-                ctx.write_obj(at, &q)?;
+            let mut q: GnttabQuerySize = ctx.read_obj(uop)?;
+            q.status = dom_status(ctx, q.dom);
+            if q.status == GNTST_OKAY {
+                q.nr_frames = d.gnttab.lock().unwrap_or_else(|e| e.into_inner()).nr_frames;
+                q.max_nr_frames = d.info.gnttab_max_frames;
             }
-            Ok(0)
+            ctx.write_obj(uop, &q).map(|_| 0)
         }
-        GNTTABOP_SETUP_TABLE => {
-            for i in 0..u64::from(count) {
-                setup_table(ctx, uop, i)?;
-            }
-            Ok(0)
-        }
+        GNTTABOP_SETUP_TABLE => setup_table(ctx, uop).map(|_| 0),
         GNTTABOP_SET_VERSION => {
             let mut v: GnttabSetVersion = ctx.read_obj(uop)?;
             let r = match v.version {
@@ -99,20 +96,19 @@ pub fn grant_table_op(ctx: &HypercallCtx<'_>, cmd: u32, uop: u64, count: u32) ->
 /// `GNTTABOP_setup_table`: grow the table and list its frames. Translated
 /// guests get the guest frame where each table frame is mapped, or
 /// `INVALID_GFN` where it is not (yet).
-fn setup_table(ctx: &HypercallCtx<'_>, uop: u64, i: u64) -> Result<(), XenErrno> {
+fn setup_table(ctx: &HypercallCtx<'_>, uop: u64) -> Result<(), XenErrno> {
     let d = ctx.domain;
-    let (size, dom, nr, list) = match ctx.width {
+    let (dom, nr, list) = match ctx.width {
         GuestWidth::Bits64 => {
-            let s: GnttabSetupTable64 = ctx.read_obj(uop + i * 24)?;
-            (24, s.dom, s.nr_frames, s.frame_list)
+            let s: GnttabSetupTable64 = ctx.read_obj(uop)?;
+            (s.dom, s.nr_frames, s.frame_list)
         }
         GuestWidth::Bits32 => {
-            let s: GnttabSetupTable32 = ctx.read_obj(uop + i * 16)?;
-            (16, s.dom, s.nr_frames, u64::from(s.frame_list))
+            let s: GnttabSetupTable32 = ctx.read_obj(uop)?;
+            (s.dom, s.nr_frames, u64::from(s.frame_list))
         }
     };
-    let at = uop + i * size;
-    let status_at = at + 8;
+    let status_at = uop + 8;
     let mut status = dom_status(ctx, dom);
     if status == GNTST_OKAY && nr > d.info.gnttab_max_frames {
         status = GNTST_GENERAL_ERROR;
@@ -193,5 +189,27 @@ mod tests {
         let (r, v) = op(&d, w, GNTTABOP_GET_VERSION, &GnttabGetVersion { dom: DOMID_SELF, ..Default::default() });
         assert_eq!((r, v.version), (0, 1));
         assert_eq!(op(&d, w, 77, &[0u8; 8]).0, -38);
+    }
+
+    #[test]
+    fn test_query_and_setup_take_exactly_one_op() {
+        let Some((d, _)) = test_domain() else { return };
+        let w = GuestWidth::Bits64;
+        d.physmap().write(ARG, GnttabQuerySize { dom: DOMID_SELF, ..Default::default() }.as_bytes()).unwrap();
+        for (cmd, count) in [
+            (GNTTABOP_QUERY_SIZE, 0),
+            (GNTTABOP_QUERY_SIZE, 2),
+            (GNTTABOP_SETUP_TABLE, 0x7fff_ffff),
+            (GNTTABOP_GET_VERSION, u64::from(u32::MAX)),
+        ] {
+            assert_eq!(call(&d, w, GRANT_TABLE_OP, &[u64::from(cmd), ARG, count]), -22, "cmd {cmd} count {count}");
+        }
+        let q: GnttabQuerySize = zerocopy::FromBytes::read_from_bytes(&{
+            let mut b = [0u8; 16];
+            d.physmap().read(ARG, &mut b).unwrap();
+            b
+        })
+        .unwrap();
+        assert_eq!(q.nr_frames, 0, "a refused op writes nothing back");
     }
 }

@@ -58,6 +58,11 @@ impl Domain {
         rs.state = state;
         rs.entry = now;
         self.write_runstate(&rs);
+        drop(rs);
+        if state == RUNSTATE_RUNNING {
+            // Xen refreshes the secondary time area whenever a vCPU is scheduled in.
+            self.copy_time_area(vcpu);
+        }
     }
 
     /// Writes a runstate to its guest area, if one is registered.

@@ -198,13 +198,16 @@ pub fn check_hvm_context(c: &VcpuHvmContext) -> Result<(), &'static str> {
 
 impl super::Domain {
     /// Copies vCPU `vcpu`'s `vcpu_info.time` into its secondary time area.
+    /// KVM rewrites the source only while that vCPU enters the guest, so a
+    /// copy made from the vCPU's own thread is never torn; an odd version
+    /// (an update in progress) is skipped all the same.
     pub fn copy_time_area(&self, vcpu: u32) {
         let Some(v) = self.vcpus.get(vcpu as usize) else { return };
         let Some(dst) = *v.time_area.lock().unwrap_or_else(|e| e.into_inner()) else { return };
         let Some(src) = super::shared_info::time_area_gpa(self, vcpu) else { return };
         let pm = self.physmap();
         let mut t = [0u8; 32];
-        if pm.read(src, &mut t).is_ok() {
+        if pm.read(src, &mut t).is_ok() && t[0] & 1 == 0 {
             let _ = pm.write(dst, &t);
         }
     }
