@@ -128,6 +128,7 @@ impl Vcpu {
     /// Runs the vCPU until the VM stops; a fault it hits stops the VM with the reason.
     pub fn run(mut self) {
         let _guard = VcpuKickGuard::new(&mut self.fd);
+        crate::xen::upcall::set_current_vcpu(self.id);
         self.fd.set_sync_valid_reg(SyncReg::Register);
         self.fd.set_sync_valid_reg(SyncReg::SystemRegister);
         let domain = self.domain.clone();

@@ -29,7 +29,10 @@ pub fn first_byte() -> u8 {
     unsafe { core::ptr::read_volatile(core::ptr::addr_of!(HYPERCALL_PAGE.0[0])) }
 }
 
-/// Makes hypercall `n` with up to five arguments (64-bit convention).
+/// Makes hypercall `n` with up to five arguments (64-bit convention);
+/// inlined, as Linux's `_hypercallN` macros are, so the arguments go
+/// straight into registers.
+#[inline(always)]
 pub fn call(n: u32, a: [u64; 5]) -> i64 {
     assert!(READY.load(Ordering::SeqCst), "hypercall before the page is set up");
     let f = page_addr() + u64::from(n) * 32;

@@ -63,6 +63,21 @@ impl Callback {
     }
 }
 
+thread_local! {
+    /// The vCPU whose thread this is, if any.
+    static ON_VCPU: std::cell::Cell<Option<u32>> = const { std::cell::Cell::new(None) };
+}
+
+/// Marks the calling thread as vCPU `id`'s thread.
+pub fn set_current_vcpu(id: u32) {
+    ON_VCPU.with(|c| c.set(Some(id)));
+}
+
+/// Whether the calling thread is vCPU `id`'s thread.
+pub fn on_vcpu(id: u32) -> bool {
+    ON_VCPU.with(|c| c.get()) == Some(id)
+}
+
 /// Injects the upcall for `vcpu` (its upcall pending bit just went 0 → 1).
 pub fn inject(d: &Domain, vcpu: u32) {
     let Some(sink) = d.irq.get() else { return };
