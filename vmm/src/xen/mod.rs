@@ -188,10 +188,11 @@ impl VcpuShared {
 
     /// Forces the vCPU out of `KVM_RUN` and out of a block.
     pub fn kick(&self) {
-        self.wake_up();
+        // The signal first: a vCPU in the guest starts leaving it at once.
         if let Some(k) = self.kicker.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
             k();
         }
+        self.wake_up();
     }
 
     /// Wakes the vCPU if it sleeps in `SCHEDOP_block`.
