@@ -7,6 +7,7 @@ pub mod boot;
 pub mod cpuid;
 pub mod event_loop;
 pub mod guest_access;
+pub mod ipc_server;
 pub mod kvm;
 pub mod layout;
 pub mod memory;
@@ -44,6 +45,14 @@ pub enum Error {
         /// Cause.
         #[source]
         source: std::io::Error,
+    },
+    /// The ipc socket could not be set up.
+    #[error("Cannot serve ipc at {path}")]
+    Ipc {
+        /// The socket path.
+        path: PathBuf,
+        /// Why.
+        source: xenkvm_ipc::Error,
     },
     /// The event loop could not be created.
     #[error("Cannot create the event loop")]
@@ -115,6 +124,10 @@ pub struct VmConfig {
     pub console: ConsoleTarget,
     /// The test/benchmark device on port 0xe5.
     pub test_device: bool,
+    /// Where to serve ipc to dom0 peers (xenstored, backends).
+    pub ipc_socket: Option<PathBuf>,
+    /// The xenstored socket to introduce the guest to.
+    pub xenstored: Option<PathBuf>,
 }
 
 impl VmConfig {
@@ -133,6 +146,8 @@ impl VmConfig {
             gnttab_max_frames: 64,
             console: ConsoleTarget::Stdout,
             test_device: false,
+            ipc_socket: None,
+            xenstored: None,
         }
     }
 }
@@ -210,7 +225,16 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
         vcpus = config.vcpus,
         entry = format_args!("{:#x}", boot.entry)
     );
+    let ipc = config
+        .ipc_socket
+        .as_ref()
+        .map(|p| ipc_server::IpcServer::bind(p).map_err(|source| Error::Ipc { path: p.clone(), source }))
+        .transpose()?;
     let mut threads = Vec::new();
+    if let Some(server) = ipc {
+        let d = domain.clone();
+        threads.push(std::thread::Builder::new().name("ipc".into()).spawn(move || server.run(&d)).map_err(Error::Thread)?);
+    }
     let helpers: [(&str, fn(&xen::Domain)); 2] = [("timers", xen::timer::run), ("events", |d| d.events.run(d))];
     for (name, f) in helpers {
         let d = domain.clone();

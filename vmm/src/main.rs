@@ -60,6 +60,13 @@ struct Args {
     /// (see `platform/test_device.rs`).
     #[arg(long, hide = true)]
     test_device: bool,
+    /// Serve ipc (guest memory, event channels) to dom0 peers on this Unix socket.
+    #[arg(long)]
+    ipc_socket: Option<PathBuf>,
+    /// Introduce the guest to the xenstored listening on this socket (and
+    /// write its default nodes); needs --ipc-socket so xenstored can attach.
+    #[arg(long, requires = "ipc_socket")]
+    xenstored: Option<PathBuf>,
 }
 
 fn exit_code(reason: &StopReason) -> u8 {
@@ -93,6 +100,8 @@ fn main() -> ExitCode {
     config.name = args.name;
     config.gnttab_max_frames = args.gnttab_max_frames;
     config.test_device = args.test_device;
+    config.ipc_socket = args.ipc_socket;
+    config.xenstored = args.xenstored;
     if let Some(p) = args.console_log {
         config.console = ConsoleTarget::File(p);
     }

@@ -103,6 +103,14 @@ impl EvtchnTable {
         }
     }
 
+    /// Allocates `port` unbound for dom0, as the toolstack does for the
+    /// xenstore and console channels before the guest boots.
+    pub fn reserve_for_backend(&mut self, port: u32) {
+        if let Some(p) = self.ports.get_mut(port as usize) {
+            *p = Port { binding: Binding::Unbound { remote_dom: BACKEND_DOMID }, vcpu: 0 };
+        }
+    }
+
     /// The binding of `port`, if it exists.
     pub fn binding(&self, port: u32) -> Option<&Binding> {
         self.ports.get(port as usize).map(|p| &p.binding)

@@ -203,6 +203,11 @@ impl VcpuShared {
     }
 }
 
+/// The guest's xenstore event channel, unbound for dom0 from the start.
+pub const STORE_PORT: u32 = 1;
+/// The guest's primary console event channel, likewise.
+pub const CONSOLE_PORT: u32 = 2;
+
 /// Mutable hypervisor state of the domain.
 pub struct XenState {
     /// The shared_info/vcpu_info layout, latched when the hypercall page is
@@ -301,8 +306,8 @@ impl Domain {
         params[param::STORE_PFN as usize] = info.layout.special_gfn(SpecialPage::Xenstore);
         params[param::CONSOLE_PFN as usize] = info.layout.special_gfn(SpecialPage::Console);
         // The toolstack allocates these two ports before boot; event channels give them life.
-        params[param::STORE_EVTCHN as usize] = 1;
-        params[param::CONSOLE_EVTCHN as usize] = 2;
+        params[param::STORE_EVTCHN as usize] = u64::from(STORE_PORT);
+        params[param::CONSOLE_EVTCHN as usize] = u64::from(CONSOLE_PORT);
         let (clock, realtime) = crate::kvm::clock(&vm)?;
         let now = realtime
             .unwrap_or_else(|| std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64));
@@ -328,7 +333,12 @@ impl Domain {
             stop: Mutex::new(None),
             stopped: Condvar::new(),
             boot_wallclock_ns: now.saturating_sub(clock),
-            evtchn: Mutex::new(evtchn::EvtchnTable::new(info.vcpus)),
+            evtchn: Mutex::new({
+                let mut t = evtchn::EvtchnTable::new(info.vcpus);
+                t.reserve_for_backend(STORE_PORT);
+                t.reserve_for_backend(CONSOLE_PORT);
+                t
+            }),
             events: crate::event_loop::EventLoop::new().map_err(crate::Error::EventLoop)?,
             timers: timer::TimerService::default(),
             callback: Mutex::new(upcall::Callback::None),
