@@ -1,1 +1,70 @@
-fn main() {}
+//! `xenkvm-xenstored`: the xenstore daemon.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use tracing_subscriber::prelude::*;
+use xenstore::daemon::{Config, Daemon};
+use xenstore::quota::Quota;
+
+/// The xenstore daemon: Xen's wire protocol on a Unix socket and on each
+/// introduced guest's ring.
+#[derive(Parser, Debug)]
+#[command(name = "xenkvm-xenstored", version)]
+struct Args {
+    /// The socket clients connect to (set XENSTORED_PATH to it for Xen's tools).
+    #[arg(long, default_value = "/run/xenstored/socket")]
+    socket: PathBuf,
+    /// Directory of the vmm ipc sockets (`vmm-<domid>.sock`).
+    #[arg(long, default_value = "/run/xenkvm")]
+    run_dir: PathBuf,
+    /// State kept across restarts (default: <run-dir>/xenstored.state).
+    #[arg(long)]
+    state_file: Option<PathBuf>,
+    /// Nodes a guest may own.
+    #[arg(long, default_value_t = Quota::default().nodes)]
+    quota_nodes: u32,
+    /// Watches a guest may hold.
+    #[arg(long, default_value_t = Quota::default().watches)]
+    quota_watches: u32,
+    /// Transactions a guest may have open.
+    #[arg(long, default_value_t = Quota::default().transactions)]
+    quota_transactions: u32,
+    /// Bytes in one value a guest writes.
+    #[arg(long, default_value_t = Quota::default().value_bytes)]
+    quota_value_bytes: u32,
+    /// Entries in one permission list a guest sets.
+    #[arg(long, default_value_t = Quota::default().perms)]
+    quota_permissions: u32,
+    /// Replies a guest may leave untaken before its input pauses.
+    #[arg(long, default_value_t = Quota::default().outstanding)]
+    quota_outstanding: u32,
+    /// Log filter (tracing syntax; also XENKVM_LOG).
+    #[arg(long)]
+    log: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let filter = args.log.clone().or_else(|| std::env::var("XENKVM_LOG").ok()).unwrap_or_else(|| "info".into());
+    let (layer, handle) = tracing_subscriber::reload::Layer::new(tracing_subscriber::EnvFilter::new(filter));
+    tracing_subscriber::registry().with(layer).with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr)).init();
+    xenstore::daemon::install_log_reload(Box::new(move |level| {
+        let f = tracing_subscriber::EnvFilter::try_new(level).map_err(|e| e.to_string())?;
+        handle.reload(f).map_err(|e| e.to_string())
+    }));
+    let quota = Quota {
+        nodes: args.quota_nodes,
+        watches: args.quota_watches,
+        transactions: args.quota_transactions,
+        value_bytes: args.quota_value_bytes,
+        perms: args.quota_permissions,
+        outstanding: args.quota_outstanding.max(1),
+    };
+    std::fs::create_dir_all(&args.run_dir)?;
+    let state_file = args.state_file.unwrap_or_else(|| args.run_dir.join("xenstored.state"));
+    let _span = tracing::info_span!("xenstored", process = "xenstored").entered();
+    let mut daemon = Daemon::new(Config { socket: args.socket.clone(), run_dir: args.run_dir, state_file, quota })?;
+    tracing::info!(event = "xenstored.listening", socket = %args.socket.display());
+    daemon.run()
+}

@@ -58,7 +58,7 @@ pub enum Access {
 }
 
 /// Who is asking.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Caller {
     /// The caller's domain (0 for dom0 and socket clients).
     pub domid: u32,

@@ -1,0 +1,419 @@
+//! Request handling: one message from one client in, replies and watch
+//! events out, plus the domain actions (introduce, release) the daemon
+//! carries out with its transports.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::connection::Conn;
+use crate::path;
+use crate::perms::{Caller, Perm};
+use crate::quota::Quota;
+use crate::store::{Change, Store};
+use crate::watch::{self, Watch};
+use crate::wire::{fields, ty, Message, XsError};
+
+/// A client's id.
+pub type ConnId = u64;
+
+/// First domid that is not a real domain (`DOMID_FIRST_RESERVED`).
+pub const DOMID_FIRST_RESERVED: u32 = 0x7ff0;
+
+/// An introduced domain.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Domain {
+    /// Its id.
+    pub domid: u32,
+    /// Guest frame of its xenstore ring.
+    pub gfn: u64,
+    /// Its xenstore event channel (the guest's port).
+    pub port: u32,
+    /// Its ring connection.
+    pub conn: ConnId,
+}
+
+/// Something only the daemon's transport layer can do.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Action {
+    /// Connect to a newly introduced domain's ring.
+    Attach(Domain),
+    /// Disconnect from a released domain.
+    Detach(Domain),
+}
+
+/// The daemon's state.
+#[derive(Debug, Serialize, Deserialize)]
+pub struct Xenstored {
+    /// The tree.
+    pub store: Store,
+    /// Limits for unprivileged domains.
+    pub quota: Quota,
+    /// Clients.
+    pub conns: BTreeMap<ConnId, Conn>,
+    /// Introduced domains.
+    pub domains: BTreeMap<u32, Domain>,
+    next_conn: ConnId,
+    /// Set when the state a restart must restore changed.
+    #[serde(skip)]
+    pub dirty: bool,
+    /// The event a new watch fires, queued after its OK.
+    #[serde(skip)]
+    first_event: Option<Message>,
+}
+
+fn ok() -> Vec<u8> {
+    b"OK\0".to_vec()
+}
+
+fn nul_list<I: IntoIterator<Item = S>, S: AsRef<[u8]>>(items: I) -> Vec<u8> {
+    let mut v = Vec::new();
+    for s in items {
+        v.extend_from_slice(s.as_ref());
+        v.push(0);
+    }
+    v
+}
+
+fn text(b: &[u8]) -> Result<&str, XsError> {
+    std::str::from_utf8(b).map_err(|_| XsError::EINVAL)
+}
+
+fn number<T: std::str::FromStr>(b: &[u8]) -> Result<T, XsError> {
+    text(b)?.parse().map_err(|_| XsError::EINVAL)
+}
+
+impl Xenstored {
+    /// A fresh daemon state.
+    pub fn new(quota: Quota) -> Xenstored {
+        Xenstored {
+            store: Store::new(),
+            quota,
+            conns: BTreeMap::new(),
+            domains: BTreeMap::new(),
+            next_conn: 1,
+            dirty: true,
+            first_event: None,
+        }
+    }
+
+    /// Adds a client.
+    pub fn connect(&mut self, caller: Caller, is_domain: bool) -> ConnId {
+        let id = self.next_conn;
+        self.next_conn += 1;
+        self.conns.insert(id, Conn::new(caller, is_domain));
+        if is_domain {
+            self.dirty = true;
+        }
+        id
+    }
+
+    /// Removes a client and everything it held.
+    pub fn disconnect(&mut self, id: ConnId) {
+        if let Some(c) = self.conns.remove(&id) {
+            self.dirty |= c.is_domain;
+        }
+    }
+
+    /// Handles one request from `id`.
+    pub fn handle(&mut self, id: ConnId, msg: Message) -> Option<Action> {
+        let Some(conn) = self.conns.get(&id) else { return None };
+        let caller = conn.caller;
+        let h = msg.header;
+        let mut action = None;
+        let result = self.dispatch(id, &caller, &msg, &mut action);
+        let reply = match result {
+            Ok(payload) => Message::reply(&h, payload),
+            Err(e) => Message::error(&h, e),
+        };
+        let first = self.first_event.take();
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.reply(reply);
+            if let Some(e) = first {
+                c.event(e);
+            }
+            self.dirty |= c.is_domain;
+        }
+        action
+    }
+
+    fn dispatch(&mut self, id: ConnId, caller: &Caller, msg: &Message, action: &mut Option<Action>) -> Result<Vec<u8>, XsError> {
+        let h = msg.header;
+        let f = fields(&msg.payload);
+        let arg = |i: usize| f.get(i).copied().ok_or(XsError::EINVAL);
+        let privileged = || if caller.privileged { Ok(()) } else { Err(XsError::EACCES) };
+        let node = |i: usize| -> Result<String, XsError> { Ok(path::canonicalize(caller.domid, arg(i)?)?.0) };
+        match h.ty {
+            ty::READ => {
+                let p = node(0)?;
+                self.tree(id, h.tx_id)?.read(&p, caller)
+            }
+            ty::WRITE => {
+                let cut = msg.payload.iter().position(|&b| b == 0).ok_or(XsError::EINVAL)?;
+                let p = path::canonicalize(caller.domid, &msg.payload[..cut])?.0;
+                let value = msg.payload[cut + 1..].to_vec();
+                let quota = self.quota;
+                self.change(id, h.tx_id, |s, ch| s.write(&p, &value, caller, &quota, ch))?;
+                Ok(ok())
+            }
+            ty::MKDIR => {
+                let p = node(0)?;
+                let quota = self.quota;
+                self.change(id, h.tx_id, |s, ch| s.mkdir(&p, caller, &quota, ch))?;
+                Ok(ok())
+            }
+            ty::RM => {
+                let p = node(0)?;
+                self.change(id, h.tx_id, |s, ch| s.rm(&p, caller, ch))?;
+                Ok(ok())
+            }
+            ty::DIRECTORY => {
+                let p = node(0)?;
+                Ok(nul_list(self.tree(id, h.tx_id)?.directory(&p, caller)?))
+            }
+            ty::DIRECTORY_PART => {
+                let p = node(0)?;
+                let offset: usize = number(arg(1)?)?;
+                self.tree(id, h.tx_id)?.directory_part(&p, offset, caller)
+            }
+            ty::GET_PERMS => {
+                let p = node(0)?;
+                Ok(nul_list(self.tree(id, h.tx_id)?.get_perms(&p, caller)?.iter().map(|p| p.render())))
+            }
+            ty::SET_PERMS => {
+                let p = node(0)?;
+                let perms = f.iter().skip(1).filter(|s| !s.is_empty()).map(|s| Perm::parse(s)).collect::<Result<Vec<_>, _>>()?;
+                let quota = self.quota;
+                self.change(id, h.tx_id, |s, ch| s.set_perms(&p, perms, caller, &quota, ch))?;
+                Ok(ok())
+            }
+            ty::WATCH => self.watch(id, caller, arg(0)?, arg(1)?),
+            ty::UNWATCH => {
+                let (p, _) = path::canonicalize_watch(caller.domid, arg(0)?)?;
+                let token = arg(1)?;
+                let c = self.conns.get_mut(&id).ok_or(XsError::EINVAL)?;
+                let i = c.watches.iter().position(|w| w.path == p && w.token == token).ok_or(XsError::ENOENT)?;
+                c.watches.remove(i);
+                Ok(ok())
+            }
+            ty::RESET_WATCHES => {
+                let c = self.conns.get_mut(&id).ok_or(XsError::EINVAL)?;
+                c.watches.clear();
+                c.transactions.clear();
+                Ok(ok())
+            }
+            ty::TRANSACTION_START => {
+                if h.tx_id != 0 {
+                    return Err(XsError::EBUSY);
+                }
+                let limit = caller.quota_applies().then_some(self.quota.transactions);
+                let c = self.conns.get_mut(&id).ok_or(XsError::EINVAL)?;
+                let tx = c.transactions.start(&self.store, limit)?;
+                Ok(nul_list([tx.to_string()]))
+            }
+            ty::TRANSACTION_END => {
+                let commit = match arg(0)? {
+                    b"T" => true,
+                    b"F" => false,
+                    _ => return Err(XsError::EINVAL),
+                };
+                let c = self.conns.get_mut(&id).ok_or(XsError::EINVAL)?;
+                let tx = c.transactions.end(h.tx_id)?;
+                if commit {
+                    let changes = self.store.commit(tx)?;
+                    self.fire(&changes);
+                    self.dirty = true;
+                }
+                Ok(ok())
+            }
+            ty::GET_DOMAIN_PATH => {
+                let domid: u32 = number(arg(0)?)?;
+                Ok(nul_list([path::domain_path(domid)]))
+            }
+            ty::IS_DOMAIN_INTRODUCED => {
+                let domid: u32 = number(arg(0)?)?;
+                Ok(nul_list([if domid == 0 || self.domains.contains_key(&domid) { "T" } else { "F" }]))
+            }
+            ty::INTRODUCE => {
+                privileged()?;
+                let domid: u32 = number(arg(0)?)?;
+                let gfn: i64 = number(arg(1)?)?;
+                let port: u32 = number(arg(2)?)?;
+                if domid == 0 || domid >= DOMID_FIRST_RESERVED || gfn < 0 {
+                    return Err(XsError::EINVAL);
+                }
+                match self.domains.get(&domid) {
+                    Some(d) if d.gfn == gfn as u64 && d.port == port => Ok(ok()),
+                    Some(_) => Err(XsError::EEXIST),
+                    None => {
+                        let conn = self.connect(Caller::guest(domid), true);
+                        let d = Domain { domid, gfn: gfn as u64, port, conn };
+                        self.domains.insert(domid, d.clone());
+                        *action = Some(Action::Attach(d));
+                        self.fire_special(watch::INTRODUCE_DOMAIN);
+                        self.dirty = true;
+                        Ok(ok())
+                    }
+                }
+            }
+            ty::RELEASE => {
+                privileged()?;
+                let domid: u32 = number(arg(0)?)?;
+                let d = self.release(domid).ok_or(XsError::ENOENT)?;
+                *action = Some(Action::Detach(d));
+                Ok(ok())
+            }
+            ty::RESUME => {
+                privileged()?;
+                let domid: u32 = number(arg(0)?)?;
+                self.domains.get(&domid).map(|_| ok()).ok_or(XsError::ENOENT)
+            }
+            ty::SET_TARGET => {
+                privileged()?;
+                let domid: u32 = number(arg(0)?)?;
+                let target: u32 = number(arg(1)?)?;
+                let conn = self.domains.get(&domid).ok_or(XsError::ENOENT)?.conn;
+                if !self.domains.contains_key(&target) {
+                    return Err(XsError::ENOENT);
+                }
+                if let Some(c) = self.conns.get_mut(&conn) {
+                    c.caller.target = Some(target);
+                }
+                self.dirty = true;
+                Ok(ok())
+            }
+            ty::CONTROL => {
+                privileged()?;
+                self.control(&f)
+            }
+            ty::GET_FEATURE | ty::SET_FEATURE | ty::GET_QUOTA | ty::SET_QUOTA => Err(XsError::ENOSYS),
+            _ => Err(XsError::EINVAL),
+        }
+    }
+
+    /// The tree a request works on: the live one or its transaction's copy.
+    fn tree(&mut self, id: ConnId, tx: u32) -> Result<&mut Store, XsError> {
+        if tx == 0 {
+            return Ok(&mut self.store);
+        }
+        self.conns.get_mut(&id).ok_or(XsError::EINVAL)?.transactions.get(tx)
+    }
+
+    /// Runs a modifying operation; outside a transaction its changes fire
+    /// at once, inside they wait for the commit.
+    fn change(&mut self, id: ConnId, tx: u32, op: impl FnOnce(&mut Store, &mut Vec<Change>) -> Result<(), XsError>) -> Result<(), XsError> {
+        let mut changes = Vec::new();
+        let tree = self.tree(id, tx)?;
+        op(tree, &mut changes)?;
+        if tx == 0 {
+            self.fire(&changes);
+            self.dirty = true;
+        } else if let Some(log) = &mut tree.tx {
+            log.changes.extend(changes);
+            self.dirty |= self.conns.get(&id).is_some_and(|c| c.is_domain);
+        }
+        Ok(())
+    }
+
+    fn watch(&mut self, id: ConnId, caller: &Caller, raw: &[u8], token: &[u8]) -> Result<Vec<u8>, XsError> {
+        let (p, relative) = path::canonicalize_watch(caller.domid, raw)?;
+        let limit = self.quota.watches as usize;
+        let c = self.conns.get_mut(&id).ok_or(XsError::EINVAL)?;
+        if c.watches.iter().any(|w| w.path == p && w.token == token) {
+            return Err(XsError::EEXIST);
+        }
+        if caller.quota_applies() && c.watches.len() >= limit {
+            return Err(XsError::EQUOTA);
+        }
+        let w = Watch { path: p, token: token.to_vec(), relative };
+        // A new watch fires once at once, with the path as registered.
+        let first = Message::watch_event(&w.report(&w.path, caller.domid), &w.token);
+        c.watches.push(w);
+        // Sent right after the OK (see `handle`).
+        self.first_event = Some(first);
+        Ok(ok())
+    }
+
+    /// Queues watch events for `changes`.
+    pub fn fire(&mut self, changes: &[Change]) {
+        for ch in changes {
+            for c in self.conns.values_mut() {
+                let events: Vec<Message> =
+                    c.watches.iter().filter_map(|w| w.fires_for(ch, &c.caller).map(|p| Message::watch_event(&p, &w.token))).collect();
+                for e in events {
+                    c.event(e);
+                }
+            }
+        }
+    }
+
+    /// Queues events for a special watch (`@introduceDomain`, `@releaseDomain`).
+    pub fn fire_special(&mut self, name: &str) {
+        for c in self.conns.values_mut() {
+            let events: Vec<Message> = c.watches.iter().filter(|w| w.path == name).map(|w| Message::watch_event(name, &w.token)).collect();
+            for e in events {
+                c.event(e);
+            }
+        }
+    }
+
+    /// Forgets a domain (RELEASE, or its vmm went away) and tells watchers.
+    pub fn release(&mut self, domid: u32) -> Option<Domain> {
+        let d = self.domains.remove(&domid)?;
+        self.conns.remove(&d.conn);
+        self.fire_special(watch::RELEASE_DOMAIN);
+        self.dirty = true;
+        Some(d)
+    }
+
+    fn control(&mut self, f: &[&[u8]]) -> Result<Vec<u8>, XsError> {
+        let cmd = text(f.first().copied().ok_or(XsError::EINVAL)?)?;
+        let args: Vec<&str> = f[1..].iter().map(|a| text(a)).collect::<Result<_, _>>()?;
+        match (cmd, args.as_slice()) {
+            ("help", _) => Ok(nul_list(["check", "log", "loglevel", "print", "quota", "help"].iter().map(|s| s.to_string()))),
+            ("check", _) => {
+                let bad = self.store.paths().filter(|p| *p != "/" && path::parent(p).and_then(|q| self.store.get(q)).is_none()).count();
+                if bad == 0 {
+                    Ok(ok())
+                } else {
+                    Err(XsError::EIO)
+                }
+            }
+            ("print", [s, ..]) => {
+                tracing::info!(event = "xenstored.print", text = s);
+                Ok(ok())
+            }
+            ("log" | "loglevel", [level, ..]) => {
+                crate::daemon::set_log_level(level).map_err(|_| XsError::EINVAL)?;
+                Ok(ok())
+            }
+            ("quota", []) => {
+                let lines: Vec<String> = Quota::NAMES.iter().map(|n| format!("{n} {}", self.quota.get(n).unwrap_or(0))).collect();
+                let mut v = lines.join("\n").into_bytes();
+                v.push(0);
+                Ok(v)
+            }
+            ("quota", ["set", name, value]) => {
+                let v: u32 = value.parse().map_err(|_| XsError::EINVAL)?;
+                if !self.quota.set(name, v) {
+                    return Err(XsError::EINVAL);
+                }
+                self.dirty = true;
+                Ok(ok())
+            }
+            ("quota", [domid]) => {
+                let domid: u32 = domid.parse().map_err(|_| XsError::EINVAL)?;
+                let (watches, txs) = self
+                    .domains
+                    .get(&domid)
+                    .and_then(|d| self.conns.get(&d.conn))
+                    .map(|c| (c.watches.len(), c.transactions.len()))
+                    .ok_or(XsError::ENOENT)?;
+                let mut v = format!("nodes {}\nwatches {watches}\ntransactions {txs}", self.store.owned_by(domid)).into_bytes();
+                v.push(0);
+                Ok(v)
+            }
+            _ => Err(XsError::EINVAL),
+        }
+    }
+}
