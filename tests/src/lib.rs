@@ -97,7 +97,10 @@ pub fn run_vmm(args: &[&str]) -> Run {
 /// Runs a prepared command whose console goes to `log`; kills its process group after 120 s.
 pub fn run_command(mut cmd: Command, log: &Path, dir: &Path) -> Run {
     cmd.stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0);
-    let mut child = cmd.spawn().expect("spawn");
+    finish(cmd.spawn().expect("spawn"), log, dir)
+}
+
+fn finish(mut child: std::process::Child, log: &Path, dir: &Path) -> Run {
     let start = Instant::now();
     let status = loop {
         if let Some(st) = child.try_wait().expect("wait") {
@@ -117,6 +120,150 @@ pub fn run_command(mut cmd: Command, log: &Path, dir: &Path) -> Run {
     let console = std::fs::read_to_string(log).unwrap_or_default();
     let _ = std::fs::remove_dir_all(dir);
     Run { code: status.code(), console, stderr }
+}
+
+/// A xenstored for one test, in its own directory (its socket, the vmm
+/// sockets, its state file); killed and cleaned up on drop.
+pub struct XenstoredProc {
+    /// The directory (also the run dir for vmm sockets).
+    pub dir: PathBuf,
+    /// The client socket.
+    pub socket: PathBuf,
+    /// Its stderr log (appended across restarts).
+    pub log: PathBuf,
+    extra: Vec<String>,
+    child: Option<std::process::Child>,
+}
+
+impl XenstoredProc {
+    /// Starts one with extra command-line arguments.
+    pub fn start(extra: &[&str]) -> XenstoredProc {
+        let dir = tempdir();
+        let mut x = XenstoredProc {
+            socket: dir.join("xenstored.sock"),
+            log: dir.join("xenstored.log"),
+            dir,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            child: None,
+        };
+        x.spawn();
+        x
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("xenstored log");
+        let child = Command::new(binary("xenkvm-xenstored"))
+            .arg("--socket")
+            .arg(&self.socket)
+            .arg("--run-dir")
+            .arg(&self.dir)
+            .args(&self.extra)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn xenstored");
+        self.child = Some(child);
+        let start = Instant::now();
+        while std::os::unix::net::UnixStream::connect(&self.socket).is_err() {
+            assert!(start.elapsed() < Duration::from_secs(10), "xenstored did not come up: {}", self.log_text());
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+
+    /// `kill -9`.
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// `kill -9`, then start again on the same state.
+    pub fn restart(&mut self) {
+        self.kill9();
+        self.spawn();
+    }
+
+    /// Whether it is still running.
+    pub fn alive(&mut self) -> bool {
+        self.child.as_mut().is_some_and(|c| c.try_wait().ok().flatten().is_none())
+    }
+
+    /// The vmm arguments that make a guest use this xenstored.
+    pub fn vmm_args(&self, domid: u16) -> Vec<String> {
+        vec![
+            "--domid".into(),
+            domid.to_string(),
+            "--ipc-socket".into(),
+            self.dir.join(format!("vmm-{domid}.sock")).display().to_string(),
+            "--xenstored".into(),
+            self.socket.display().to_string(),
+        ]
+    }
+
+    /// A Xen tool (`xenstore-read` …) aimed at this daemon.
+    pub fn tool(&self, name: &str) -> Command {
+        let mut c = Command::new(name);
+        c.env("XENSTORED_PATH", &self.socket);
+        c
+    }
+
+    /// Its log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for XenstoredProc {
+    fn drop(&mut self) {
+        self.kill9();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A vmm running in the background.
+pub struct VmmProc {
+    child: std::process::Child,
+    dir: PathBuf,
+    log: PathBuf,
+}
+
+impl VmmProc {
+    /// The console log so far.
+    pub fn console(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until the console shows `text` (or the vmm exits, or 60 s pass).
+    pub fn wait_for(&mut self, text: &str) -> bool {
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(60) {
+            if self.console().contains(text) {
+                return true;
+            }
+            if self.child.try_wait().ok().flatten().is_some() {
+                return self.console().contains(text);
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    }
+
+    /// Waits for the vmm to exit (killing it after 120 s).
+    pub fn wait(self) -> Run {
+        let VmmProc { child, dir, log } = self;
+        finish(child, &log, &dir)
+    }
+}
+
+/// Starts the vmm on the test guest in the background.
+pub fn spawn_vmm(args: &[String]) -> VmmProc {
+    let dir = tempdir();
+    let log = dir.join("console.log");
+    let mut cmd = Command::new(binary("xenkvm-vmm"));
+    cmd.arg("--kernel").arg(guest_kernel()).args(args).arg("--console-log").arg(&log);
+    cmd.stdout(Stdio::null()).stderr(Stdio::piped()).process_group(0);
+    VmmProc { child: cmd.spawn().expect("spawn vmm"), dir, log }
 }
 
 /// A fresh temporary directory.

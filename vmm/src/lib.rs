@@ -14,6 +14,7 @@ pub mod memory;
 pub mod platform;
 pub mod vcpu;
 pub mod xen;
+pub mod xenstore_domain;
 
 use std::io::Write;
 use std::path::PathBuf;
@@ -53,6 +54,14 @@ pub enum Error {
         path: PathBuf,
         /// Why.
         source: xenkvm_ipc::Error,
+    },
+    /// The guest could not be introduced to xenstored.
+    #[error("Cannot introduce the guest to xenstored at {path}")]
+    Xenstore {
+        /// The xenstored socket.
+        path: PathBuf,
+        /// Why.
+        source: xenstore::client::ClientError,
     },
     /// The event loop could not be created.
     #[error("Cannot create the event loop")]
@@ -235,6 +244,15 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
         let d = domain.clone();
         threads.push(std::thread::Builder::new().name("ipc".into()).spawn(move || server.run(&d)).map_err(Error::Thread)?);
     }
+    if let Some(xs) = &config.xenstored {
+        if let Err(e) = xenstore_domain::introduce(xs, &domain) {
+            domain.request_stop(StopReason::Fault("xenstore introduction failed".into()));
+            for t in threads {
+                let _ = t.join();
+            }
+            return Err(Error::Xenstore { path: xs.clone(), source: e });
+        }
+    }
     let helpers: [(&str, fn(&xen::Domain)); 2] = [("timers", xen::timer::run), ("events", |d| d.events.run(d))];
     for (name, f) in helpers {
         let d = domain.clone();
@@ -278,6 +296,11 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
             std::thread::sleep(std::time::Duration::from_millis(1));
         }
         let _ = t.join();
+    }
+    if let Some(xs) = &config.xenstored {
+        if let Err(e) = xenstore_domain::release(xs, &domain) {
+            tracing::warn!(error = %e, "releasing the guest from xenstore failed");
+        }
     }
     tracing::info!(event = "vm.stopped", reason = ?reason);
     Ok(reason)

@@ -164,6 +164,11 @@ fn now(vcpu: usize) -> u64 {
     crate::scenarios::system_time(unsafe { addr_of!((*vi).time) })
 }
 
+/// vCPU 0's system time.
+pub fn now0() -> u64 {
+    now(0)
+}
+
 #[no_mangle]
 extern "C" fn upcall_handler() {
     let me = apic_id();
@@ -536,6 +541,18 @@ fn scenario_time_area_and_runstate_info(c: &mut Checks, registered: i64, first: 
         ri.state_entry_time,
         area.state_entry_time
     );
+}
+
+/// Sleeps `ms` milliseconds in SCHEDOP_block, woken by its own timer (a
+/// guest that stays up while the host tests talk to its vmm).
+pub fn idle(ms: u64) {
+    let (_, t) = bind_virq(VIRQ_TIMER, 0);
+    let end = now(0) + ms * 1_000_000;
+    while now(0) < end {
+        hcall::call(nr::SET_TIMER_OP, [(now(0) + 50_000_000).min(end), 0, 0, 0, 0]);
+        hcall::sched_op(xen_abi::sched::SCHEDOP_BLOCK, 0);
+    }
+    port_op(EVTCHNOP_CLOSE, t);
 }
 
 /// Grant table set-up, query and remap of a frame.

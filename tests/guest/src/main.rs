@@ -17,6 +17,7 @@ mod console;
 mod events;
 mod hcall;
 mod scenarios;
+mod xenstore;
 
 use core::arch::global_asm;
 

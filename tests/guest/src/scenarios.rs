@@ -148,7 +148,7 @@ pub(crate) fn map_shared_info(page: u64) -> i64 {
     hcall::memory_op(XENMEM_ADD_TO_PHYSMAP, &x as *const _ as u64)
 }
 
-fn get_param(index: u32) -> (i64, u64) {
+pub(crate) fn get_param(index: u32) -> (i64, u64) {
     let mut p = XenHvmParam { domid: DOMID_SELF, _pad: 0, index, value: 0 };
     let r = hcall::hvm_op(HVMOP_GET_PARAM, &mut p as *mut _ as u64);
     (r, p.value)
@@ -236,7 +236,9 @@ pub fn run(start_info: u64) -> ! {
         scenario_block(&mut c);
     }
     let want_events = ["evtchn", "timer", "gnttab"].iter().any(|s| opts.has(s))
-        || ["smp", "sipi", "gsi"].iter().any(|s| opts.named(s))
+        || ["smp", "sipi", "gsi", "xenstore", "xenstore_garbage"].iter().any(|s| opts.named(s))
+        || opts.num("xenstore_loop").is_some()
+        || opts.num("idle").is_some()
         || opts.num("bench_evtchn").is_some();
     // SAFETY: single-threaded until the smp scenario; plain read of our own static.
     if want_events && crate::events::setup(&mut c, addr_of_mut!(SHINFO_A) as u64, unsafe { LIVE_VCPU_INFO }) {
@@ -248,6 +250,18 @@ pub fn run(start_info: u64) -> ! {
         }
         if opts.has("gnttab") {
             crate::events::scenario_gnttab(&mut c);
+        }
+        if opts.named("xenstore") {
+            crate::xenstore::scenario(&mut c);
+        }
+        if opts.named("xenstore_garbage") {
+            crate::xenstore::scenario_garbage(&mut c);
+        }
+        if let Some(n) = opts.num("xenstore_loop") {
+            crate::xenstore::scenario_loop(&mut c, n);
+        }
+        if let Some(ms) = opts.num("idle") {
+            crate::events::idle(ms);
         }
         if opts.named("gsi") {
             crate::events::scenario_gsi(&mut c);

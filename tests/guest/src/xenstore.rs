@@ -1,0 +1,428 @@
+//! A xenstore client on the guest's ring (`xenstore_domain_interface` at
+//! `HVM_PARAM_STORE_PFN`, notified through `HVM_PARAM_STORE_EVTCHN`), as a
+//! PV guest's xenbus driver is, and the scenarios that use it.
+
+use core::ptr::{addr_of_mut, read_volatile, write_volatile};
+use core::sync::atomic::{fence, AtomicU32, Ordering};
+
+use xen_abi::event_channel::{EvtchnPortArg, EVTCHNOP_SEND};
+use xen_abi::hvm::param;
+use xen_abi::hypercall as nr;
+use xen_abi::sched::{SchedPoll64, SCHEDOP_POLL};
+
+use crate::console::println;
+use crate::hcall;
+use crate::scenarios::Checks;
+
+const RING: u32 = 1024;
+const REQ: usize = 0;
+const RSP: usize = 1024;
+const REQ_CONS: usize = 2048;
+const REQ_PROD: usize = 2052;
+const RSP_CONS: usize = 2056;
+const RSP_PROD: usize = 2060;
+const SERVER_FEATURES: usize = 2064;
+const CONNECTION: usize = 2068;
+const ERROR: usize = 2072;
+
+const READ: u32 = 2;
+const GET_PERMS: u32 = 3;
+const WATCH: u32 = 4;
+const UNWATCH: u32 = 5;
+const TRANSACTION_START: u32 = 6;
+const TRANSACTION_END: u32 = 7;
+const DIRECTORY: u32 = 1;
+const WRITE: u32 = 11;
+const WATCH_EVENT: u32 = 15;
+const ERROR_REPLY: u32 = 16;
+
+/// Longest wait for one reply (covers a xenstored restart).
+const REPLY_TIMEOUT_NS: u64 = 30_000_000_000;
+
+/// A reply: its type and payload.
+struct Reply {
+    ty: u32,
+    len: usize,
+}
+
+static mut REPLY: [u8; 4096] = [0; 4096];
+static mut EVENT: [u8; 512] = [0; 512];
+static mut EVENT_LEN: usize = 0;
+static mut BIG: [u8; 2100] = [0; 2100];
+
+struct Xs {
+    page: *mut u8,
+    port: u32,
+    next_req: u32,
+}
+
+fn word(page: *mut u8, off: usize) -> &'static AtomicU32 {
+    // SAFETY: the ring page is identity-mapped guest RAM that xenstored
+    // shares; its index fields are 4-byte aligned.
+    unsafe { AtomicU32::from_ptr(page.add(off) as *mut u32) }
+}
+
+impl Xs {
+    fn open() -> Option<Xs> {
+        let (r1, pfn) = crate::scenarios::get_param(param::STORE_PFN);
+        let (r2, port) = crate::scenarios::get_param(param::STORE_EVTCHN);
+        (r1 == 0 && r2 == 0 && pfn != 0).then_some(Xs { page: (pfn << 12) as *mut u8, port: port as u32, next_req: 1 })
+    }
+
+    fn w(&self, off: usize) -> &'static AtomicU32 {
+        word(self.page, off)
+    }
+
+    fn notify(&self) {
+        let mut a = EvtchnPortArg { port: self.port };
+        hcall::call(nr::EVENT_CHANNEL_OP, [u64::from(EVTCHNOP_SEND), &mut a as *mut _ as u64, 0, 0, 0]);
+    }
+
+    /// Sleeps until the store port fires or 10 ms pass.
+    fn wait(&self) {
+        let mut ports = [self.port];
+        let p = SchedPoll64 { ports: ports.as_mut_ptr() as u64, nr_ports: 1, pad: 0, timeout: crate::events::now0() + 10_000_000 };
+        hcall::sched_op(SCHEDOP_POLL, &p as *const _ as u64);
+    }
+
+    fn put(&self, bytes: &[u8]) -> bool {
+        let mut done = 0;
+        let deadline = crate::events::now0() + REPLY_TIMEOUT_NS;
+        while done < bytes.len() {
+            let cons = self.w(REQ_CONS).load(Ordering::Acquire);
+            let prod = self.w(REQ_PROD).load(Ordering::Acquire);
+            let space = RING - prod.wrapping_sub(cons).min(RING);
+            if space == 0 {
+                if crate::events::now0() > deadline {
+                    return false;
+                }
+                self.wait();
+                continue;
+            }
+            let n = (space as usize).min(bytes.len() - done);
+            for i in 0..n {
+                let at = (prod.wrapping_add(i as u32) % RING) as usize;
+                // SAFETY: inside the request buffer of the ring page.
+                unsafe { write_volatile(self.page.add(REQ + at), bytes[done + i]) };
+            }
+            fence(Ordering::SeqCst);
+            self.w(REQ_PROD).store(prod.wrapping_add(n as u32), Ordering::Release);
+            done += n;
+            self.notify();
+        }
+        true
+    }
+
+    fn take(&self, out: &mut [u8]) -> bool {
+        let mut done = 0;
+        let deadline = crate::events::now0() + REPLY_TIMEOUT_NS;
+        while done < out.len() {
+            let cons = self.w(RSP_CONS).load(Ordering::Acquire);
+            let prod = self.w(RSP_PROD).load(Ordering::Acquire);
+            let avail = prod.wrapping_sub(cons).min(RING) as usize;
+            if avail == 0 {
+                if crate::events::now0() > deadline {
+                    return false;
+                }
+                self.wait();
+                continue;
+            }
+            let n = avail.min(out.len() - done);
+            for (i, b) in out[done..done + n].iter_mut().enumerate() {
+                let at = (cons.wrapping_add(i as u32) % RING) as usize;
+                // SAFETY: inside the response buffer of the ring page.
+                *b = unsafe { read_volatile(self.page.add(RSP + at)) };
+            }
+            self.w(RSP_CONS).store(cons.wrapping_add(n as u32), Ordering::Release);
+            done += n;
+            self.notify();
+        }
+        true
+    }
+
+    /// One message in; watch events are kept in EVENT.
+    fn recv(&self) -> Option<(u32, u32, usize)> {
+        let mut h = [0u8; 16];
+        if !self.take(&mut h) {
+            return None;
+        }
+        let f = |i: usize| u32::from_ne_bytes([h[i], h[i + 1], h[i + 2], h[i + 3]]);
+        let (ty, req_id, len) = (f(0), f(4), f(12) as usize);
+        if len > 4096 {
+            return None;
+        }
+        // SAFETY: single-threaded use of the reply buffers.
+        let buf = unsafe { &mut *addr_of_mut!(REPLY) };
+        if !self.take(&mut buf[..len]) {
+            return None;
+        }
+        if ty == WATCH_EVENT {
+            // SAFETY: as above.
+            unsafe {
+                let ev = &mut *addr_of_mut!(EVENT);
+                let n = len.min(ev.len());
+                ev[..n].copy_from_slice(&buf[..n]);
+                EVENT_LEN = n;
+            }
+        }
+        Some((ty, req_id, len))
+    }
+
+    fn request(&mut self, ty: u32, tx: u32, parts: &[&[u8]], last_nul: bool) -> Result<Reply, &'static [u8]> {
+        let len: usize = parts.iter().map(|p| p.len() + 1).sum::<usize>() - usize::from(!last_nul);
+        let req_id = self.next_req;
+        self.next_req += 1;
+        let mut h = [0u8; 16];
+        for (i, v) in [ty, req_id, tx, len as u32].into_iter().enumerate() {
+            h[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
+        }
+        if !self.put(&h) {
+            return Err(b"timeout");
+        }
+        for (i, p) in parts.iter().enumerate() {
+            if !self.put(p) || ((i + 1 < parts.len() || last_nul) && !self.put(&[0])) {
+                return Err(b"timeout");
+            }
+        }
+        loop {
+            let Some((rty, rid, rlen)) = self.recv() else { return Err(b"timeout") };
+            if rty == WATCH_EVENT {
+                continue;
+            }
+            if rid != req_id {
+                return Err(b"wrong req_id");
+            }
+            if rty == ERROR_REPLY {
+                // SAFETY: single-threaded use of the reply buffer.
+                let b = unsafe { &*addr_of_mut!(REPLY) };
+                let end = b[..rlen].iter().position(|&c| c == 0).unwrap_or(rlen);
+                return Err(error_name(&b[..end]));
+            }
+            return Ok(Reply { ty: rty, len: rlen });
+        }
+    }
+
+    fn payload(r: &Reply) -> &'static [u8] {
+        // SAFETY: single-threaded use of the reply buffer.
+        unsafe { &(&*addr_of_mut!(REPLY))[..r.len] }
+    }
+
+    fn read(&mut self, tx: u32, path: &[u8]) -> Result<&'static [u8], &'static [u8]> {
+        self.request(READ, tx, &[path], true).map(|r| Self::payload(&r))
+    }
+
+    fn write(&mut self, tx: u32, path: &[u8], value: &[u8]) -> Result<(), &'static [u8]> {
+        self.request(WRITE, tx, &[path, value], false).map(|_| ())
+    }
+
+    /// Waits for the next watch event; returns it (path NUL token NUL).
+    fn event(&self) -> Option<&'static [u8]> {
+        // SAFETY: single-threaded use of the event buffer.
+        unsafe {
+            if EVENT_LEN == 0 {
+                let (ty, _, _) = self.recv()?;
+                if ty != WATCH_EVENT {
+                    return None;
+                }
+            }
+            let n = EVENT_LEN;
+            EVENT_LEN = 0;
+            Some(&(&*addr_of_mut!(EVENT))[..n])
+        }
+    }
+}
+
+fn error_name(e: &[u8]) -> &'static [u8] {
+    for name in [&b"EINVAL"[..], b"EACCES", b"EEXIST", b"ENOENT", b"EAGAIN", b"E2BIG", b"EQUOTA", b"EPERM", b"ENOSPC", b"EIO"] {
+        if e == name {
+            return name;
+        }
+    }
+    b"E?"
+}
+
+fn show(r: &Result<&'static [u8], &'static [u8]>) -> &'static str {
+    match r {
+        Ok(v) => core::str::from_utf8(v).unwrap_or("<binary>"),
+        Err(e) => core::str::from_utf8(e).unwrap_or("?"),
+    }
+}
+
+/// Reads, writes, directories, permissions, watches, transactions and a
+/// value larger than the ring, over the guest's ring.
+pub fn scenario(c: &mut Checks) {
+    let Some(mut xs) = Xs::open() else {
+        check!(c, "xs.ring", false, "no store ring");
+        return;
+    };
+    let features = xs.w(SERVER_FEATURES).load(Ordering::Acquire);
+    check!(c, "xs.features", features == 3, "server_features {features}");
+    let domid = xs.read(0, b"domid");
+    let d_ok = domid == Ok(&b"1"[..]);
+    let name = xs.read(0, b"name");
+    check!(c, "xs.read_own_nodes", d_ok && name == Ok(&b"guest"[..]), "domid ok {d_ok} name {}", show(&name));
+
+    let w = xs.write(0, b"data/test", b"hello");
+    let r = xs.read(0, b"data/test");
+    check!(c, "xs.write_read", w.is_ok() && r == Ok(&b"hello"[..]), "read {}", show(&r));
+    let dir = xs.request(DIRECTORY, 0, &[b"data"], true).map(|r| Xs::payload(&r));
+    check!(c, "xs.directory", dir.is_ok_and(|d| d.split(|&b| b == 0).any(|n| n == b"test")), "{}", show(&dir));
+
+    let perms = xs.request(GET_PERMS, 0, &[b"data/test"], true).map(|r| Xs::payload(&r));
+    // Replies share one buffer: compare before the next request.
+    let perms_ok = perms == Ok(&b"n1\0"[..]);
+    let denied = xs.write(0, b"/x", b"1");
+    let bad = xs.read(0, b"data//x");
+    check!(
+        c,
+        "xs.perms_and_paths",
+        perms_ok && denied == Err(&b"EACCES"[..]) && bad == Err(&b"EINVAL"[..]),
+        "perms ok {perms_ok} /x {:?} bad path {:?}",
+        denied.err().map(|e| core::str::from_utf8(e).unwrap_or("?")),
+        bad.err().map(|e| core::str::from_utf8(e).unwrap_or("?"))
+    );
+
+    let wr = xs.request(WATCH, 0, &[b"data/w", b"tok"], true).map(|r| r.ty);
+    let first = xs.event();
+    let first_ok = first == Some(&b"data/w\0tok\0"[..]);
+    let _ = xs.write(0, b"data/w/x", b"1");
+    let second = xs.event();
+    let second_ok = second == Some(&b"data/w/x\0tok\0"[..]);
+    let un = xs.request(UNWATCH, 0, &[b"data/w", b"tok"], true).map(|r| r.ty);
+    check!(
+        c,
+        "xs.watch",
+        wr == Ok(WATCH) && first_ok && second_ok && un == Ok(UNWATCH),
+        "watch {wr:?} first {first_ok} second {second_ok}"
+    );
+
+    let tx = xs.request(TRANSACTION_START, 0, &[b""], true).map(|r| Xs::payload(&r));
+    let id: u32 = tx.ok().and_then(|p| core::str::from_utf8(&p[..p.len().saturating_sub(1)]).ok()?.parse().ok()).unwrap_or(0);
+    let tw = xs.write(id, b"data/t", b"in-tx");
+    let outside = xs.read(0, b"data/t");
+    let end = xs.request(TRANSACTION_END, id, &[b"T"], true);
+    let after = xs.read(0, b"data/t");
+    check!(
+        c,
+        "xs.transaction",
+        id != 0 && tw.is_ok() && outside == Err(&b"ENOENT"[..]) && end.is_ok() && after == Ok(&b"in-tx"[..]),
+        "id {id} outside {} after {}",
+        show(&outside),
+        show(&after)
+    );
+    let t2 = xs.request(TRANSACTION_START, 0, &[b""], true).map(|r| Xs::payload(&r));
+    let id2: u32 = t2.ok().and_then(|p| core::str::from_utf8(&p[..p.len().saturating_sub(1)]).ok()?.parse().ok()).unwrap_or(0);
+    let _ = xs.read(id2, b"data/test");
+    let _ = xs.write(id2, b"data/other", b"x");
+    let _ = xs.write(0, b"data/test", b"changed");
+    let conflict = xs.request(TRANSACTION_END, id2, &[b"T"], true).map(|_| ());
+    check!(
+        c,
+        "xs.transaction_conflict",
+        conflict == Err(&b"EAGAIN"[..]),
+        "end {:?}",
+        conflict.err().map(|e| core::str::from_utf8(e).unwrap_or("?"))
+    );
+
+    // SAFETY: single-threaded use of the buffer.
+    let big = unsafe { &mut *addr_of_mut!(BIG) };
+    for (i, b) in big[..2000].iter_mut().enumerate() {
+        *b = b'a' + (i % 26) as u8;
+    }
+    let wb = xs.write(0, b"data/big", &big[..2000]);
+    let rb = xs.read(0, b"data/big");
+    let same = rb.is_ok_and(|v| v == &big[..2000]);
+    let too_big = xs.write(0, b"data/huge", &big[..2100]).err();
+    check!(c, "xs.large_value", wb.is_ok() && same && too_big == Some(&b"E2BIG"[..]), "write {wb:?} same {same} 2100 bytes {too_big:?}");
+}
+
+/// A guest that breaks the protocol gets its connection reset (error
+/// field), then reconnects and is served again.
+pub fn scenario_garbage(c: &mut Checks) {
+    let Some(mut xs) = Xs::open() else {
+        check!(c, "xs.ring", false, "no store ring");
+        return;
+    };
+    let before = xs.read(0, b"domid") == Ok(&b"1"[..]);
+    let mut h = [0u8; 16];
+    for (i, v) in [WRITE, 99, 0, 5000u32].into_iter().enumerate() {
+        h[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
+    }
+    xs.put(&h);
+    let deadline = crate::events::now0() + 5_000_000_000;
+    while xs.w(ERROR).load(Ordering::Acquire) == 0 && crate::events::now0() < deadline {
+        xs.wait();
+    }
+    let err = xs.w(ERROR).load(Ordering::Acquire);
+    xs.w(CONNECTION).store(1, Ordering::Release);
+    xs.notify();
+    while xs.w(CONNECTION).load(Ordering::Acquire) != 0 && crate::events::now0() < deadline {
+        xs.wait();
+    }
+    let reconnected = xs.w(CONNECTION).load(Ordering::Acquire) == 0 && xs.w(ERROR).load(Ordering::Acquire) == 0;
+    let after = xs.read(0, b"domid");
+    check!(
+        c,
+        "xs.garbage_resets_connection",
+        before && err == 3 && reconnected && after == Ok(&b"1"[..]),
+        "error field {err} reconnected {reconnected} read after {}",
+        show(&after)
+    );
+}
+
+/// `n` rounds of write, transaction (retried on EAGAIN), read back and a
+/// watch event; the host kills and restarts xenstored meanwhile.
+pub fn scenario_loop(c: &mut Checks, n: u64) {
+    let Some(mut xs) = Xs::open() else {
+        check!(c, "xs.ring", false, "no store ring");
+        return;
+    };
+    let wr = xs.request(WATCH, 0, &[b"data/loop", b"L"], true).map(|r| r.ty);
+    let mut ok = wr == Ok(WATCH) && xs.event().is_some();
+    let mut digits = [0u8; 20];
+    for i in 0..n {
+        let v = fmt_u64(i, &mut digits);
+        ok &= xs.write(0, b"data/loop", v).is_ok();
+        ok &= xs.event() == Some(&b"data/loop\0L\0"[..]);
+        let mut committed = false;
+        for _ in 0..10 {
+            let Ok(t) = xs.request(TRANSACTION_START, 0, &[b""], true).map(|r| Xs::payload(&r)) else { break };
+            let id: u32 = core::str::from_utf8(&t[..t.len().saturating_sub(1)]).ok().and_then(|s| s.parse().ok()).unwrap_or(0);
+            let v = fmt_u64(i, &mut digits);
+            let w = xs.write(id, b"data/tx", v);
+            match xs.request(TRANSACTION_END, id, &[b"T"], true) {
+                Ok(_) if w.is_ok() => {
+                    committed = true;
+                    break;
+                }
+                Err(e) if e == b"EAGAIN" => continue,
+                _ => break,
+            }
+        }
+        ok &= committed;
+        let v = fmt_u64(i, &mut digits);
+        let mut expect = [0u8; 20];
+        expect[..v.len()].copy_from_slice(v);
+        let n = v.len();
+        ok &= xs.read(0, b"data/loop") == Ok(&expect[..n]);
+        ok &= xs.read(0, b"data/tx") == Ok(&expect[..n]);
+        println!("XSLOOP {i} ok={ok}");
+        if !ok {
+            break;
+        }
+    }
+    check!(c, "xs.loop", ok, "all rounds");
+}
+
+fn fmt_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &buf[i..]
+}
