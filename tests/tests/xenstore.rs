@@ -44,7 +44,7 @@ fn test_xen_tools_and_pyxs_work_unchanged() {
     assert_eq!(String::from_utf8_lossy(&o.stdout).lines().collect::<Vec<_>>(), vec!["/tool/w", "/tool/w/x"]);
     // pyxs (Debian's python3-pyxs), with a transaction.
     let script = r#"
-import os, pyxs
+import errno, os, pyxs
 with pyxs.Client(unix_socket_path=os.environ["XENSTORED_PATH"]) as c:
     c[b"/tool/py/k"] = b"v1"
     assert c[b"/tool/py/k"] == b"v1"
@@ -134,6 +134,41 @@ fn test_protocol_semantics_on_the_socket() {
     assert!(c.is_domain_introduced(0).unwrap());
     assert_eq!(xs_err(c.release(5)), XsError::ENOENT);
     assert_eq!(xs_err(c.introduce(0, 1, 1)), XsError::EINVAL);
+
+    // DIRECTORY_PART pages a long list; the generation ties the parts together.
+    for i in 0..300 {
+        c.write(0, &format!("/big/entry-with-a-long-name-{i:04}"), b"").unwrap();
+    }
+    let mut names = Vec::new();
+    let mut gen = None;
+    loop {
+        let part = c
+            .request(ty::DIRECTORY_PART, 0, format!("/big\0{}\0", names.iter().map(|n: &String| n.len() + 1).sum::<usize>()).as_bytes())
+            .unwrap();
+        let mut f = part.split(|&b| b == 0);
+        let g = f.next().unwrap().to_vec();
+        assert!(gen.get_or_insert(g.clone()) == &g, "generation changed between parts");
+        let rest: Vec<&[u8]> = f.collect();
+        let done = rest.len() >= 2 && rest[rest.len() - 2].is_empty();
+        names.extend(rest.iter().filter(|n| !n.is_empty()).map(|n| String::from_utf8(n.to_vec()).unwrap()));
+        if done || part.len() < 4000 {
+            break;
+        }
+    }
+    let expect: Vec<String> = (0..300).map(|i| format!("entry-with-a-long-name-{i:04}")).collect();
+    assert_eq!(names, expect);
+    assert_eq!(xs_err(c.directory(0, "/big")), XsError::E2BIG, "too long for one reply");
+
+    // RESET_WATCHES drops the caller's watches and transactions.
+    c.watch("/r", "t").unwrap();
+    let _ = c.next_event(Duration::from_secs(5)).unwrap();
+    let tx = c.transaction_start().unwrap();
+    c.request(ty::RESET_WATCHES, 0, b"").unwrap();
+    assert_eq!(xs_err(c.unwatch("/r", "t")), XsError::ENOENT);
+    assert_eq!(xs_err(c.transaction_end(tx, true)), XsError::ENOENT);
+    // RESUME and SET_TARGET need an introduced domain.
+    assert_eq!(xs_err(c.request(ty::RESUME, 0, b"9\0")), XsError::ENOENT);
+    assert_eq!(xs_err(c.request(ty::SET_TARGET, 0, b"9\08\0")), XsError::ENOENT);
 
     // A client that breaks the protocol loses its connection; others go on.
     let mut raw = std::os::unix::net::UnixStream::connect(&xs.socket).unwrap();

@@ -12,7 +12,7 @@ use crate::perms::{Caller, Perm};
 use crate::quota::Quota;
 use crate::store::{Change, Store};
 use crate::watch::{self, Watch};
-use crate::wire::{fields, ty, Message, XsError};
+use crate::wire::{self, fields, ty, Message, XsError};
 
 /// A client's id.
 pub type ConnId = u64;
@@ -123,6 +123,8 @@ impl Xenstored {
         let mut action = None;
         let result = self.dispatch(id, &caller, &msg, &mut action);
         let reply = match result {
+            // No reply may exceed the payload limit (a long DIRECTORY: use DIRECTORY_PART).
+            Ok(payload) if payload.len() > wire::PAYLOAD_MAX => Message::error(&h, XsError::E2BIG),
             Ok(payload) => Message::reply(&h, payload),
             Err(e) => Message::error(&h, e),
         };
