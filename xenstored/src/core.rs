@@ -10,7 +10,7 @@ use crate::connection::Conn;
 use crate::path;
 use crate::perms::{Caller, Perm};
 use crate::quota::Quota;
-use crate::store::{Change, Store};
+use crate::store::{Change, Store, Tree, TxView};
 use crate::watch::{self, Watch};
 use crate::wire::{self, fields, ty, Message, XsError};
 
@@ -42,8 +42,22 @@ pub enum Action {
     Detach(Domain),
 }
 
+/// What a restart needs besides the tree: quotas, domains and the guests'
+/// connections (watches, transactions, buffered bytes).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Meta {
+    /// Quotas.
+    pub quota: Quota,
+    /// Introduced domains.
+    pub domains: BTreeMap<u32, Domain>,
+    /// The guests' connections.
+    pub conns: BTreeMap<ConnId, Conn>,
+    /// Next connection id.
+    pub next_conn: ConnId,
+}
+
 /// The daemon's state.
-#[derive(Debug, Serialize, Deserialize)]
+#[derive(Debug)]
 pub struct Xenstored {
     /// The tree.
     pub store: Store,
@@ -55,10 +69,8 @@ pub struct Xenstored {
     pub domains: BTreeMap<u32, Domain>,
     next_conn: ConnId,
     /// Set when the state a restart must restore changed.
-    #[serde(skip)]
     pub dirty: bool,
     /// The event a new watch fires, queued after its OK.
-    #[serde(skip)]
     first_event: Option<Message>,
 }
 
@@ -92,6 +104,29 @@ impl Xenstored {
             conns: BTreeMap::new(),
             domains: BTreeMap::new(),
             next_conn: 1,
+            dirty: true,
+            first_event: None,
+        }
+    }
+
+    /// The part of the state a restart needs besides the tree.
+    pub fn meta(&self) -> Meta {
+        Meta {
+            quota: self.quota,
+            domains: self.domains.clone(),
+            conns: self.conns.iter().filter(|(_, c)| c.is_domain).map(|(&id, c)| (id, c.clone())).collect(),
+            next_conn: self.next_conn,
+        }
+    }
+
+    /// Rebuilds the state after a restart.
+    pub fn restore(store: Store, meta: Meta) -> Xenstored {
+        Xenstored {
+            store,
+            quota: meta.quota,
+            conns: meta.conns,
+            domains: meta.domains,
+            next_conn: meta.next_conn.max(1),
             dirty: true,
             first_event: None,
         }
@@ -148,7 +183,7 @@ impl Xenstored {
         match h.ty {
             ty::READ => {
                 let p = node(0)?;
-                self.tree(id, h.tx_id)?.read(&p, caller)
+                self.with_tree(id, h.tx_id, |t| t.read(&p, caller))
             }
             ty::WRITE => {
                 let cut = msg.payload.iter().position(|&b| b == 0).ok_or(XsError::EINVAL)?;
@@ -171,16 +206,16 @@ impl Xenstored {
             }
             ty::DIRECTORY => {
                 let p = node(0)?;
-                Ok(nul_list(self.tree(id, h.tx_id)?.directory(&p, caller)?))
+                Ok(nul_list(self.with_tree(id, h.tx_id, |t| t.directory(&p, caller))?))
             }
             ty::DIRECTORY_PART => {
                 let p = node(0)?;
                 let offset: usize = number(arg(1)?)?;
-                self.tree(id, h.tx_id)?.directory_part(&p, offset, caller)
+                self.with_tree(id, h.tx_id, |t| t.directory_part(&p, offset, caller))
             }
             ty::GET_PERMS => {
                 let p = node(0)?;
-                Ok(nul_list(self.tree(id, h.tx_id)?.get_perms(&p, caller)?.iter().map(|p| p.render())))
+                Ok(nul_list(self.with_tree(id, h.tx_id, |t| t.get_perms(&p, caller))?.iter().map(|p| p.render())))
             }
             ty::SET_PERMS => {
                 let p = node(0)?;
@@ -210,7 +245,7 @@ impl Xenstored {
                 }
                 let limit = caller.quota_applies().then_some(self.quota.transactions);
                 let c = self.conns.get_mut(&id).ok_or(XsError::EINVAL)?;
-                let tx = c.transactions.start(&self.store, limit)?;
+                let tx = c.transactions.start(limit)?;
                 Ok(nul_list([tx.to_string()]))
             }
             ty::TRANSACTION_END => {
@@ -293,27 +328,32 @@ impl Xenstored {
         }
     }
 
-    /// The tree a request works on: the live one or its transaction's copy.
-    fn tree(&mut self, id: ConnId, tx: u32) -> Result<&mut Store, XsError> {
+    /// Runs `f` on the tree a request works on: the live one, or its
+    /// transaction's view of it.
+    fn with_tree<R>(&mut self, id: ConnId, tx: u32, f: impl FnOnce(&mut dyn Tree) -> Result<R, XsError>) -> Result<R, XsError> {
         if tx == 0 {
-            return Ok(&mut self.store);
+            return f(self.store.tree());
         }
-        self.conns.get_mut(&id).ok_or(XsError::EINVAL)?.transactions.get(tx)
+        let t = self.conns.get_mut(&id).ok_or(XsError::EINVAL)?.transactions.get(tx)?;
+        f(&mut TxView { live: &self.store, tx: t })
     }
 
     /// Runs a modifying operation; outside a transaction its changes fire
     /// at once, inside they wait for the commit.
-    fn change(&mut self, id: ConnId, tx: u32, op: impl FnOnce(&mut Store, &mut Vec<Change>) -> Result<(), XsError>) -> Result<(), XsError> {
+    fn change(
+        &mut self,
+        id: ConnId,
+        tx: u32,
+        op: impl FnOnce(&mut dyn Tree, &mut Vec<Change>) -> Result<(), XsError>,
+    ) -> Result<(), XsError> {
         let mut changes = Vec::new();
-        let tree = self.tree(id, tx)?;
-        op(tree, &mut changes)?;
+        self.with_tree(id, tx, |t| op(t, &mut changes))?;
         if tx == 0 {
             self.fire(&changes);
-            self.dirty = true;
-        } else if let Some(log) = &mut tree.tx {
-            log.changes.extend(changes);
-            self.dirty |= self.conns.get(&id).is_some_and(|c| c.is_domain);
+        } else if let Ok(t) = self.conns.get_mut(&id).ok_or(XsError::EINVAL).and_then(|c| c.transactions.get(tx)) {
+            t.changes.extend(changes);
         }
+        self.dirty = true;
         Ok(())
     }
 

@@ -13,7 +13,6 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use serde::{Deserialize, Serialize};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use xenkvm_ipc::vmm::{self as ipc_vmm, Reply, Request};
 use xenkvm_ipc::Channel;
@@ -21,6 +20,7 @@ use xenkvm_ipc::Channel;
 use crate::connection::Conn;
 use crate::core::{Action, ConnId, Domain, Xenstored};
 use crate::perms::Caller;
+use crate::persist::{Extra, RingMarks, StateFiles};
 use crate::quota::Quota;
 use crate::ring::{self, Ring};
 
@@ -76,22 +76,6 @@ struct RingLink {
     broken: bool,
 }
 
-/// Ring positions saved with the state.
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
-struct RingMarks {
-    /// `req_cons` to publish (bytes before it are in the saved buffers).
-    req_cons: u32,
-    /// `rsp_prod` when the saved output queue was current.
-    rsp_prod: u32,
-}
-
-/// What the state file holds.
-#[derive(Serialize, Deserialize)]
-struct Saved {
-    xs: Xenstored,
-    marks: BTreeMap<u32, RingMarks>,
-}
-
 const LISTENER: u64 = 0;
 const KICK: u64 = 1 << 62;
 const IPC: u64 = 1 << 61;
@@ -105,6 +89,7 @@ pub struct Daemon {
     listener: UnixListener,
     sockets: HashMap<ConnId, UnixStream>,
     rings: HashMap<ConnId, RingLink>,
+    files: StateFiles,
 }
 
 impl Daemon {
@@ -118,19 +103,17 @@ impl Daemon {
         listener.set_nonblocking(true)?;
         let epoll = Epoll::new()?;
         epoll.ctl(ControlOperation::Add, listener.as_raw_fd(), EpollEvent::new(EventSet::IN, LISTENER))?;
-        let (mut xs, marks) = match std::fs::read(&cfg.state_file) {
-            Ok(bytes) => {
-                let saved: Saved =
-                    bincode::deserialize(&bytes).map_err(|e| anyhow::anyhow!("state file {}: {e}", cfg.state_file.display()))?;
-                tracing::info!(event = "xenstored.restored", nodes = saved.xs.store.len(), domains = saved.xs.domains.len());
-                (saved.xs, saved.marks)
+        let (files, loaded) = StateFiles::open(&cfg.state_file)?;
+        let (mut xs, marks) = match loaded {
+            Some((store, extra)) => {
+                tracing::info!(event = "xenstored.restored", nodes = store.len(), domains = extra.meta.domains.len());
+                (Xenstored::restore(store, extra.meta), extra.marks)
             }
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => (Xenstored::new(cfg.quota), BTreeMap::new()),
-            Err(e) => return Err(e.into()),
+            None => (Xenstored::new(cfg.quota), BTreeMap::new()),
         };
         // Socket clients do not survive a restart; they reconnect.
         xs.conns.retain(|_, c| c.is_domain);
-        let mut d = Daemon { cfg, xs, epoll, listener, sockets: HashMap::new(), rings: HashMap::new() };
+        let mut d = Daemon { cfg, xs, epoll, listener, sockets: HashMap::new(), rings: HashMap::new(), files };
         let domains: Vec<Domain> = d.xs.domains.values().cloned().collect();
         for dom in domains {
             match d.attach(&dom, marks.get(&dom.domid).copied()) {
@@ -374,16 +357,11 @@ impl Daemon {
         }
     }
 
-    fn save(&self) -> anyhow::Result<()> {
+    fn save(&mut self) -> anyhow::Result<()> {
         let marks: BTreeMap<u32, RingMarks> =
             self.rings.values().map(|l| (l.domid, RingMarks { req_cons: l.cons, rsp_prod: l.ring.rsp_prod() })).collect();
-        let view = SavedRef { xs: &self.xs, marks: &marks };
-        let bytes = bincode::serialize(&view)?;
-        let tmp = self.cfg.state_file.with_extension("tmp");
-        let mut f = File::create(&tmp)?;
-        f.write_all(&bytes)?;
-        std::fs::rename(&tmp, &self.cfg.state_file)?;
-        Ok(())
+        let extra = Extra { meta: self.xs.meta(), marks };
+        self.files.save(&mut self.xs.store, extra)
     }
 
     fn flush(&mut self) {
@@ -439,12 +417,6 @@ impl Daemon {
     pub fn state(&self) -> &Xenstored {
         &self.xs
     }
-}
-
-#[derive(Serialize)]
-struct SavedRef<'a> {
-    xs: &'a Xenstored,
-    marks: &'a BTreeMap<u32, RingMarks>,
 }
 
 fn signal(f: &File) {

@@ -8,6 +8,7 @@ pub mod core;
 pub mod daemon;
 pub mod path;
 pub mod perms;
+pub mod persist;
 pub mod quota;
 pub mod ring;
 pub mod store;

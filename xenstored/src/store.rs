@@ -37,18 +37,25 @@ pub struct Change {
     pub removed: bool,
 }
 
-/// What a transaction's tree remembers.
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-pub struct TxLog {
-    /// Generation (or absence) of every node read or written, at first touch.
-    pub accessed: BTreeMap<String, Option<u64>>,
-    /// Nodes changed (created, modified, removed).
-    pub written: BTreeSet<String>,
-    /// Changes to announce on commit.
-    pub changes: Vec<Change>,
+/// The nodes a request works on: the live tree, or a transaction's view
+/// of it. The operations (`read`, `write`, …) are written once, against
+/// this trait.
+pub trait Tree {
+    /// The node at `path`, if any.
+    fn node(&self, path: &str) -> Option<&Node>;
+    /// Stores a node.
+    fn put(&mut self, path: &str, node: Node);
+    /// Removes a node.
+    fn take(&mut self, path: &str) -> Option<Node>;
+    /// Nodes owned by `domid`.
+    fn owned_by(&self, domid: u32) -> u32;
+    /// A new generation number.
+    fn next_generation(&mut self) -> u64;
+    /// Records that `path` was looked at (transactions).
+    fn note(&mut self, _path: &str) {}
 }
 
-/// The tree.
+/// The live tree.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Store {
     nodes: HashMap<String, Node>,
@@ -56,8 +63,9 @@ pub struct Store {
     generation: u64,
     /// Nodes owned per domain.
     owned: HashMap<u32, u32>,
-    /// Present on a transaction's copy.
-    pub tx: Option<TxLog>,
+    /// Paths changed since the state was last saved.
+    #[serde(skip)]
+    changed: BTreeSet<String>,
 }
 
 impl Default for Store {
@@ -66,16 +74,51 @@ impl Default for Store {
     }
 }
 
+impl Tree for Store {
+    fn node(&self, path: &str) -> Option<&Node> {
+        self.nodes.get(path)
+    }
+
+    fn put(&mut self, path: &str, node: Node) {
+        *self.owned.entry(perms::owner(&node.perms)).or_default() += 1;
+        if let Some(old) = self.nodes.insert(path.to_string(), node) {
+            self.disown(perms::owner(&old.perms));
+        }
+        self.changed.insert(path.to_string());
+    }
+
+    fn take(&mut self, path: &str) -> Option<Node> {
+        let n = self.nodes.remove(path)?;
+        self.disown(perms::owner(&n.perms));
+        self.changed.insert(path.to_string());
+        Some(n)
+    }
+
+    fn owned_by(&self, domid: u32) -> u32 {
+        self.owned.get(&domid).copied().unwrap_or(0)
+    }
+
+    fn next_generation(&mut self) -> u64 {
+        self.generation += 1;
+        self.generation
+    }
+}
+
 impl Store {
     /// A tree with `/`, `/local`, `/local/domain` and `/tool` owned by dom0.
     pub fn new() -> Store {
-        let mut s = Store { nodes: HashMap::new(), generation: 0, owned: HashMap::new(), tx: None };
+        let mut s = Store { nodes: HashMap::new(), generation: 0, owned: HashMap::new(), changed: BTreeSet::new() };
         let dom0 = vec![Perm { domid: 0, read: false, write: false }];
-        s.insert("/".into(), Node { value: Vec::new(), perms: dom0.clone(), children: BTreeSet::new(), generation: 0 });
+        s.put("/", Node { value: Vec::new(), perms: dom0, children: BTreeSet::new(), generation: 0 });
         for p in ["/local", "/local/domain", "/tool"] {
-            let _ = s.create_chain(p, &Caller::DOM0, &Quota::default(), b"", &mut Vec::new());
+            let _ = s.tree().mkdir(p, &Caller::DOM0, &Quota::default(), &mut Vec::new());
         }
         s
+    }
+
+    /// The live tree as a [`Tree`].
+    pub fn tree(&mut self) -> &mut dyn Tree {
+        self
     }
 
     /// The node at `path`, if any.
@@ -93,56 +136,157 @@ impl Store {
         self.nodes.is_empty()
     }
 
-    /// Nodes owned by `domid`.
-    pub fn owned_by(&self, domid: u32) -> u32 {
-        self.owned.get(&domid).copied().unwrap_or(0)
-    }
-
-    fn bump(&mut self) -> u64 {
-        self.generation += 1;
-        self.generation
-    }
-
-    fn note(&mut self, path: &str) {
-        let gen = self.nodes.get(path).map(|n| n.generation);
-        if let Some(tx) = &mut self.tx {
-            tx.accessed.entry(path.to_string()).or_insert(gen);
-        }
-    }
-
-    fn wrote(&mut self, path: &str) {
-        if let Some(tx) = &mut self.tx {
-            tx.written.insert(path.to_string());
-        }
-    }
-
-    fn insert(&mut self, path: String, node: Node) {
-        *self.owned.entry(perms::owner(&node.perms)).or_default() += 1;
-        if let Some(old) = self.nodes.insert(path, node) {
-            self.disown(perms::owner(&old.perms));
-        }
-    }
-
     fn disown(&mut self, domid: u32) {
         if let Some(c) = self.owned.get_mut(&domid) {
             *c = c.saturating_sub(1);
         }
     }
 
-    fn remove_one(&mut self, path: &str) -> Option<Node> {
-        let n = self.nodes.remove(path)?;
-        self.disown(perms::owner(&n.perms));
-        Some(n)
+    /// The generation of a node (`None`: absent).
+    pub fn generation_of(&self, path: &str) -> Option<u64> {
+        self.nodes.get(path).map(|n| n.generation)
     }
 
+    /// Every path.
+    pub fn paths(&self) -> impl Iterator<Item = &String> {
+        self.nodes.keys()
+    }
+
+    /// Takes the paths changed since the last call, with their nodes now
+    /// (`None`: removed), for the state journal.
+    pub fn drain_changes(&mut self) -> Vec<(String, Option<Node>)> {
+        std::mem::take(&mut self.changed)
+            .into_iter()
+            .map(|p| {
+                let n = self.nodes.get(&p).cloned();
+                (p, n)
+            })
+            .collect()
+    }
+
+    /// Replays journalled changes (restart).
+    pub fn apply_changes(&mut self, changes: Vec<(String, Option<Node>)>, generation: u64) {
+        for (p, n) in changes {
+            match n {
+                Some(n) => self.put(&p, n),
+                None => {
+                    self.take(&p);
+                }
+            }
+        }
+        self.generation = self.generation.max(generation);
+        self.changed.clear();
+    }
+
+    /// The last generation handed out.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Applies a transaction if nothing it touched changed since it touched
+    /// it; `EAGAIN` otherwise. Returns the changes to announce.
+    pub fn commit(&mut self, tx: Tx) -> Result<Vec<Change>, XsError> {
+        if tx.accessed.iter().any(|(p, gen)| self.generation_of(p) != *gen) {
+            return Err(XsError::EAGAIN);
+        }
+        for (p, node) in tx.overlay {
+            match node {
+                Some(mut n) => {
+                    n.generation = self.next_generation();
+                    self.put(&p, n);
+                }
+                None => {
+                    self.take(&p);
+                }
+            }
+        }
+        Ok(tx.changes)
+    }
+}
+
+/// A transaction: its changes over the live tree, and the generation each
+/// node it touched had when it first touched it.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct Tx {
+    /// Nodes written (`None`: removed) in the transaction.
+    pub overlay: BTreeMap<String, Option<Node>>,
+    /// Generation (or absence) of every node read or written, at first touch.
+    pub accessed: BTreeMap<String, Option<u64>>,
+    /// Changes to announce on commit.
+    pub changes: Vec<Change>,
+    /// Nodes owned, relative to the live tree.
+    owned_delta: BTreeMap<u32, i64>,
+    /// Generations handed out inside the transaction (above the live ones).
+    local_generation: u64,
+}
+
+/// A transaction seen over the live tree.
+pub struct TxView<'a> {
+    /// The live tree.
+    pub live: &'a Store,
+    /// The transaction.
+    pub tx: &'a mut Tx,
+}
+
+impl Tree for TxView<'_> {
+    fn node(&self, path: &str) -> Option<&Node> {
+        match self.tx.overlay.get(path) {
+            Some(n) => n.as_ref(),
+            None => self.live.get(path),
+        }
+    }
+
+    fn put(&mut self, path: &str, node: Node) {
+        let owner = perms::owner(&node.perms);
+        if let Some(old) = self.node(path).map(|n| perms::owner(&n.perms)) {
+            *self.tx.owned_delta.entry(old).or_default() -= 1;
+        }
+        *self.tx.owned_delta.entry(owner).or_default() += 1;
+        self.tx.overlay.insert(path.to_string(), Some(node));
+    }
+
+    fn take(&mut self, path: &str) -> Option<Node> {
+        let old = self.node(path).cloned()?;
+        *self.tx.owned_delta.entry(perms::owner(&old.perms)).or_default() -= 1;
+        self.tx.overlay.insert(path.to_string(), None);
+        Some(old)
+    }
+
+    fn owned_by(&self, domid: u32) -> u32 {
+        (i64::from(self.live.owned_by(domid)) + self.tx.owned_delta.get(&domid).copied().unwrap_or(0)).max(0) as u32
+    }
+
+    fn next_generation(&mut self) -> u64 {
+        self.tx.local_generation += 1;
+        self.live.generation() + self.tx.local_generation
+    }
+
+    fn note(&mut self, path: &str) {
+        if !self.tx.accessed.contains_key(path) {
+            let gen = self.live.generation_of(path);
+            self.tx.accessed.insert(path.to_string(), gen);
+        }
+    }
+}
+
+impl dyn Tree + '_ {
     /// Looks a node up for `want`: ENOENT if missing, EACCES if not allowed.
     fn checked(&mut self, path: &str, caller: &Caller, want: Access) -> Result<&Node, XsError> {
         self.note(path);
-        let n = self.nodes.get(path).ok_or(XsError::ENOENT)?;
+        let n = self.node(path).ok_or(XsError::ENOENT)?;
         if !perms::allowed(&n.perms, caller, want) {
             return Err(XsError::EACCES);
         }
         Ok(n)
+    }
+
+    /// Sets a node's children and bumps its generation.
+    fn edit(&mut self, path: &str, f: impl FnOnce(&mut Node)) {
+        if let Some(mut n) = self.node(path).cloned() {
+            f(&mut n);
+            n.generation = self.next_generation();
+            self.put(path, n);
+        }
     }
 
     /// Creates `path` and its missing ancestors (write access to the
@@ -152,7 +296,7 @@ impl Store {
         let mut cur = p;
         loop {
             self.note(cur);
-            if self.nodes.contains_key(cur) {
+            if self.node(cur).is_some() {
                 break;
             }
             missing.push(cur.to_string());
@@ -160,7 +304,7 @@ impl Store {
         }
         let anchor = cur.to_string();
         let parent_perms = {
-            let n = &self.nodes[&anchor];
+            let n = self.node(&anchor).ok_or(XsError::ENOENT)?;
             if !perms::allowed(&n.perms, caller, Access::Write) {
                 return Err(XsError::EACCES);
             }
@@ -172,17 +316,13 @@ impl Store {
         }
         let mut parent = anchor;
         for (i, p) in missing.iter().rev().enumerate() {
-            let gen = self.bump();
-            let last = i + 1 == missing.len();
-            let v = if last { value.to_vec() } else { Vec::new() };
-            self.insert(p.clone(), Node { value: v, perms: new_perms.clone(), children: BTreeSet::new(), generation: gen });
-            self.wrote(p);
-            let gen = self.bump();
-            if let Some(par) = self.nodes.get_mut(&parent) {
-                par.children.insert(path::basename(p).to_string());
-                par.generation = gen;
-            }
-            self.wrote(&parent.clone());
+            let gen = self.next_generation();
+            let v = if i + 1 == missing.len() { value.to_vec() } else { Vec::new() };
+            self.put(p, Node { value: v, perms: new_perms.clone(), children: BTreeSet::new(), generation: gen });
+            let name = path::basename(p).to_string();
+            self.edit(&parent, |n| {
+                n.children.insert(name);
+            });
             parent = p.clone();
         }
         changes.push(Change { path: p.to_string(), perms: new_perms, removed: false });
@@ -200,14 +340,10 @@ impl Store {
             return Err(XsError::E2BIG);
         }
         self.note(path);
-        if self.nodes.contains_key(path) {
+        if self.node(path).is_some() {
             let perms = self.checked(path, caller, Access::Write)?.perms.clone();
-            let gen = self.bump();
-            if let Some(n) = self.nodes.get_mut(path) {
-                n.value = value.to_vec();
-                n.generation = gen;
-            }
-            self.wrote(path);
+            let value = value.to_vec();
+            self.edit(path, |n| n.value = value);
             changes.push(Change { path: path.to_string(), perms, removed: false });
             Ok(())
         } else {
@@ -218,7 +354,7 @@ impl Store {
     /// `MKDIR`: makes sure the node exists; an existing one is left alone.
     pub fn mkdir(&mut self, path: &str, caller: &Caller, quota: &Quota, changes: &mut Vec<Change>) -> Result<(), XsError> {
         self.note(path);
-        if self.nodes.contains_key(path) {
+        if self.node(path).is_some() {
             self.checked(path, caller, Access::Write)?;
             return Ok(());
         }
@@ -232,29 +368,26 @@ impl Store {
             return Err(XsError::EINVAL);
         }
         self.note(p);
-        if !self.nodes.contains_key(p) {
+        if self.node(p).is_none() {
             let parent = path::parent(p).ok_or(XsError::EINVAL)?;
             self.note(parent);
-            return if self.nodes.contains_key(parent) { Ok(()) } else { Err(XsError::ENOENT) };
+            return if self.node(parent).is_some() { Ok(()) } else { Err(XsError::ENOENT) };
         }
         let perms = self.checked(p, caller, Access::Write)?.perms.clone();
         let mut stack = vec![p.to_string()];
         while let Some(cur) = stack.pop() {
             self.note(&cur);
-            if let Some(n) = self.remove_one(&cur) {
+            if let Some(n) = self.take(&cur) {
                 stack.extend(n.children.iter().map(|c| path::join(&cur, c)));
             }
-            self.wrote(&cur);
         }
         if let Some(parent) = path::parent(p) {
             let parent = parent.to_string();
             self.note(&parent);
-            let gen = self.bump();
-            if let Some(par) = self.nodes.get_mut(&parent) {
-                par.children.remove(path::basename(p));
-                par.generation = gen;
-            }
-            self.wrote(&parent);
+            let name = path::basename(p).to_string();
+            self.edit(&parent, |n| {
+                n.children.remove(&name);
+            });
         }
         changes.push(Change { path: p.to_string(), perms, removed: true });
         Ok(())
@@ -310,55 +443,10 @@ impl Store {
         if !caller.privileged && perms::owner(&new) != perms::owner(&old) {
             return Err(XsError::EPERM);
         }
-        let gen = self.bump();
-        if let Some(mut n) = self.nodes.remove(path) {
-            self.disown(perms::owner(&n.perms));
-            n.perms = new.clone();
-            n.generation = gen;
-            self.insert(path.to_string(), n);
-        }
-        self.wrote(path);
+        let p = new.clone();
+        self.edit(path, |n| n.perms = p);
         changes.push(Change { path: path.to_string(), perms: old, removed: false });
         Ok(())
-    }
-
-    /// The generation of a node (`None`: absent).
-    pub fn generation_of(&self, path: &str) -> Option<u64> {
-        self.nodes.get(path).map(|n| n.generation)
-    }
-
-    /// A transaction's copy of this tree.
-    pub fn fork(&self) -> Store {
-        let mut s = self.clone();
-        s.tx = Some(TxLog::default());
-        s
-    }
-
-    /// Applies a transaction's copy if nothing it touched changed since;
-    /// `EAGAIN` otherwise. Returns the changes to announce.
-    pub fn commit(&mut self, tx: Store) -> Result<Vec<Change>, XsError> {
-        let Some(log) = tx.tx.as_ref() else { return Err(XsError::EINVAL) };
-        if log.accessed.iter().any(|(p, gen)| self.generation_of(p) != *gen) {
-            return Err(XsError::EAGAIN);
-        }
-        let gens: Vec<(String, Option<Node>)> = log.written.iter().map(|p| (p.clone(), tx.nodes.get(p).cloned())).collect();
-        for (p, node) in gens {
-            match node {
-                Some(mut n) => {
-                    n.generation = self.bump();
-                    self.insert(p, n);
-                }
-                None => {
-                    self.remove_one(&p);
-                }
-            }
-        }
-        Ok(tx.tx.map(|l| l.changes).unwrap_or_default())
-    }
-
-    /// Every path (for checks and the state file).
-    pub fn paths(&self) -> impl Iterator<Item = &String> {
-        self.nodes.keys()
     }
 }
 
@@ -370,20 +458,42 @@ mod tests {
         Quota::default()
     }
 
+    fn view<'a>(s: &'a Store, t: &'a mut Tx) -> TxView<'a> {
+        TxView { live: s, tx: t }
+    }
+
+    trait AsTree {
+        fn read(&mut self, p: &str, c: &Caller) -> Result<Vec<u8>, XsError>;
+        fn write(&mut self, p: &str, v: &[u8], c: &Caller, q: &Quota, ch: &mut Vec<Change>) -> Result<(), XsError>;
+        fn directory(&mut self, p: &str, c: &Caller) -> Result<Vec<String>, XsError>;
+    }
+
+    impl AsTree for TxView<'_> {
+        fn read(&mut self, p: &str, c: &Caller) -> Result<Vec<u8>, XsError> {
+            (self as &mut dyn Tree).read(p, c)
+        }
+        fn write(&mut self, p: &str, v: &[u8], c: &Caller, q: &Quota, ch: &mut Vec<Change>) -> Result<(), XsError> {
+            (self as &mut dyn Tree).write(p, v, c, q, ch)
+        }
+        fn directory(&mut self, p: &str, c: &Caller) -> Result<Vec<String>, XsError> {
+            (self as &mut dyn Tree).directory(p, c)
+        }
+    }
+
     #[test]
     fn write_creates_parents_and_rm_removes_subtrees() {
         let mut s = Store::new();
         let mut ch = Vec::new();
-        s.write("/a/b/c", b"v", &Caller::DOM0, &q(), &mut ch).unwrap();
-        assert_eq!(s.read("/a/b/c", &Caller::DOM0).unwrap(), b"v");
-        assert_eq!(s.read("/a/b", &Caller::DOM0).unwrap(), b"");
-        assert_eq!(s.directory("/a", &Caller::DOM0).unwrap(), vec!["b"]);
-        assert_eq!(s.rm("/x/y", &Caller::DOM0, &mut ch), Err(XsError::ENOENT), "parent missing");
-        s.rm("/a/zz", &Caller::DOM0, &mut ch).unwrap();
-        s.rm("/a", &Caller::DOM0, &mut ch).unwrap();
-        assert_eq!(s.read("/a/b/c", &Caller::DOM0), Err(XsError::ENOENT));
-        assert!(!s.directory("/", &Caller::DOM0).unwrap().contains(&"a".to_string()));
-        assert_eq!(s.rm("/", &Caller::DOM0, &mut ch), Err(XsError::EINVAL));
+        s.tree().write("/a/b/c", b"v", &Caller::DOM0, &q(), &mut ch).unwrap();
+        assert_eq!(s.tree().read("/a/b/c", &Caller::DOM0).unwrap(), b"v");
+        assert_eq!(s.tree().read("/a/b", &Caller::DOM0).unwrap(), b"");
+        assert_eq!(s.tree().directory("/a", &Caller::DOM0).unwrap(), vec!["b"]);
+        assert_eq!(s.tree().rm("/x/y", &Caller::DOM0, &mut ch), Err(XsError::ENOENT), "parent missing");
+        s.tree().rm("/a/zz", &Caller::DOM0, &mut ch).unwrap();
+        s.tree().rm("/a", &Caller::DOM0, &mut ch).unwrap();
+        assert_eq!(s.tree().read("/a/b/c", &Caller::DOM0), Err(XsError::ENOENT));
+        assert!(!s.tree().directory("/", &Caller::DOM0).unwrap().contains(&"a".to_string()));
+        assert_eq!(s.tree().rm("/", &Caller::DOM0, &mut ch), Err(XsError::EINVAL));
     }
 
     #[test]
@@ -391,36 +501,36 @@ mod tests {
         let mut s = Store::new();
         let mut ch = Vec::new();
         let g = Caller::guest(5);
-        assert_eq!(s.write("/x", b"1", &g, &q(), &mut ch), Err(XsError::EACCES));
-        s.mkdir("/local/domain/5", &Caller::DOM0, &q(), &mut ch).unwrap();
-        s.set_perms("/local/domain/5", vec![Perm { domid: 5, read: false, write: false }], &Caller::DOM0, &q(), &mut ch).unwrap();
-        s.write("/local/domain/5/data/k", b"v", &g, &q(), &mut ch).unwrap();
+        assert_eq!(s.tree().write("/x", b"1", &g, &q(), &mut ch), Err(XsError::EACCES));
+        s.tree().mkdir("/local/domain/5", &Caller::DOM0, &q(), &mut ch).unwrap();
+        s.tree().set_perms("/local/domain/5", vec![Perm { domid: 5, read: false, write: false }], &Caller::DOM0, &q(), &mut ch).unwrap();
+        s.tree().write("/local/domain/5/data/k", b"v", &g, &q(), &mut ch).unwrap();
         assert_eq!(perms::owner(&s.get("/local/domain/5/data/k").unwrap().perms), 5);
-        assert_eq!(s.read("/local/domain/5/data/k", &Caller::guest(6)), Err(XsError::EACCES));
+        assert_eq!(s.tree().read("/local/domain/5/data/k", &Caller::guest(6)), Err(XsError::EACCES));
         let give_away = vec![Perm { domid: 6, read: true, write: true }];
-        assert_eq!(s.set_perms("/local/domain/5/data/k", give_away, &g, &q(), &mut ch), Err(XsError::EPERM));
+        assert_eq!(s.tree().set_perms("/local/domain/5/data/k", give_away, &g, &q(), &mut ch), Err(XsError::EPERM));
         let share = vec![Perm { domid: 5, read: false, write: false }, Perm { domid: 6, read: true, write: false }];
-        s.set_perms("/local/domain/5/data/k", share, &g, &q(), &mut ch).unwrap();
-        assert_eq!(s.read("/local/domain/5/data/k", &Caller::guest(6)).unwrap(), b"v");
+        s.tree().set_perms("/local/domain/5/data/k", share, &g, &q(), &mut ch).unwrap();
+        assert_eq!(s.tree().read("/local/domain/5/data/k", &Caller::guest(6)).unwrap(), b"v");
     }
 
     #[test]
     fn quotas_bound_a_guest() {
         let mut s = Store::new();
         let mut ch = Vec::new();
-        s.mkdir("/local/domain/5", &Caller::DOM0, &q(), &mut ch).unwrap();
-        s.set_perms("/local/domain/5", vec![Perm { domid: 5, read: false, write: false }], &Caller::DOM0, &q(), &mut ch).unwrap();
+        s.tree().mkdir("/local/domain/5", &Caller::DOM0, &q(), &mut ch).unwrap();
+        s.tree().set_perms("/local/domain/5", vec![Perm { domid: 5, read: false, write: false }], &Caller::DOM0, &q(), &mut ch).unwrap();
         let quota = Quota { nodes: 3, value_bytes: 8, perms: 2, ..Quota::default() };
         let g = Caller::guest(5);
         // The domain's home already counts as one of its nodes.
-        s.write("/local/domain/5/a", b"", &g, &quota, &mut ch).unwrap();
-        s.write("/local/domain/5/b", b"", &g, &quota, &mut ch).unwrap();
-        assert_eq!(s.write("/local/domain/5/c", b"", &g, &quota, &mut ch), Err(XsError::EQUOTA));
-        assert_eq!(s.write("/local/domain/5/a", b"123456789", &g, &quota, &mut ch), Err(XsError::E2BIG));
+        s.tree().write("/local/domain/5/a", b"", &g, &quota, &mut ch).unwrap();
+        s.tree().write("/local/domain/5/b", b"", &g, &quota, &mut ch).unwrap();
+        assert_eq!(s.tree().write("/local/domain/5/c", b"", &g, &quota, &mut ch), Err(XsError::EQUOTA));
+        assert_eq!(s.tree().write("/local/domain/5/a", b"123456789", &g, &quota, &mut ch), Err(XsError::E2BIG));
         let three = vec![Perm { domid: 5, read: false, write: false }; 3];
-        assert_eq!(s.set_perms("/local/domain/5/a", three, &g, &quota, &mut ch), Err(XsError::EQUOTA));
-        s.rm("/local/domain/5/b", &g, &mut ch).unwrap();
-        s.write("/local/domain/5/c", b"", &g, &quota, &mut ch).unwrap();
+        assert_eq!(s.tree().set_perms("/local/domain/5/a", three, &g, &quota, &mut ch), Err(XsError::EQUOTA));
+        s.tree().rm("/local/domain/5/b", &g, &mut ch).unwrap();
+        s.tree().write("/local/domain/5/c", b"", &g, &quota, &mut ch).unwrap();
         assert_eq!(s.owned_by(5), 3);
     }
 
@@ -428,28 +538,29 @@ mod tests {
     fn transactions_conflict_only_on_what_they_touched() {
         let mut s = Store::new();
         let mut ch = Vec::new();
-        s.write("/a", b"1", &Caller::DOM0, &q(), &mut ch).unwrap();
-        s.write("/b", b"1", &Caller::DOM0, &q(), &mut ch).unwrap();
-        let mut t = s.fork();
-        assert_eq!(t.read("/a", &Caller::DOM0).unwrap(), b"1");
-        t.write("/a/new", b"2", &Caller::DOM0, &q(), &mut ch).unwrap();
+        s.tree().write("/a", b"1", &Caller::DOM0, &q(), &mut ch).unwrap();
+        s.tree().write("/b", b"1", &Caller::DOM0, &q(), &mut ch).unwrap();
+        let mut t = Tx::default();
+        assert_eq!(view(&s, &mut t).read("/a", &Caller::DOM0).unwrap(), b"1");
+        view(&s, &mut t).write("/a/new", b"2", &Caller::DOM0, &q(), &mut ch).unwrap();
+        assert_eq!(s.tree().read("/a/new", &Caller::DOM0), Err(XsError::ENOENT), "not visible outside");
         // An unrelated write outside does not conflict.
-        s.write("/b", b"2", &Caller::DOM0, &q(), &mut ch).unwrap();
+        s.tree().write("/b", b"2", &Caller::DOM0, &q(), &mut ch).unwrap();
         s.commit(t).unwrap();
-        assert_eq!(s.read("/a/new", &Caller::DOM0).unwrap(), b"2");
-        assert_eq!(s.read("/b", &Caller::DOM0).unwrap(), b"2");
+        assert_eq!(s.tree().read("/a/new", &Caller::DOM0).unwrap(), b"2");
+        assert_eq!(s.tree().read("/b", &Caller::DOM0).unwrap(), b"2");
         // A write to a node the transaction read does.
-        let mut t = s.fork();
-        t.read("/b", &Caller::DOM0).unwrap();
-        t.write("/c", b"x", &Caller::DOM0, &q(), &mut ch).unwrap();
-        s.write("/b", b"3", &Caller::DOM0, &q(), &mut ch).unwrap();
+        let mut t = Tx::default();
+        view(&s, &mut t).read("/b", &Caller::DOM0).unwrap();
+        view(&s, &mut t).write("/c", b"x", &Caller::DOM0, &q(), &mut ch).unwrap();
+        s.tree().write("/b", b"3", &Caller::DOM0, &q(), &mut ch).unwrap();
         assert_eq!(s.commit(t), Err(XsError::EAGAIN));
-        assert_eq!(s.read("/c", &Caller::DOM0), Err(XsError::ENOENT), "nothing applied");
+        assert_eq!(s.tree().read("/c", &Caller::DOM0), Err(XsError::ENOENT), "nothing applied");
         // Creating a sibling outside changes the parent's children: a
         // transaction that listed the parent conflicts.
-        let mut t = s.fork();
-        t.directory("/a", &Caller::DOM0).unwrap();
-        s.write("/a/other", b"", &Caller::DOM0, &q(), &mut ch).unwrap();
+        let mut t = Tx::default();
+        view(&s, &mut t).directory("/a", &Caller::DOM0).unwrap();
+        s.tree().write("/a/other", b"", &Caller::DOM0, &q(), &mut ch).unwrap();
         assert_eq!(s.commit(t), Err(XsError::EAGAIN));
     }
 
@@ -458,12 +569,12 @@ mod tests {
         let mut s = Store::new();
         let mut ch = Vec::new();
         for i in 0..400 {
-            s.write(&format!("/d/child-with-a-long-name-{i:04}"), b"", &Caller::DOM0, &q(), &mut ch).unwrap();
+            s.tree().write(&format!("/d/child-with-a-long-name-{i:04}"), b"", &Caller::DOM0, &q(), &mut ch).unwrap();
         }
         let mut names = Vec::new();
         let mut offset = 0;
         loop {
-            let part = s.directory_part("/d", offset, &Caller::DOM0).unwrap();
+            let part = s.tree().directory_part("/d", offset, &Caller::DOM0).unwrap();
             assert!(part.len() <= PAYLOAD_MAX);
             let mut f = part.split(|&b| b == 0);
             let _gen = f.next();
@@ -478,6 +589,6 @@ mod tests {
             }
         }
         assert_eq!(names.len(), 400);
-        assert_eq!(names, s.directory("/d", &Caller::DOM0).unwrap());
+        assert_eq!(names, s.tree().directory("/d", &Caller::DOM0).unwrap());
     }
 }

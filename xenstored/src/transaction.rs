@@ -1,23 +1,24 @@
-//! A connection's open transactions: each a copy of the tree that records
-//! what it touched (see `Store::fork`/`Store::commit`).
+//! A connection's open transactions: each an overlay of changes on the
+//! live tree plus the generation of every node it touched (see
+//! `store::TxView` and `Store::commit`).
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::store::Store;
+use crate::store::Tx;
 use crate::wire::XsError;
 
 /// Open transactions of one connection.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct Transactions {
-    open: BTreeMap<u32, Store>,
+    open: BTreeMap<u32, Tx>,
     last_id: u32,
 }
 
 impl Transactions {
-    /// Starts one on a copy of `live`; at most `limit` open (if `Some`).
-    pub fn start(&mut self, live: &Store, limit: Option<u32>) -> Result<u32, XsError> {
+    /// Starts one; at most `limit` open (if `Some`).
+    pub fn start(&mut self, limit: Option<u32>) -> Result<u32, XsError> {
         if limit.is_some_and(|l| self.open.len() >= l as usize) {
             return Err(XsError::EQUOTA);
         }
@@ -29,17 +30,17 @@ impl Transactions {
             }
         }
         self.last_id = id;
-        self.open.insert(id, live.fork());
+        self.open.insert(id, Tx::default());
         Ok(id)
     }
 
-    /// The copy a request with `tx_id` works on.
-    pub fn get(&mut self, id: u32) -> Result<&mut Store, XsError> {
+    /// The transaction a request with `tx_id` works in.
+    pub fn get(&mut self, id: u32) -> Result<&mut Tx, XsError> {
         self.open.get_mut(&id).ok_or(XsError::ENOENT)
     }
 
-    /// Ends one, returning its copy.
-    pub fn end(&mut self, id: u32) -> Result<Store, XsError> {
+    /// Ends one, returning it.
+    pub fn end(&mut self, id: u32) -> Result<Tx, XsError> {
         self.open.remove(&id).ok_or(XsError::ENOENT)
     }
 

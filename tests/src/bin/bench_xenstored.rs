@@ -164,7 +164,9 @@ fn xs_pid(xs: &XenstoredProc) -> anyhow::Result<u32> {
     for entry in std::fs::read_dir("/proc")?.flatten() {
         let name = entry.file_name();
         let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
-        if std::fs::read_to_string(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c.contains("xenkvm-xenstored") && c.contains(&*xs.socket.to_string_lossy())) {
+        if std::fs::read_to_string(format!("/proc/{pid}/cmdline"))
+            .is_ok_and(|c| c.contains("xenkvm-xenstored") && c.contains(&*xs.socket.to_string_lossy()))
+        {
             return Ok(pid);
         }
     }
