@@ -152,7 +152,7 @@ impl Xenstored {
 
     /// Handles one request from `id`.
     pub fn handle(&mut self, id: ConnId, msg: Message) -> Option<Action> {
-        let Some(conn) = self.conns.get(&id) else { return None };
+        let conn = self.conns.get(&id)?;
         let caller = conn.caller;
         let h = msg.header;
         let mut action = None;
@@ -457,5 +457,82 @@ impl Xenstored {
             }
             _ => Err(XsError::EINVAL),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::wire::Decoder;
+
+    fn req(xs: &mut Xenstored, id: ConnId, t: u32, tx: u32, payload: &[u8]) -> Message {
+        xs.handle(id, Message::new(t, 1, tx, payload.to_vec()));
+        next(xs, id).expect("a reply")
+    }
+
+    fn next(xs: &mut Xenstored, id: ConnId) -> Option<Message> {
+        let c = xs.conns.get_mut(&id)?;
+        let bytes: Vec<u8> = c.output.iter().copied().collect();
+        let mut d = Decoder::default();
+        d.push(&bytes);
+        let m = d.next().ok()??;
+        c.sent(m.encode().len());
+        Some(m)
+    }
+
+    fn setup() -> (Xenstored, ConnId, ConnId) {
+        let mut xs = Xenstored::new(Quota { watches: 2, transactions: 1, ..Quota::default() });
+        let dom0 = xs.connect(Caller::DOM0, false);
+        let guest = xs.connect(Caller::guest(4), true);
+        req(&mut xs, dom0, ty::MKDIR, 0, b"/local/domain/4\0");
+        req(&mut xs, dom0, ty::SET_PERMS, 0, b"/local/domain/4\0n4\0");
+        (xs, dom0, guest)
+    }
+
+    #[test]
+    fn guest_watches_are_relative_and_limited() {
+        let (mut xs, dom0, g) = setup();
+        assert_eq!(req(&mut xs, g, ty::WATCH, 0, b"data\0a\0").payload, b"OK\0");
+        assert_eq!(next(&mut xs, g).unwrap().payload, b"data\0a\0", "fires at registration, relative");
+        req(&mut xs, dom0, ty::WRITE, 0, b"/local/domain/4/data/x\0v");
+        assert_eq!(next(&mut xs, g).unwrap().payload, b"data/x\0a\0");
+        assert_eq!(req(&mut xs, g, ty::WATCH, 0, b"/local/domain/4/other\0b\0").payload, b"OK\0");
+        assert_eq!(next(&mut xs, g).unwrap().payload, b"/local/domain/4/other\0b\0", "absolute stays absolute");
+        assert_eq!(req(&mut xs, g, ty::WATCH, 0, b"more\0c\0").payload, b"EQUOTA\0");
+        // A node the guest cannot read fires nothing for it.
+        assert_eq!(req(&mut xs, g, ty::UNWATCH, 0, b"data\0a\0").payload, b"OK\0");
+        assert_eq!(req(&mut xs, g, ty::WATCH, 0, b"/tool\0t\0").payload, b"OK\0");
+        assert_eq!(next(&mut xs, g).unwrap().payload, b"/tool\0t\0");
+        req(&mut xs, dom0, ty::WRITE, 0, b"/tool/secret\0v");
+        assert!(next(&mut xs, g).is_none(), "unreadable node");
+        // Special watches.
+        assert_eq!(req(&mut xs, dom0, ty::WATCH, 0, b"@releaseDomain\0r\0").payload, b"OK\0");
+        assert_eq!(next(&mut xs, dom0).unwrap().payload, b"@releaseDomain\0r\0");
+        assert_eq!(req(&mut xs, dom0, ty::INTRODUCE, 0, b"9\0100\01\0").payload, b"OK\0");
+        assert_eq!(req(&mut xs, dom0, ty::INTRODUCE, 0, b"9\0101\01\0").payload, b"EEXIST\0");
+        // The event and the reply may come in either order (as in C xenstored).
+        let mut got = [req(&mut xs, dom0, ty::RELEASE, 0, b"9\0").payload, next(&mut xs, dom0).unwrap().payload];
+        got.sort();
+        assert_eq!(got, [b"@releaseDomain\0r\0".to_vec(), b"OK\0".to_vec()]);
+    }
+
+    #[test]
+    fn guests_cannot_manage_domains_and_have_a_transaction_quota() {
+        let (mut xs, dom0, g) = setup();
+        for (t, p) in [(ty::INTRODUCE, &b"5\01\01\0"[..]), (ty::RELEASE, b"5\0"), (ty::SET_TARGET, b"4\05\0"), (ty::CONTROL, b"quota\0")] {
+            assert_eq!(req(&mut xs, g, t, 0, p).payload, b"EACCES\0", "type {t}");
+        }
+        let t1 = req(&mut xs, g, ty::TRANSACTION_START, 0, b"\0");
+        assert_eq!(t1.header.ty, ty::TRANSACTION_START);
+        assert_eq!(req(&mut xs, g, ty::TRANSACTION_START, 0, b"\0").payload, b"EQUOTA\0");
+        assert_eq!(req(&mut xs, g, ty::TRANSACTION_START, 5, b"\0").payload, b"EBUSY\0");
+        assert_eq!(req(&mut xs, g, ty::READ, 77, b"data\0").payload, b"ENOENT\0", "unknown transaction");
+        // SET_TARGET lets a domain act for another.
+        let other = xs.connect(Caller::guest(6), true);
+        xs.domains.insert(6, Domain { domid: 6, gfn: 1, port: 1, conn: other });
+        xs.domains.insert(4, Domain { domid: 4, gfn: 1, port: 1, conn: g });
+        assert_eq!(req(&mut xs, other, ty::WRITE, 0, b"/local/domain/4/x\0v").payload, b"EACCES\0");
+        assert_eq!(req(&mut xs, dom0, ty::SET_TARGET, 0, b"6\04\0").payload, b"OK\0");
+        assert_eq!(req(&mut xs, other, ty::WRITE, 0, b"/local/domain/4/x\0v").payload, b"OK\0");
     }
 }
