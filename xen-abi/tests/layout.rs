@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use xen_abi::errno::ALL as ALL_ERRNOS;
-use xen_abi::{event_channel as ev, grant_table as gt, hvm, hypercall, memory, sched, shared_info as si, vcpu, version};
+use xen_abi::{event_channel as ev, grant_table as gt, hvm, hypercall, memory, sched, shared_info as si, vcpu, version, xs_wire};
 
 struct Checks(String);
 
@@ -95,6 +95,58 @@ fn common_checks(c: &mut Checks) {
     c.eq("sizeof(xen_changeset_info_t)", version::XEN_CHANGESET_INFO_LEN);
     c.eq("sizeof(xen_commandline_t)", version::XEN_COMMANDLINE_LEN);
     c.eq("sizeof(xen_domain_handle_t)", version::XEN_DOMAIN_HANDLE_LEN);
+
+    // xs_wire.h
+    fields!(
+        c,
+        "struct xenstore_domain_interface",
+        xs_wire::XenstoreDomainInterface,
+        [req, rsp, req_cons, req_prod, rsp_cons, rsp_prod, server_features, connection, error]
+    );
+    c.size("struct xenstore_domain_interface", size_of::<xs_wire::XenstoreDomainInterface>());
+    c.size("struct xsd_sockmsg", xs_wire::HEADER_LEN);
+    for (name, v) in [
+        ("XS_CONTROL", xs_wire::ty::CONTROL),
+        ("XS_DIRECTORY", xs_wire::ty::DIRECTORY),
+        ("XS_READ", xs_wire::ty::READ),
+        ("XS_GET_PERMS", xs_wire::ty::GET_PERMS),
+        ("XS_WATCH", xs_wire::ty::WATCH),
+        ("XS_UNWATCH", xs_wire::ty::UNWATCH),
+        ("XS_TRANSACTION_START", xs_wire::ty::TRANSACTION_START),
+        ("XS_TRANSACTION_END", xs_wire::ty::TRANSACTION_END),
+        ("XS_INTRODUCE", xs_wire::ty::INTRODUCE),
+        ("XS_RELEASE", xs_wire::ty::RELEASE),
+        ("XS_GET_DOMAIN_PATH", xs_wire::ty::GET_DOMAIN_PATH),
+        ("XS_WRITE", xs_wire::ty::WRITE),
+        ("XS_MKDIR", xs_wire::ty::MKDIR),
+        ("XS_RM", xs_wire::ty::RM),
+        ("XS_SET_PERMS", xs_wire::ty::SET_PERMS),
+        ("XS_WATCH_EVENT", xs_wire::ty::WATCH_EVENT),
+        ("XS_ERROR", xs_wire::ty::ERROR),
+        ("XS_IS_DOMAIN_INTRODUCED", xs_wire::ty::IS_DOMAIN_INTRODUCED),
+        ("XS_RESUME", xs_wire::ty::RESUME),
+        ("XS_SET_TARGET", xs_wire::ty::SET_TARGET),
+        ("XS_RESET_WATCHES", xs_wire::ty::RESET_WATCHES),
+        ("XS_DIRECTORY_PART", xs_wire::ty::DIRECTORY_PART),
+        ("XENSTORE_RING_SIZE", xs_wire::RING_SIZE),
+        ("XENSTORE_SERVER_FEATURE_RECONNECTION", xs_wire::SERVER_FEATURE_RECONNECTION),
+        ("XENSTORE_SERVER_FEATURE_ERROR", xs_wire::SERVER_FEATURE_ERROR),
+        ("XENSTORE_CONNECTED", xs_wire::CONNECTED),
+        ("XENSTORE_RECONNECT", xs_wire::RECONNECT),
+        ("XENSTORE_ERROR_NONE", xs_wire::ERROR_NONE),
+        ("XENSTORE_ERROR_COMM", xs_wire::ERROR_COMM),
+        ("XENSTORE_ERROR_RINGIDX", xs_wire::ERROR_RINGIDX),
+        ("XENSTORE_ERROR_PROTO", xs_wire::ERROR_PROTO),
+    ] {
+        c.eq(name, v as usize);
+    }
+    for (name, v) in [
+        ("XENSTORE_PAYLOAD_MAX", xs_wire::PAYLOAD_MAX),
+        ("XENSTORE_ABS_PATH_MAX", xs_wire::ABS_PATH_MAX),
+        ("XENSTORE_REL_PATH_MAX", xs_wire::REL_PATH_MAX),
+    ] {
+        c.eq(name, v);
+    }
 
     // Constants.
     for (name, v) in [
@@ -314,6 +366,7 @@ const PRELUDE: &str = r#"
 #include <xen/hvm/params.h>
 #include <xen/arch-x86/cpuid.h>
 #include <xen/arch-x86/hvm/start_info.h>
+#include <xen/io/xs_wire.h>
 "#;
 
 fn compile(checks: &Checks, arch_flag: &str) {

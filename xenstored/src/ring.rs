@@ -9,28 +9,11 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use vm_memory::{FileOffset, MmapRegion};
 use vm_memory::{VolatileMemory, VolatileSlice};
 
-/// Size of each of the two buffers.
-pub const RING_SIZE: u32 = 1024;
-const REQ: usize = 0;
-const RSP: usize = 1024;
-const REQ_CONS: usize = 2048;
-const REQ_PROD: usize = 2052;
-const RSP_CONS: usize = 2056;
-const RSP_PROD: usize = 2060;
-const SERVER_FEATURES: usize = 2064;
-const CONNECTION: usize = 2068;
-const ERROR: usize = 2072;
+use xen_abi::xs_wire::offset::{CONNECTION, ERROR, REQ, REQ_CONS, REQ_PROD, RSP, RSP_CONS, RSP_PROD, SERVER_FEATURES};
+pub use xen_abi::xs_wire::{CONNECTED, ERROR_PROTO, ERROR_RINGIDX, RECONNECT, RING_SIZE};
 
-/// `XENSTORE_SERVER_FEATURE_RECONNECTION | XENSTORE_SERVER_FEATURE_ERROR`.
-pub const FEATURES: u32 = 1 | 2;
-/// `XENSTORE_CONNECTED`.
-pub const CONNECTED: u32 = 0;
-/// `XENSTORE_RECONNECT`: the guest asks for a reset.
-pub const RECONNECT: u32 = 1;
-/// `XENSTORE_ERROR_RINGIDX`.
-pub const ERROR_RINGIDX: u32 = 2;
-/// `XENSTORE_ERROR_PROTO`.
-pub const ERROR_PROTO: u32 = 3;
+/// The features we offer: reconnection and the error field.
+pub const FEATURES: u32 = xen_abi::xs_wire::SERVER_FEATURE_RECONNECTION | xen_abi::xs_wire::SERVER_FEATURE_ERROR;
 
 /// A mapped ring page.
 #[derive(Debug)]

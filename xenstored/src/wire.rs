@@ -4,45 +4,7 @@
 
 use serde::{Deserialize, Serialize};
 
-/// Header length.
-pub const HEADER_LEN: usize = 16;
-/// Largest payload either side may send (`XENSTORE_PAYLOAD_MAX`).
-pub const PAYLOAD_MAX: usize = 4096;
-/// Longest absolute path (`XENSTORE_ABS_PATH_MAX`).
-pub const ABS_PATH_MAX: usize = 3072;
-/// Longest relative path (`XENSTORE_REL_PATH_MAX`).
-pub const REL_PATH_MAX: usize = 2048;
-
-/// Message types (`enum xsd_sockmsg_type`).
-#[allow(missing_docs)]
-pub mod ty {
-    pub const CONTROL: u32 = 0;
-    pub const DIRECTORY: u32 = 1;
-    pub const READ: u32 = 2;
-    pub const GET_PERMS: u32 = 3;
-    pub const WATCH: u32 = 4;
-    pub const UNWATCH: u32 = 5;
-    pub const TRANSACTION_START: u32 = 6;
-    pub const TRANSACTION_END: u32 = 7;
-    pub const INTRODUCE: u32 = 8;
-    pub const RELEASE: u32 = 9;
-    pub const GET_DOMAIN_PATH: u32 = 10;
-    pub const WRITE: u32 = 11;
-    pub const MKDIR: u32 = 12;
-    pub const RM: u32 = 13;
-    pub const SET_PERMS: u32 = 14;
-    pub const WATCH_EVENT: u32 = 15;
-    pub const ERROR: u32 = 16;
-    pub const IS_DOMAIN_INTRODUCED: u32 = 17;
-    pub const RESUME: u32 = 18;
-    pub const SET_TARGET: u32 = 19;
-    pub const RESET_WATCHES: u32 = 21;
-    pub const DIRECTORY_PART: u32 = 22;
-    pub const GET_FEATURE: u32 = 23;
-    pub const SET_FEATURE: u32 = 24;
-    pub const GET_QUOTA: u32 = 25;
-    pub const SET_QUOTA: u32 = 26;
-}
+pub use xen_abi::xs_wire::{ty, ABS_PATH_MAX, HEADER_LEN, PAYLOAD_MAX, REL_PATH_MAX};
 
 /// An error reply, sent as its name (`xsd_errors`; `EQUOTA` as oxenstored
 /// names a quota overrun).

@@ -14,27 +14,9 @@ use crate::console::println;
 use crate::hcall;
 use crate::scenarios::Checks;
 
-const RING: u32 = 1024;
-const REQ: usize = 0;
-const RSP: usize = 1024;
-const REQ_CONS: usize = 2048;
-const REQ_PROD: usize = 2052;
-const RSP_CONS: usize = 2056;
-const RSP_PROD: usize = 2060;
-const SERVER_FEATURES: usize = 2064;
-const CONNECTION: usize = 2068;
-const ERROR: usize = 2072;
-
-const READ: u32 = 2;
-const GET_PERMS: u32 = 3;
-const WATCH: u32 = 4;
-const UNWATCH: u32 = 5;
-const TRANSACTION_START: u32 = 6;
-const TRANSACTION_END: u32 = 7;
-const DIRECTORY: u32 = 1;
-const WRITE: u32 = 11;
-const WATCH_EVENT: u32 = 15;
-const ERROR_REPLY: u32 = 16;
+use xen_abi::xs_wire::offset::{CONNECTION, ERROR, REQ, REQ_CONS, REQ_PROD, RSP, RSP_CONS, RSP_PROD, SERVER_FEATURES};
+use xen_abi::xs_wire::ty::{DIRECTORY, GET_PERMS, READ, TRANSACTION_END, TRANSACTION_START, UNWATCH, WATCH, WATCH_EVENT, WRITE};
+use xen_abi::xs_wire::{ty::ERROR as ERROR_REPLY, RING_SIZE as RING};
 
 /// Longest wait for one reply (covers a xenstored restart).
 const REPLY_TIMEOUT_NS: u64 = 30_000_000_000;
