@@ -162,3 +162,41 @@ pub fn call(ch: &Channel, req: &Request) -> Result<(Reply, Vec<std::os::fd::Owne
     }
     Ok((reply, fds))
 }
+
+/// A guest ring page a peer attached to: the memfd and offset that hold the
+/// page, and the event channel bound to it.
+#[derive(Debug)]
+pub struct AttachedRing {
+    /// The guest's memory as the vmm described it.
+    pub memory: DomainMemory,
+    /// The RAM memfd that holds the page.
+    pub file: std::fs::File,
+    /// The page's offset in `file`.
+    pub offset: u64,
+    /// The dom0 port bound to the guest's.
+    pub port: u32,
+    /// Readable when the guest sent on the channel.
+    pub kick: std::fs::File,
+    /// Write 1 (u64) to raise the guest's port.
+    pub notify: std::fs::File,
+}
+
+/// Client side: attaches, finds the ring `pick` chooses (the store or
+/// console ring the vmm names, or one a toolstack gave) in guest RAM, and
+/// binds its port.
+pub fn attach_ring(ch: &Channel, pick: impl FnOnce(&DomainMemory) -> Ring) -> Result<AttachedRing> {
+    let (reply, fds) = call(ch, &Request::Attach)?;
+    let Reply::Attached(memory) = reply else { return Err(Error::Unexpected(format!("{reply:?}"))) };
+    memory.validate(fds.len())?;
+    let ring = pick(&memory);
+    let range = *memory.range_of(ring.gfn).ok_or_else(|| Error::Malformed(format!("ring frame {:#x} is not guest RAM", ring.gfn)))?;
+    let file = std::fs::File::from(fds.into_iter().nth(range.fd_index as usize).ok_or(Error::Malformed("RAM descriptor".into()))?);
+    let offset = range.offset + (ring.gfn * 4096 - range.gpa);
+    let (reply, fds) = call(ch, &Request::BindInterdomain { guest_port: ring.port })?;
+    let Reply::Bound { port } = reply else { return Err(Error::Unexpected(format!("{reply:?}"))) };
+    let mut fds = fds.into_iter();
+    let (Some(kick), Some(notify), None) = (fds.next(), fds.next(), fds.next()) else {
+        return Err(Error::Malformed("Bound needs exactly two descriptors".into()));
+    };
+    Ok(AttachedRing { memory, file, offset, port, kick: kick.into(), notify: notify.into() })
+}

@@ -96,6 +96,11 @@ fn common_checks(c: &mut Checks) {
     c.eq("sizeof(xen_commandline_t)", version::XEN_COMMANDLINE_LEN);
     c.eq("sizeof(xen_domain_handle_t)", version::XEN_DOMAIN_HANDLE_LEN);
 
+    // console.h
+    c.off("struct xencons_interface", "in", std::mem::offset_of!(xen_abi::console::XenconsInterface, input));
+    fields!(c, "struct xencons_interface", xen_abi::console::XenconsInterface, [out, in_cons, in_prod, out_cons, out_prod]);
+    c.size("struct xencons_interface", size_of::<xen_abi::console::XenconsInterface>());
+
     // xs_wire.h
     fields!(
         c,
@@ -367,6 +372,7 @@ const PRELUDE: &str = r#"
 #include <xen/arch-x86/cpuid.h>
 #include <xen/arch-x86/hvm/start_info.h>
 #include <xen/io/xs_wire.h>
+#include <xen/io/console.h>
 "#;
 
 fn compile(checks: &Checks, arch_flag: &str) {

@@ -8,13 +8,13 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use xenkvm_ipc::vmm::{self as ipc_vmm, Reply, Request};
+use xenkvm_ipc::vmm::{self as ipc_vmm, Reply};
 use xenkvm_ipc::Channel;
 
 use crate::connection::Conn;
@@ -226,19 +226,10 @@ impl Daemon {
         if u32::from(domid) != d.domid {
             return Err(format!("the vmm at {} runs domain {domid}, not {}", path.display(), d.domid));
         }
-        let (reply, fds) = ipc_vmm::call(&ipc, &Request::Attach).map_err(|e| e.to_string())?;
-        let Reply::Attached(mem) = reply else { return Err(format!("unexpected reply {reply:?}")) };
-        mem.validate(fds.len()).map_err(|e| e.to_string())?;
-        let range = mem.range_of(d.gfn).ok_or_else(|| format!("ring frame {:#x} is not guest RAM", d.gfn))?;
-        let mut fds: Vec<Option<OwnedFd>> = fds.into_iter().map(Some).collect();
-        let file = File::from(fds[range.fd_index as usize].take().ok_or("descriptor used twice")?);
-        let ring = Ring::map(&file, range.offset + (d.gfn * 4096 - range.gpa)).map_err(|e| e.to_string())?;
-        let (reply, fds) = ipc_vmm::call(&ipc, &Request::BindInterdomain { guest_port: d.port }).map_err(|e| e.to_string())?;
-        if !matches!(reply, Reply::Bound { .. }) || fds.len() != 2 {
-            return Err(format!("unexpected reply {reply:?}"));
-        }
-        let mut fds = fds.into_iter();
-        let (kick, notify) = (File::from(fds.next().ok_or("kick")?), File::from(fds.next().ok_or("notify")?));
+        let (gfn, port) = (d.gfn, d.port);
+        let att = ipc_vmm::attach_ring(&ipc, |_| ipc_vmm::Ring { gfn, port }).map_err(|e| e.to_string())?;
+        let ring = Ring::map(&att.file, att.offset).map_err(|e| e.to_string())?;
+        let (kick, notify) = (att.kick, att.notify);
         let cons = match marks {
             Some(m) => {
                 // Bytes before the saved index are in the restored buffers;
