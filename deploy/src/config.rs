@@ -99,7 +99,8 @@ pub struct ConfigError {
 
 /// Keys xl knows that xenkvm accepts and ignores (they do not change what
 /// a PVH guest sees here).
-const IGNORED: &[&str] = &["uuid", "maxvcpus", "maxmem", "builder", "device_model_version", "pvh", "localtime", "serial", "vnc", "sdl", "boot"];
+const IGNORED: &[&str] =
+    &["uuid", "maxvcpus", "maxmem", "builder", "device_model_version", "pvh", "localtime", "serial", "vnc", "sdl", "boot"];
 
 fn parse_mac(s: &str) -> Option<[u8; 6]> {
     let parts: Vec<&str> = s.split(':').collect();
@@ -233,7 +234,9 @@ impl DomainConfig {
             match find(k) {
                 None => Ok(None),
                 Some(Setting { value: Value::Num(n), line, .. }) => Ok(Some((*n, *line))),
-                Some(Setting { value: Value::Str(s), line, .. }) => s.parse().map(|n| Some((n, *line))).map_err(|_| err(*line, format!("{k} must be a number"))),
+                Some(Setting { value: Value::Str(s), line, .. }) => {
+                    s.parse().map(|n| Some((n, *line))).map_err(|_| err(*line, format!("{k} must be a number")))
+                }
                 Some(s) => Err(err(s.line, format!("{k} must be a number"))),
             }
         };
@@ -263,8 +266,22 @@ impl DomainConfig {
 
         let mut warnings = Vec::new();
         let known = [
-            "name", "type", "kernel", "ramdisk", "cmdline", "extra", "root", "memory", "vcpus", "disk", "vif", "on_poweroff", "on_reboot",
-            "on_crash", "xen_version", "max_grant_frames",
+            "name",
+            "type",
+            "kernel",
+            "ramdisk",
+            "cmdline",
+            "extra",
+            "root",
+            "memory",
+            "vcpus",
+            "disk",
+            "vif",
+            "on_poweroff",
+            "on_reboot",
+            "on_crash",
+            "xen_version",
+            "max_grant_frames",
         ];
         for s in settings {
             if !known.contains(&s.key.as_str()) {
@@ -311,8 +328,14 @@ impl DomainConfig {
             Some((v, line)) if !(1..=4096).contains(&v) => return Err(err(line, format!("max_grant_frames = {v}: 1 to 4096"))),
             Some((v, _)) => Some(v as u32),
         };
-        let disks = list("disk")?.into_iter().map(|(s, line)| parse_disk(&s).map_err(|m| err(line, format!("disk {s:?}: {m}")))).collect::<Result<Vec<_>, _>>()?;
-        let vifs = list("vif")?.into_iter().map(|(s, line)| parse_vif(&s).map_err(|m| err(line, format!("vif {s:?}: {m}")))).collect::<Result<Vec<_>, _>>()?;
+        let disks = list("disk")?
+            .into_iter()
+            .map(|(s, line)| parse_disk(&s).map_err(|m| err(line, format!("disk {s:?}: {m}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        let vifs = list("vif")?
+            .into_iter()
+            .map(|(s, line)| parse_vif(&s).map_err(|m| err(line, format!("vif {s:?}: {m}"))))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(DomainConfig {
             name,
             kernel: PathBuf::from(kernel),
@@ -368,9 +391,18 @@ frobnicate = 1
         .unwrap();
         assert_eq!(c.cmdline, "root=/dev/xvda1 console=hvc0");
         assert_eq!((c.memory_mib, c.vcpus, c.max_grant_frames), (512, 2, Some(32)));
-        assert_eq!(c.disks[0], DiskSpec { target: "/img/a,b.img".into(), format: DiskFormat::Raw, vdev: "xvda".into(), writable: true, cdrom: false });
-        assert_eq!(c.disks[1], DiskSpec { target: "/dev/vg/d".into(), format: DiskFormat::Raw, vdev: "xvdb".into(), writable: false, cdrom: false });
-        assert_eq!(c.disks[2], DiskSpec { target: "/dev/sdz".into(), format: DiskFormat::Raw, vdev: "xvdc".into(), writable: true, cdrom: false });
+        assert_eq!(
+            c.disks[0],
+            DiskSpec { target: "/img/a,b.img".into(), format: DiskFormat::Raw, vdev: "xvda".into(), writable: true, cdrom: false }
+        );
+        assert_eq!(
+            c.disks[1],
+            DiskSpec { target: "/dev/vg/d".into(), format: DiskFormat::Raw, vdev: "xvdb".into(), writable: false, cdrom: false }
+        );
+        assert_eq!(
+            c.disks[2],
+            DiskSpec { target: "/dev/sdz".into(), format: DiskFormat::Raw, vdev: "xvdc".into(), writable: true, cdrom: false }
+        );
         assert!(c.disks[3].cdrom && !c.disks[3].writable && c.disks[3].vdev == "hdc");
         assert_eq!(c.disks[4].format, DiskFormat::Qcow2);
         assert_eq!(c.vifs[0].mac, Some([0, 0x16, 0x3e, 1, 2, 3]));

@@ -3,4 +3,5 @@
 //! and tears down.
 
 pub mod config;
+pub mod launcher;
 pub mod xlcfg;

@@ -177,7 +177,13 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
     let initrd = config.initrd.as_ref().map(|p| read_file("initrd", p)).transpose()?;
     let console: Box<dyn Write + Send> = match &config.console {
         ConsoleTarget::Stdout => Box::new(std::io::stdout()),
-        ConsoleTarget::File(p) => Box::new(std::fs::File::create(p).map_err(|source| Error::ConsoleLog { path: p.clone(), source })?),
+        ConsoleTarget::File(p) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(p)
+                .map_err(|source| Error::ConsoleLog { path: p.clone(), source })?,
+        ),
     };
     let console = Arc::new(ConsoleLog::new(console));
 

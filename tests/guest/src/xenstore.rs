@@ -408,3 +408,30 @@ fn fmt_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
     }
     &buf[i..]
 }
+
+/// Waits for the toolstack's `control/shutdown` request (the PV shutdown
+/// protocol xl and xenkvm use) and acts on it.
+pub fn scenario_wait_shutdown(c: &mut Checks) {
+    let Some(mut xs) = Xs::open() else {
+        check!(c, "xs.ring", false, "no store ring");
+        return;
+    };
+    let w = xs.request(WATCH, 0, &[b"control/shutdown", b"S"], true).map(|r| r.ty);
+    check!(c, "shutdown.watch", w == Ok(WATCH), "watch {w:?}");
+    println!("WAITING for control/shutdown");
+    for _ in 0..100 {
+        if xs.event().is_none() {
+            continue;
+        }
+        let reason = match xs.read(0, b"control/shutdown") {
+            Ok(b"poweroff") => xen_abi::sched::SHUTDOWN_POWEROFF,
+            Ok(b"reboot") => xen_abi::sched::SHUTDOWN_REBOOT,
+            _ => continue,
+        };
+        // Acknowledge as Linux does: clear the request, then shut down.
+        let _ = xs.write(0, b"control/shutdown", b"");
+        println!("SHUTDOWN requested: {reason}");
+        hcall::shutdown(reason);
+    }
+    check!(c, "shutdown.requested", false, "no request came");
+}

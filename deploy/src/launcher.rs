@@ -1,0 +1,431 @@
+//! Starting, supervising and tearing down one guest's process tree:
+//!
+//! ```text
+//! xenkvm create (this process)
+//!  ├── xenkvm-xenstored   started if none answers; stays, as a host service
+//!  ├── xenkvm-vmm         the guest
+//!  └── xenkvm-consoled    its primary console
+//! ```
+//! Each domain has a directory `<run-dir>/domains/<domid>/` (record, vmm
+//! and console sockets) that is removed at teardown; logs go to
+//! `<run-dir>/logs/<name>.{console,vmm}.log` and stay.
+
+use std::io::Write;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+use crate::config::{DomainConfig, OnEvent};
+
+/// Where the launcher keeps its state.
+#[derive(Clone, Debug)]
+pub struct Paths {
+    /// The run directory.
+    pub run_dir: PathBuf,
+    /// xenstored's socket.
+    pub xenstored: PathBuf,
+}
+
+impl Paths {
+    /// Paths under `run_dir` (xenstored's socket too unless given).
+    pub fn new(run_dir: PathBuf, xenstored: Option<PathBuf>) -> Paths {
+        let xenstored = xenstored.unwrap_or_else(|| run_dir.join("xenstored.sock"));
+        Paths { run_dir, xenstored }
+    }
+
+    /// A domain's directory.
+    pub fn domain_dir(&self, domid: u16) -> PathBuf {
+        self.run_dir.join("domains").join(domid.to_string())
+    }
+
+    /// The vmm's ipc socket (where xenstored looks for it).
+    pub fn vmm_socket(&self, domid: u16) -> PathBuf {
+        self.run_dir.join(format!("vmm-{domid}.sock"))
+    }
+
+    /// The console attach socket.
+    pub fn console_socket(&self, domid: u16) -> PathBuf {
+        self.domain_dir(domid).join("console.sock")
+    }
+
+    /// A log file.
+    pub fn log(&self, name: &str, what: &str) -> PathBuf {
+        self.run_dir.join("logs").join(format!("{name}.{what}.log"))
+    }
+}
+
+/// What `xenkvm list` shows of a running domain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Record {
+    /// Domain id.
+    pub domid: u16,
+    /// Name.
+    pub name: String,
+    /// The supervising launcher.
+    pub launcher_pid: u32,
+    /// The vmm (0 until started).
+    pub vmm_pid: u32,
+    /// MiB.
+    pub memory_mib: u64,
+    /// vCPUs.
+    pub vcpus: u32,
+    /// Unix time of creation.
+    pub started: u64,
+}
+
+impl Record {
+    fn render(&self) -> String {
+        format!(
+            "name={}\nlauncher_pid={}\nvmm_pid={}\nmemory={}\nvcpus={}\nstarted={}\n",
+            self.name, self.launcher_pid, self.vmm_pid, self.memory_mib, self.vcpus, self.started
+        )
+    }
+
+    fn parse(domid: u16, text: &str) -> Option<Record> {
+        let get = |k: &str| text.lines().find_map(|l| l.strip_prefix(k)?.strip_prefix('=')).map(str::to_string);
+        Some(Record {
+            domid,
+            name: get("name")?,
+            launcher_pid: get("launcher_pid")?.parse().ok()?,
+            vmm_pid: get("vmm_pid")?.parse().ok()?,
+            memory_mib: get("memory")?.parse().ok()?,
+            vcpus: get("vcpus")?.parse().ok()?,
+            started: get("started")?.parse().ok()?,
+        })
+    }
+
+    fn save(&self, paths: &Paths) -> std::io::Result<()> {
+        let dir = paths.domain_dir(self.domid);
+        let tmp = dir.join("record.tmp");
+        std::fs::write(&tmp, self.render())?;
+        std::fs::rename(tmp, dir.join("record"))
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    // SAFETY: signal 0 only checks that the process exists.
+    pid != 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+}
+
+/// Running domains (records whose launcher is alive); stale ones are removed.
+pub fn domains(paths: &Paths) -> Vec<Record> {
+    let mut out = Vec::new();
+    let Ok(rd) = std::fs::read_dir(paths.run_dir.join("domains")) else { return out };
+    for e in rd.flatten() {
+        let Some(domid) = e.file_name().to_str().and_then(|n| n.parse::<u16>().ok()) else { continue };
+        match std::fs::read_to_string(e.path().join("record")).ok().and_then(|t| Record::parse(domid, &t)) {
+            Some(r) if alive(r.launcher_pid) => out.push(r),
+            Some(_) => {
+                let _ = std::fs::remove_dir_all(e.path());
+                let _ = std::fs::remove_file(paths.vmm_socket(domid));
+            }
+            None => {}
+        }
+    }
+    out.sort_by_key(|r| r.domid);
+    out
+}
+
+/// Finds a domain by name or id.
+pub fn find(paths: &Paths, which: &str) -> anyhow::Result<Record> {
+    let all = domains(paths);
+    all.iter()
+        .find(|r| r.name == which || r.domid.to_string() == which)
+        .cloned()
+        .with_context(|| format!("no domain {which:?} (see `xenkvm list`)"))
+}
+
+/// A binary shipped next to this one (else found on PATH).
+pub fn sibling(name: &str) -> PathBuf {
+    std::env::current_exe()
+        .ok()
+        .and_then(|e| e.parent().map(|d| d.join(name)))
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| PathBuf::from(name))
+}
+
+/// An exclusive lock on the run directory (domid allocation).
+struct RunLock(#[allow(dead_code)] std::fs::File);
+
+impl RunLock {
+    fn take(paths: &Paths) -> anyhow::Result<RunLock> {
+        let f = std::fs::OpenOptions::new().create(true).truncate(false).write(true).open(paths.run_dir.join("lock"))?;
+        // SAFETY: flock on a descriptor we own.
+        if unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&f), libc::LOCK_EX) } != 0 {
+            bail!("locking {}: {}", paths.run_dir.display(), std::io::Error::last_os_error());
+        }
+        Ok(RunLock(f))
+    }
+}
+
+/// Starts xenstored unless one answers on the socket.
+pub fn ensure_xenstored(paths: &Paths) -> anyhow::Result<()> {
+    if std::os::unix::net::UnixStream::connect(&paths.xenstored).is_ok() {
+        return Ok(());
+    }
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(paths.run_dir.join("logs").join("xenstored.log"))?;
+    let mut cmd = Command::new(sibling("xenkvm-xenstored"));
+    cmd.arg("--socket").arg(&paths.xenstored).arg("--run-dir").arg(&paths.run_dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    // Its own session: it outlives this guest, as a host service.
+    // SAFETY: setsid is async-signal-safe and touches only the child.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+    let child = cmd.spawn().context("starting xenkvm-xenstored")?;
+    std::fs::write(paths.run_dir.join("xenstored.pid"), child.id().to_string())?;
+    let start = Instant::now();
+    while std::os::unix::net::UnixStream::connect(&paths.xenstored).is_err() {
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("xenstored did not come up; see {}", paths.run_dir.join("logs/xenstored.log").display());
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    tracing::info!(event = "launcher.xenstored_started", pid = child.id());
+    Ok(())
+}
+
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::SeqCst);
+}
+
+fn install_signal_handlers() {
+    for sig in [libc::SIGINT, libc::SIGTERM, libc::SIGHUP] {
+        // SAFETY: the handler only stores to an atomic.
+        unsafe { libc::signal(sig, on_signal as *const () as libc::sighandler_t) };
+    }
+}
+
+/// Why the guest stopped, from the vmm's exit status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stopped {
+    /// Powered off.
+    Poweroff,
+    /// Asked to reboot.
+    Reboot,
+    /// Crashed (or faulted).
+    Crash,
+    /// Killed (`destroy`) or failed to run.
+    Other(i32),
+}
+
+impl Stopped {
+    fn from_code(code: Option<i32>) -> Stopped {
+        match code {
+            Some(0) => Stopped::Poweroff,
+            Some(3) => Stopped::Reboot,
+            Some(5) | Some(8) => Stopped::Crash,
+            Some(c) => Stopped::Other(c),
+            None => Stopped::Other(137),
+        }
+    }
+
+    /// The launcher's exit status for it (the vmm's).
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Stopped::Poweroff => 0,
+            Stopped::Reboot => 3,
+            Stopped::Crash => 5,
+            Stopped::Other(c) => c,
+        }
+    }
+}
+
+fn kill(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Creates the domain and supervises it until it is gone (foreground).
+/// Returns the launcher's exit status. `ready` is called once the guest runs.
+pub fn run(paths: &Paths, cfg: &DomainConfig, mut ready: impl FnMut(u16)) -> anyhow::Result<i32> {
+    for w in &cfg.warnings {
+        eprintln!("xenkvm: warning: {w}");
+    }
+    if !cfg.disks.is_empty() || !cfg.vifs.is_empty() {
+        bail!("disk and vif devices need the block and net backends, which this xenkvm does not have yet; remove them from the config");
+    }
+    for d in ["domains", "logs"] {
+        std::fs::create_dir_all(paths.run_dir.join(d))?;
+    }
+    install_signal_handlers();
+    let lock = RunLock::take(paths)?;
+    ensure_xenstored(paths)?;
+    let running = domains(paths);
+    if running.iter().any(|r| r.name == cfg.name) {
+        bail!("a domain named {:?} is already running", cfg.name);
+    }
+    let domid =
+        (1..0x7ff0u16).find(|d| !running.iter().any(|r| r.domid == *d) && !paths.domain_dir(*d).exists()).context("no free domain id")?;
+    std::fs::create_dir_all(paths.domain_dir(domid))?;
+    let started = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let mut record = Record {
+        domid,
+        name: cfg.name.clone(),
+        launcher_pid: std::process::id(),
+        vmm_pid: 0,
+        memory_mib: cfg.memory_mib,
+        vcpus: cfg.vcpus,
+        started,
+    };
+    record.save(paths)?;
+    drop(lock);
+    let result = supervise(paths, cfg, &mut record, &mut ready);
+    let _ = std::fs::remove_dir_all(paths.domain_dir(domid));
+    let _ = std::fs::remove_file(paths.vmm_socket(domid));
+    result
+}
+
+fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut impl FnMut(u16)) -> anyhow::Result<i32> {
+    let domid = record.domid;
+    loop {
+        let vmm_log = std::fs::OpenOptions::new().create(true).append(true).open(paths.log(&cfg.name, "vmm"))?;
+        let mut cmd = Command::new(sibling("xenkvm-vmm"));
+        cmd.arg("--kernel")
+            .arg(&cfg.kernel)
+            .arg("--cmdline")
+            .arg(&cfg.cmdline)
+            .arg("--memory")
+            .arg(cfg.memory_mib.to_string())
+            .arg("--vcpus")
+            .arg(cfg.vcpus.to_string())
+            .arg("--domid")
+            .arg(domid.to_string())
+            .arg("--name")
+            .arg(&cfg.name)
+            .arg("--ipc-socket")
+            .arg(paths.vmm_socket(domid))
+            .arg("--xenstored")
+            .arg(&paths.xenstored)
+            .arg("--console-log")
+            .arg(paths.log(&cfg.name, "serial"));
+        if let Some(r) = &cfg.ramdisk {
+            cmd.arg("--initrd").arg(r);
+        }
+        if let Some(v) = &cfg.xen_version {
+            cmd.arg("--xen-version").arg(v);
+        }
+        if let Some(g) = cfg.max_grant_frames {
+            cmd.arg("--gnttab-max-frames").arg(g.to_string());
+        }
+        let t0 = Instant::now();
+        let mut vmm = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(vmm_log).spawn().context("starting xenkvm-vmm")?;
+        record.vmm_pid = vmm.id();
+        record.save(paths)?;
+        let mut consoled = Command::new(sibling("xenkvm-consoled"))
+            .arg("serve")
+            .arg("--vmm-socket")
+            .arg(paths.vmm_socket(domid))
+            .arg("--log")
+            .arg(paths.log(&cfg.name, "console"))
+            .arg("--attach-socket")
+            .arg(paths.console_socket(domid))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(paths.log(&cfg.name, "consoled"))?)
+            .spawn()
+            .context("starting xenkvm-consoled")?;
+        tracing::info!(event = "launcher.started", domid, name = cfg.name, vmm = vmm.id(), consoled = consoled.id());
+        let mut announced = false;
+        let status = loop {
+            if let Some(st) = vmm.try_wait()? {
+                break st;
+            }
+            if STOP.load(Ordering::SeqCst) {
+                tracing::info!(event = "launcher.stopping", domid, "signal received: destroying the guest");
+                kill(&mut vmm);
+                break vmm.wait()?;
+            }
+            if !announced && paths.console_socket(domid).exists() {
+                announced = true;
+                tracing::info!(event = "launcher.console_up", domid, after_ms = t0.elapsed().as_millis() as u64);
+                ready(domid);
+            }
+            if let Ok(Some(st)) = consoled.try_wait() {
+                if !st.success() {
+                    tracing::warn!(domid, status = %st, "the console backend died");
+                }
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // The console backend leaves when the vmm's socket closes; make sure.
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while consoled.try_wait()?.is_none() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        kill(&mut consoled);
+        let _ = std::fs::remove_file(paths.console_socket(domid));
+        let stopped = Stopped::from_code(status.code());
+        let action = match stopped {
+            Stopped::Poweroff => cfg.on_poweroff,
+            Stopped::Reboot => cfg.on_reboot,
+            Stopped::Crash => cfg.on_crash,
+            Stopped::Other(_) => OnEvent::Destroy,
+        };
+        tracing::info!(event = "launcher.guest_stopped", domid, ?stopped, ?action);
+        if action == OnEvent::Restart && !STOP.load(Ordering::SeqCst) {
+            let _ = writeln!(std::io::stderr(), "xenkvm: {} stopped ({stopped:?}); restarting", cfg.name);
+            continue;
+        }
+        return Ok(stopped.exit_code());
+    }
+}
+
+/// `xenkvm shutdown`: asks the guest through xenstore (`control/shutdown`).
+pub fn request_shutdown(paths: &Paths, r: &Record, how: &str) -> anyhow::Result<()> {
+    let mut c = xenstore::client::Client::connect(&paths.xenstored)?;
+    c.write(0, &format!("/local/domain/{}/control/shutdown", r.domid), how.as_bytes())?;
+    Ok(())
+}
+
+/// `xenkvm destroy`: kills the vmm; its launcher tears the rest down.
+pub fn destroy(paths: &Paths, r: &Record) -> anyhow::Result<()> {
+    if r.vmm_pid != 0 {
+        // SAFETY: plain kill(2) of the vmm's pid from the record.
+        unsafe { libc::kill(r.vmm_pid as libc::pid_t, libc::SIGKILL) };
+    }
+    wait_gone(paths, r.domid, Duration::from_secs(10))
+}
+
+/// Waits until a domain's record is gone.
+pub fn wait_gone(paths: &Paths, domid: u16, timeout: Duration) -> anyhow::Result<()> {
+    let start = Instant::now();
+    while domains(paths).iter().any(|x| x.domid == domid) {
+        if start.elapsed() > timeout {
+            bail!("domain {domid} is still there after {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
+/// The run directory for this user.
+pub fn default_run_dir() -> PathBuf {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return PathBuf::from("/run/xenkvm");
+    }
+    std::env::var_os("XDG_RUNTIME_DIR").map(|d| Path::new(&d).join("xenkvm")).unwrap_or_else(|| std::env::temp_dir().join("xenkvm"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn records_round_trip() {
+        let r = Record { domid: 3, name: "a".into(), launcher_pid: 1, vmm_pid: 2, memory_mib: 256, vcpus: 2, started: 99 };
+        assert_eq!(Record::parse(3, &r.render()), Some(r));
+        assert_eq!(Record::parse(3, "name=x\n"), None);
+        assert_eq!(Stopped::from_code(Some(3)), Stopped::Reboot);
+        assert_eq!(Stopped::from_code(None).exit_code(), 137);
+    }
+}

@@ -1,0 +1,208 @@
+//! The launcher (`xenkvm`): xl.cfg configs, the process tree coming up and
+//! going down with nothing left behind, xl's commands (create, list,
+//! shutdown, destroy), on_reboot = "restart", and config errors.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::{Duration, Instant};
+
+use xenkvm_tests::{binary, guest_kernel, tempdir};
+
+/// A run directory for one test; its xenstored is stopped at the end.
+struct RunDir(PathBuf);
+
+impl RunDir {
+    fn new() -> RunDir {
+        RunDir(tempdir())
+    }
+
+    fn xenkvm(&self, args: &[&str]) -> Output {
+        Command::new(binary("xenkvm")).arg("--run-dir").arg(&self.0).args(args).output().expect("run xenkvm")
+    }
+
+    fn config(&self, name: &str, body: &str) -> PathBuf {
+        let p = self.0.join(format!("{name}.cfg"));
+        std::fs::write(&p, body).unwrap();
+        p
+    }
+
+    fn log(&self, name: &str, what: &str) -> String {
+        std::fs::read_to_string(self.0.join("logs").join(format!("{name}.{what}.log"))).unwrap_or_default()
+    }
+
+    /// Processes (other than xenstored) whose command line names this run dir.
+    fn strays(&self) -> Vec<String> {
+        let me = self.0.to_string_lossy().to_string();
+        let mut out = Vec::new();
+        for e in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(&me) && !cmd.contains("xenkvm-xenstored") && !cmd.contains("cargo") {
+                out.push(format!("{pid}: {cmd}"));
+            }
+        }
+        out
+    }
+
+    /// Nothing of a domain is left: records, sockets, processes.
+    fn assert_clean(&self) {
+        let domains: Vec<_> =
+            std::fs::read_dir(self.0.join("domains")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        assert!(domains.is_empty(), "domain directories left: {domains:?}");
+        let socks: Vec<_> = std::fs::read_dir(&self.0)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("vmm-")))
+            .collect();
+        assert!(socks.is_empty(), "vmm sockets left: {socks:?}");
+        let start = Instant::now();
+        while !self.strays().is_empty() && start.elapsed() < Duration::from_secs(5) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert_eq!(self.strays(), Vec::<String>::new(), "stray processes");
+    }
+}
+
+impl Drop for RunDir {
+    fn drop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.0.join("xenstored.pid")) {
+            let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn guest_config(name: &str, cmdline: &str, extra: &str) -> String {
+    format!("name = \"{name}\"\ntype = \"pvh\"\nkernel = \"{}\"\ncmdline = \"{cmdline}\"\nmemory = 128\n{extra}", guest_kernel().display())
+}
+
+fn grub_image(dir: &Path) -> PathBuf {
+    let cfg = dir.join("grub-in.cfg");
+    std::fs::write(&cfg, "echo \"xenkvm: hello from GRUB\"\nls\nlsmmap\nhalt\n").unwrap();
+    let out = dir.join("grub-pvh.elf");
+    let st = Command::new("grub-mkstandalone")
+        .args(["-O", "i386-xen_pvh", "-o"])
+        .arg(&out)
+        .args(["--install-modules=echo ls lsmmap halt normal configfile test", "--locales=", "--fonts=", "--themes="])
+        .arg(format!("boot/grub/grub.cfg={}", cfg.display()))
+        .status()
+        .expect("grub-mkstandalone");
+    assert!(st.success());
+    out
+}
+
+/// A foreground launcher, killed if the test fails first.
+struct Fg(std::process::Child);
+
+impl Drop for Fg {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn create_foreground(rd: &RunDir, cfg: &Path) -> Fg {
+    Fg(Command::new(binary("xenkvm")).arg("--run-dir").arg(&rd.0).args(["create", "-F", cfg.to_str().unwrap()]).spawn().unwrap())
+}
+
+fn wait_for(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(60), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn test_grub_through_the_launcher_and_nothing_left_behind() {
+    let rd = RunDir::new();
+    let image = grub_image(&rd.0);
+    let cfg = rd.config(
+        "grub",
+        &format!("name = \"grub\"\ntype = \"pvh\"\nkernel = \"{}\"\nmemory = 256\non_poweroff = \"destroy\"\n", image.display()),
+    );
+    let out = rd.xenkvm(&["create", "-F", cfg.to_str().unwrap()]);
+    let console = rd.log("grub", "console");
+    assert_eq!(out.status.code(), Some(0), "{}\n{console}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Started domain grub (id=1)"));
+    for expect in ["Welcome to GRUB!", "xenkvm: hello from GRUB", "(memdisk)", "available RAM"] {
+        assert!(console.contains(expect), "missing {expect:?}:\n{console}");
+    }
+    rd.assert_clean();
+}
+
+#[test]
+fn test_detached_create_list_shutdown_and_destroy() {
+    let rd = RunDir::new();
+    let cfg = rd.config("waiter", &guest_config("waiter", "wait_shutdown", ""));
+    let out = rd.xenkvm(&["create", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Started domain waiter"));
+    let list = String::from_utf8_lossy(&rd.xenkvm(&["list"]).stdout).to_string();
+    assert!(list.lines().any(|l| l.starts_with("waiter") && l.contains(" 128 ")), "{list}");
+    let dup = rd.xenkvm(&["create", "-F", cfg.to_str().unwrap()]);
+    assert_eq!(dup.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already running"));
+    // PV shutdown through xenstore: the guest watches control/shutdown.
+    wait_for("the guest to watch control/shutdown", || rd.log("waiter", "serial").contains("WAITING"));
+    let out = rd.xenkvm(&["shutdown", "-w", "waiter"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(rd.log("waiter", "serial").contains("SHUTDOWN requested: 0"));
+    assert!(!String::from_utf8_lossy(&rd.xenkvm(&["list"]).stdout).contains("waiter"));
+    rd.assert_clean();
+
+    // destroy
+    let out = rd.xenkvm(&["create", cfg.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let out = rd.xenkvm(&["destroy", "waiter"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    rd.assert_clean();
+    let out = rd.xenkvm(&["destroy", "waiter"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no domain \"waiter\""));
+}
+
+#[test]
+fn test_on_reboot_restart_and_exit_status() {
+    let rd = RunDir::new();
+    let cfg = rd.config("rb", &guest_config("rb", "wait_shutdown", "on_reboot = \"restart\"\n"));
+    let mut fg = create_foreground(&rd, &cfg);
+    wait_for("first boot", || rd.log("rb", "serial").matches("WAITING").count() == 1);
+    let out = rd.xenkvm(&["shutdown", "-R", "rb"]);
+    assert!(out.status.success());
+    wait_for("the restart", || rd.log("rb", "serial").matches("WAITING").count() == 2);
+    assert!(rd.log("rb", "serial").contains("SHUTDOWN requested: 1"));
+    rd.xenkvm(&["shutdown", "rb"]);
+    let st = fg.0.wait().unwrap();
+    assert_eq!(st.code(), Some(0), "poweroff after the restart");
+    rd.assert_clean();
+
+    // on_reboot = "destroy": the status says reboot (3).
+    let cfg = rd.config("rb2", &guest_config("rb2", "wait_shutdown", "on_reboot = \"destroy\"\n"));
+    let mut fg = create_foreground(&rd, &cfg);
+    wait_for("boot", || rd.log("rb2", "serial").contains("WAITING"));
+    rd.xenkvm(&["shutdown", "-R", "rb2"]);
+    assert_eq!(fg.0.wait().unwrap().code(), Some(3));
+    rd.assert_clean();
+}
+
+#[test]
+fn test_config_errors_name_the_file_and_line() {
+    let rd = RunDir::new();
+    let bad = rd.config("bad", "name = \"bad\"\nmemory 64\n");
+    let out = rd.xenkvm(&["create", "-F", bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("{}:2: expected '=' after memory", bad.display())), "{err}");
+    let hvm = rd.config("hvm", &guest_config("hvm", "", "type = \"hvm\"\n"));
+    let err = String::from_utf8_lossy(&rd.xenkvm(&["create", hvm.to_str().unwrap()]).stderr).to_string();
+    assert!(err.contains(":6: type = \"hvm\""), "{err}");
+    let disk = rd.config("disk", &guest_config("disk", "", "disk = [ \"/img,raw,xvda,w\" ]\nfoo = 1\n"));
+    let out = rd.xenkvm(&["create", "-F", disk.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("foo: unknown key, ignored"), "{err}");
+    assert!(err.contains("block and net backends"), "{err}");
+    assert_eq!(out.status.code(), Some(1));
+}
