@@ -16,6 +16,7 @@ macro_rules! check {
 mod console;
 mod events;
 mod hcall;
+mod pvconsole;
 mod scenarios;
 mod xenstore;
 

@@ -239,6 +239,8 @@ pub fn run(start_info: u64) -> ! {
         || ["smp", "sipi", "gsi", "xenstore", "xenstore_garbage", "wait_shutdown"].iter().any(|s| opts.named(s))
         || opts.num("xenstore_loop").is_some()
         || opts.num("idle").is_some()
+        || opts.num("console_flood").is_some()
+        || opts.named("console_echo")
         || opts.num("bench_evtchn").is_some();
     // SAFETY: single-threaded until the smp scenario; plain read of our own static.
     if want_events && crate::events::setup(&mut c, addr_of_mut!(SHINFO_A) as u64, unsafe { LIVE_VCPU_INFO }) {
@@ -262,6 +264,12 @@ pub fn run(start_info: u64) -> ! {
         }
         if let Some(n) = opts.num("xenstore_loop") {
             crate::xenstore::scenario_loop(&mut c, n);
+        }
+        if let Some(kib) = opts.num("console_flood") {
+            crate::pvconsole::scenario_flood(&mut c, kib);
+        }
+        if opts.named("console_echo") {
+            crate::pvconsole::scenario_echo(&mut c);
         }
         if let Some(ms) = opts.num("idle") {
             crate::events::idle(ms);
