@@ -43,7 +43,8 @@ fn test_a_flooding_guest_is_capped_and_never_stalls() {
 fn test_attach_types_to_the_guest_and_detaches() {
     let rd = tempdir();
     let cfg = rd.join("echo.cfg");
-    std::fs::write(&cfg, format!("name = \"echo\"\nkernel = \"{}\"\ncmdline = \"console_echo\"\nmemory = 64\n", guest_kernel().display())).unwrap();
+    std::fs::write(&cfg, format!("name = \"echo\"\nkernel = \"{}\"\ncmdline = \"console_echo\"\nmemory = 64\n", guest_kernel().display()))
+        .unwrap();
     let out = Command::new(binary("xenkvm")).arg("--run-dir").arg(&rd).arg("create").arg(&cfg).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut term = Command::new(binary("xenkvm"))
