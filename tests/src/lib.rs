@@ -266,6 +266,28 @@ pub fn spawn_vmm(args: &[String]) -> VmmProc {
     VmmProc { child: cmd.spawn().expect("spawn vmm"), dir, log }
 }
 
+/// Builds Debian's unmodified GRUB for Xen PVH (`grub-mkstandalone -O
+/// i386-xen_pvh`, from grub-xen-bin) in `dir`, with a memdisk grub.cfg that
+/// runs `echo`, `ls` and `lsmmap`, then `halt`; only the modules it needs.
+pub fn grub_image(dir: &Path) -> PathBuf {
+    let cfg = dir.join("grub-in.cfg");
+    std::fs::write(&cfg, "echo \"xenkvm: hello from GRUB\"\nls\nlsmmap\nhalt\n").expect("write grub.cfg");
+    let out = dir.join("grub-pvh.elf");
+    let st = Command::new("grub-mkstandalone")
+        .args(["-O", "i386-xen_pvh", "-o"])
+        .arg(&out)
+        .args(["--install-modules=echo ls lsmmap halt normal configfile test", "--locales=", "--fonts=", "--themes="])
+        .arg(format!("boot/grub/grub.cfg={}", cfg.display()))
+        .status()
+        .expect("grub-mkstandalone (Debian grub-xen-bin) is installed");
+    assert!(st.success(), "grub-mkstandalone failed");
+    out
+}
+
+/// What GRUB's console shows for [`grub_image`]'s grub.cfg.
+pub const GRUB_EXPECTED: [&str; 4] =
+    ["Welcome to GRUB!", "xenkvm: hello from GRUB", "(memdisk)", "base_addr = 0x0, length = 0xfffc000, available RAM"];
+
 /// A fresh temporary directory.
 pub fn tempdir() -> PathBuf {
     use std::sync::atomic::{AtomicU32, Ordering};

@@ -6,22 +6,7 @@
 
 use std::process::{Command, Stdio};
 
-use xenkvm_tests::{binary, run_vmm, tempdir, XenstoredProc};
-
-fn grub_image(dir: &std::path::Path) -> std::path::PathBuf {
-    let cfg = dir.join("grub.cfg");
-    std::fs::write(&cfg, "echo \"xenkvm: hello from GRUB\"\nls\nlsmmap\nhalt\n").unwrap();
-    let out = dir.join("grub-pvh.elf");
-    let st = Command::new("grub-mkstandalone")
-        .args(["-O", "i386-xen_pvh", "-o"])
-        .arg(&out)
-        .args(["--install-modules=echo ls lsmmap halt normal configfile test", "--locales=", "--fonts=", "--themes="])
-        .arg(format!("boot/grub/grub.cfg={}", cfg.display()))
-        .status()
-        .expect("grub-mkstandalone (Debian grub-xen-bin) is installed");
-    assert!(st.success(), "grub-mkstandalone failed");
-    out
-}
+use xenkvm_tests::{binary, grub_image, run_vmm, tempdir, XenstoredProc, GRUB_EXPECTED};
 
 #[test]
 fn test_unmodified_grub_pvh_boots_prints_and_powers_off() {
@@ -45,7 +30,7 @@ fn test_unmodified_grub_pvh_boots_prints_and_powers_off() {
     let console = std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(run.code, Some(0), "GRUB's halt is a clean poweroff\n{run}\n--- console ring ---\n{console}");
     assert!(status.success(), "console backend: {status}");
-    for expect in ["Welcome to GRUB!", "xenkvm: hello from GRUB", "(memdisk)", "base_addr = 0x0, length = 0xfffc000, available RAM"] {
+    for expect in GRUB_EXPECTED {
         assert!(console.contains(expect), "missing {expect:?} in the console ring output:\n{console}");
     }
     let _ = std::fs::remove_dir_all(dir);

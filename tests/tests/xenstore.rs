@@ -37,7 +37,7 @@ fn test_xen_tools_and_pyxs_work_unchanged() {
     let (ok, _) = out(xs.tool("xenstore-read").arg("/tool/t//x"));
     assert!(!ok, "bad path");
     // xenstore-watch sees the registration event and a change.
-    let mut watch = xs.tool("xenstore-watch").args(["-n", "2", "/tool/w"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
+    let watch = xs.tool("xenstore-watch").args(["-n", "2", "/tool/w"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     std::thread::sleep(Duration::from_millis(300));
     assert!(out(xs.tool("xenstore-write").args(["/tool/w/x", "1"])).0);
     let o = watch.wait_with_output().unwrap();

@@ -169,6 +169,18 @@ pub fn now0() -> u64 {
     now(0)
 }
 
+/// `EVTCHNOP_send` on `port` (a frontend notifying its backend).
+pub fn notify(port: u32) {
+    port_op(EVTCHNOP_SEND, port);
+}
+
+/// Sleeps in `SCHEDOP_poll` until `port` is pending or 10 ms pass.
+pub fn poll_briefly(port: u32) {
+    let mut ports = [port];
+    let p = xen_abi::sched::SchedPoll64 { ports: ports.as_mut_ptr() as u64, nr_ports: 1, pad: 0, timeout: now(0) + 10_000_000 };
+    hcall::sched_op(xen_abi::sched::SCHEDOP_POLL, &p as *const _ as u64);
+}
+
 #[no_mangle]
 extern "C" fn upcall_handler() {
     let me = apic_id();

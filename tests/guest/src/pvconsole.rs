@@ -7,12 +7,8 @@ use core::sync::atomic::{fence, AtomicU32, Ordering};
 
 use xen_abi::console::offset::{IN, IN_CONS, IN_PROD, OUT, OUT_CONS, OUT_PROD};
 use xen_abi::console::{IN_SIZE, OUT_SIZE};
-use xen_abi::event_channel::{EvtchnPortArg, EVTCHNOP_SEND};
 use xen_abi::hvm::param;
-use xen_abi::hypercall as nr;
-use xen_abi::sched::{SchedPoll64, SCHEDOP_POLL};
 
-use crate::hcall;
 use crate::scenarios::Checks;
 
 /// Longest the guest waits for the backend to make room or send input.
@@ -37,14 +33,12 @@ impl Console {
     }
 
     fn notify(&self) {
-        let mut a = EvtchnPortArg { port: self.port };
-        hcall::call(nr::EVENT_CHANNEL_OP, [u64::from(EVTCHNOP_SEND), &mut a as *mut _ as u64, 0, 0, 0]);
+        crate::events::notify(self.port);
     }
 
+    /// Sleeps until the port fires or 10 ms pass.
     fn wait(&self) {
-        let mut ports = [self.port];
-        let p = SchedPoll64 { ports: ports.as_mut_ptr() as u64, nr_ports: 1, pad: 0, timeout: crate::events::now0() + 10_000_000 };
-        hcall::sched_op(SCHEDOP_POLL, &p as *const _ as u64);
+        crate::events::poll_briefly(self.port);
     }
 
     /// Writes all of `data`, waiting for room as a bootloader does.

@@ -5,10 +5,7 @@
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 use core::sync::atomic::{fence, AtomicU32, Ordering};
 
-use xen_abi::event_channel::{EvtchnPortArg, EVTCHNOP_SEND};
 use xen_abi::hvm::param;
-use xen_abi::hypercall as nr;
-use xen_abi::sched::{SchedPoll64, SCHEDOP_POLL};
 
 use crate::console::println;
 use crate::hcall;
@@ -56,15 +53,12 @@ impl Xs {
     }
 
     fn notify(&self) {
-        let mut a = EvtchnPortArg { port: self.port };
-        hcall::call(nr::EVENT_CHANNEL_OP, [u64::from(EVTCHNOP_SEND), &mut a as *mut _ as u64, 0, 0, 0]);
+        crate::events::notify(self.port);
     }
 
-    /// Sleeps until the store port fires or 10 ms pass.
+    /// Sleeps until the port fires or 10 ms pass.
     fn wait(&self) {
-        let mut ports = [self.port];
-        let p = SchedPoll64 { ports: ports.as_mut_ptr() as u64, nr_ports: 1, pad: 0, timeout: crate::events::now0() + 10_000_000 };
-        hcall::sched_op(SCHEDOP_POLL, &p as *const _ as u64);
+        crate::events::poll_briefly(self.port);
     }
 
     fn put(&self, bytes: &[u8]) -> bool {
