@@ -185,18 +185,32 @@ pub struct AttachedRing {
 /// console ring the vmm names, or one a toolstack gave) in guest RAM, and
 /// binds its port.
 pub fn attach_ring(ch: &Channel, pick: impl FnOnce(&DomainMemory) -> Ring) -> Result<AttachedRing> {
+    let (memory, fds) = attach(ch)?;
+    let ring = pick(&memory);
+    let range = *memory.range_of(ring.gfn).ok_or_else(|| Error::Malformed(format!("ring frame {:#x} is not guest RAM", ring.gfn)))?;
+    let file = fds.into_iter().nth(range.fd_index as usize).ok_or(Error::Malformed("RAM descriptor".into()))?;
+    let offset = range.offset + (ring.gfn * 4096 - range.gpa);
+    let (port, kick, notify) = bind(ch, ring.port)?;
+    Ok(AttachedRing { memory, file, offset, port, kick, notify })
+}
+
+/// Client side: the guest's memory and its files (RAM memfds and the
+/// grant-table memfd, indexed as `DomainMemory` says), validated.
+pub fn attach(ch: &Channel) -> Result<(DomainMemory, Vec<std::fs::File>)> {
     let (reply, fds) = call(ch, &Request::Attach)?;
     let Reply::Attached(memory) = reply else { return Err(Error::Unexpected(format!("{reply:?}"))) };
     memory.validate(fds.len())?;
-    let ring = pick(&memory);
-    let range = *memory.range_of(ring.gfn).ok_or_else(|| Error::Malformed(format!("ring frame {:#x} is not guest RAM", ring.gfn)))?;
-    let file = std::fs::File::from(fds.into_iter().nth(range.fd_index as usize).ok_or(Error::Malformed("RAM descriptor".into()))?);
-    let offset = range.offset + (ring.gfn * 4096 - range.gpa);
-    let (reply, fds) = call(ch, &Request::BindInterdomain { guest_port: ring.port })?;
+    Ok((memory, fds.into_iter().map(std::fs::File::from).collect()))
+}
+
+/// Client side: binds guest port `guest_port` (unbound for dom0); returns
+/// the dom0 port and its kick and notify eventfds.
+pub fn bind(ch: &Channel, guest_port: u32) -> Result<(u32, std::fs::File, std::fs::File)> {
+    let (reply, fds) = call(ch, &Request::BindInterdomain { guest_port })?;
     let Reply::Bound { port } = reply else { return Err(Error::Unexpected(format!("{reply:?}"))) };
     let mut fds = fds.into_iter();
     let (Some(kick), Some(notify), None) = (fds.next(), fds.next(), fds.next()) else {
         return Err(Error::Malformed("Bound needs exactly two descriptors".into()));
     };
-    Ok(AttachedRing { memory, file, offset, port, kick: kick.into(), notify: notify.into() })
+    Ok((port, kick.into(), notify.into()))
 }

@@ -25,6 +25,7 @@ pub mod shared_info;
 pub mod start_info;
 pub mod vcpu;
 pub mod version;
+pub mod xenbus;
 pub mod xs_wire;
 
 /// A domain id (`domid_t`).

@@ -96,6 +96,22 @@ fn common_checks(c: &mut Checks) {
     c.eq("sizeof(xen_commandline_t)", version::XEN_COMMANDLINE_LEN);
     c.eq("sizeof(xen_domain_handle_t)", version::XEN_DOMAIN_HANDLE_LEN);
 
+    // xenbus.h
+    use xen_abi::xenbus::state as xb;
+    for (name, v) in [
+        ("XenbusStateUnknown", xb::UNKNOWN),
+        ("XenbusStateInitialising", xb::INITIALISING),
+        ("XenbusStateInitWait", xb::INIT_WAIT),
+        ("XenbusStateInitialised", xb::INITIALISED),
+        ("XenbusStateConnected", xb::CONNECTED),
+        ("XenbusStateClosing", xb::CLOSING),
+        ("XenbusStateClosed", xb::CLOSED),
+        ("XenbusStateReconfiguring", xb::RECONFIGURING),
+        ("XenbusStateReconfigured", xb::RECONFIGURED),
+    ] {
+        c.eq(name, v as usize);
+    }
+
     // console.h
     c.off("struct xencons_interface", "in", std::mem::offset_of!(xen_abi::console::XenconsInterface, input));
     fields!(c, "struct xencons_interface", xen_abi::console::XenconsInterface, [out, in_cons, in_prod, out_cons, out_prod]);
@@ -373,6 +389,7 @@ const PRELUDE: &str = r#"
 #include <xen/arch-x86/hvm/start_info.h>
 #include <xen/io/xs_wire.h>
 #include <xen/io/console.h>
+#include <xen/io/xenbus.h>
 "#;
 
 fn compile(checks: &Checks, arch_flag: &str) {

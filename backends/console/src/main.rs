@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use vm_memory::VolatileMemory;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use xenkvm_ipc::vmm as ipc_vmm;
 use xenkvm_ipc::Channel;
@@ -93,7 +94,8 @@ fn serve(vmm_socket: &Path, log_path: &Path, log_max: u64, attach: Option<&Path>
     let ipc = connect(vmm_socket)?;
     let domid = ipc_vmm::hello(&ipc, "console")?;
     let att = ipc_vmm::attach_ring(&ipc, |m| m.console)?;
-    let ring = ConsoleRing::map(&att.file, att.offset)?;
+    let page = ring::map_page(&att.file, att.offset)?;
+    let ring = ConsoleRing::new(page.as_volatile_slice());
     let mut log = CappedLog::open(log_path, log_max).with_context(|| format!("opening {}", log_path.display()))?;
     let _span = tracing::info_span!("consoled", process = "console", domid).entered();
     tracing::info!(event = "console.attached", port = att.port, log = %log_path.display());

@@ -5,13 +5,19 @@
 use std::fs::File;
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use vm_memory::{FileOffset, MmapRegion, VolatileMemory};
+use vm_memory::{FileOffset, MmapRegion, VolatileMemory, VolatileSlice};
 use xen_abi::console::offset::{IN, IN_CONS, IN_PROD, OUT, OUT_CONS, OUT_PROD};
 use xen_abi::console::{IN_SIZE, OUT_SIZE};
 
-/// A mapped console page.
-pub struct ConsoleRing {
-    page: MmapRegion,
+/// A console page: the primary console's, mapped from guest RAM, or a
+/// further console's, reached through the guest's grant.
+pub struct ConsoleRing<'p> {
+    page: VolatileSlice<'p>,
+}
+
+/// Maps the page at `offset` of a guest RAM memfd.
+pub fn map_page(file: &File, offset: u64) -> std::io::Result<MmapRegion> {
+    MmapRegion::from_file(FileOffset::new(file.try_clone()?, offset), 4096).map_err(|e| std::io::Error::other(format!("mapping the console ring: {e}")))
 }
 
 /// The guest's indices are impossible.
@@ -23,18 +29,10 @@ pub struct BadIndex {
     pub cons: u32,
 }
 
-impl ConsoleRing {
-    /// Maps the page at `offset` of a guest RAM memfd.
-    pub fn map(file: &File, offset: u64) -> std::io::Result<ConsoleRing> {
-        let page = MmapRegion::from_file(FileOffset::new(file.try_clone()?, offset), 4096)
-            .map_err(|e| std::io::Error::other(format!("mapping the console ring: {e}")))?;
-        Ok(ConsoleRing { page })
-    }
-
-    /// An anonymous page (tests).
-    #[cfg(test)]
-    pub fn anonymous() -> ConsoleRing {
-        ConsoleRing { page: MmapRegion::new(4096).expect("one page") }
+impl<'p> ConsoleRing<'p> {
+    /// The ring in `page` (at least 4096 bytes).
+    pub fn new(page: VolatileSlice<'p>) -> ConsoleRing<'p> {
+        ConsoleRing { page }
     }
 
     fn word(&self, off: usize) -> &AtomicU32 {
@@ -123,7 +121,8 @@ mod tests {
 
     #[test]
     fn output_wraps_input_fills_and_bad_indices_are_refused() {
-        let r = ConsoleRing::anonymous();
+        let region = MmapRegion::<()>::new(4096).unwrap();
+        let r = ConsoleRing::new(region.as_volatile_slice());
         let text: Vec<u8> = (0..1500u32).map(|i| b'a' + (i % 26) as u8).collect();
         assert_eq!(r.guest_write(&text), 1500);
         assert_eq!(r.take_output().unwrap(), text);

@@ -93,6 +93,21 @@ impl GuestRam {
     }
 }
 
+/// Maps the guest's RAM and grant table from what the vmm sent at attach
+/// (`xenkvm_ipc::vmm::attach`): the RAM ranges and the grant frames.
+pub fn map_domain(memory: &xenkvm_ipc::vmm::DomainMemory, files: &[std::fs::File]) -> std::io::Result<(GuestRam, MmapRegion)> {
+    let map = |fd_index: u32, offset: u64, size: usize| -> std::io::Result<MmapRegion> {
+        let file = files.get(fd_index as usize).ok_or_else(|| std::io::Error::other(format!("descriptor {fd_index} missing")))?;
+        MmapRegion::from_file(vm_memory::FileOffset::new(file.try_clone()?, offset), size).map_err(|e| std::io::Error::other(e.to_string()))
+    };
+    let mut regions = Vec::new();
+    for r in &memory.ram {
+        regions.push(RamRegion { gpa: r.gpa, mmap: map(r.fd_index, r.offset, r.size as usize)? });
+    }
+    let table = map(memory.gnttab_fd_index, 0, memory.gnttab_frames as usize * PAGE_SIZE)?;
+    Ok((GuestRam::new(regions), table))
+}
+
 /// The grant table (v1) of one guest, seen by one backend domain.
 pub struct GrantTable<'a> {
     table: &'a MmapRegion,
@@ -216,6 +231,14 @@ pub struct GrantedPage<'t, 'a> {
 }
 
 impl GrantedPage<'_, '_> {
+    /// The page itself, for shared rings that need atomic index access;
+    /// borrowed from this grant, so it cannot outlive the pin. Only a
+    /// write grant may be written through it (callers map rings with
+    /// [`Access::Write`]).
+    pub fn slice(&self) -> VolatileSlice<'_> {
+        self.page
+    }
+
     /// The page (4096 bytes). Writable only through a write grant.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), GrantError> {
         let s = self.page.subslice(offset, buf.len()).map_err(|_| GrantError::BadRef(self.gref))?;
