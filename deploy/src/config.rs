@@ -71,6 +71,8 @@ pub struct DomainConfig {
     pub disks: Vec<DiskSpec>,
     /// `vif`.
     pub vifs: Vec<VifSpec>,
+    /// `channel`: further PV consoles, by name.
+    pub channels: Vec<String>,
     /// `on_poweroff`.
     pub on_poweroff: OnEvent,
     /// `on_reboot`.
@@ -336,7 +338,21 @@ impl DomainConfig {
             .into_iter()
             .map(|(s, line)| parse_vif(&s).map_err(|m| err(line, format!("vif {s:?}: {m}"))))
             .collect::<Result<Vec<_>, _>>()?;
+        let mut channels = Vec::new();
+        for (spec, line) in list("channel")? {
+            let mut name = None;
+            for tok in spec.split(',').map(str::trim).filter(|t| !t.is_empty()) {
+                match tok.split_once('=') {
+                    Some(("name", n)) if !n.is_empty() => name = Some(n.to_string()),
+                    // xenkvm logs every channel; xl's other connections are not offered.
+                    Some(("connection", "pty" | "file")) | Some(("path", _)) => {}
+                    _ => return Err(err(line, format!("channel {spec:?}: {tok:?} is not supported (name=…, connection=pty)"))),
+                }
+            }
+            channels.push(name.ok_or_else(|| err(line, format!("channel {spec:?} needs a name=")))?);
+        }
         Ok(DomainConfig {
+            channels,
             name,
             kernel: PathBuf::from(kernel),
             ramdisk: string("ramdisk")?.map(|(r, _)| PathBuf::from(r)),
@@ -383,6 +399,7 @@ memory = 512
 vcpus = 2
 disk = [ "format=raw, vdev=xvda, access=rw, target=/img/a,b.img", "/dev/vg/d,raw,xvdb,ro", "phy:/dev/sdz,xvdc,w", "/x.iso,raw,hdc:cdrom,r", "qcow2:/q.qcow2,xvdd,w" ]
 vif = [ "mac=00:16:3e:01:02:03, bridge=br0", "" ]
+channel = [ "name=org.example.agent, connection=pty" ]
 on_reboot = "destroy"
 max_grant_frames = 32
 uuid = "1234"
@@ -409,7 +426,8 @@ frobnicate = 1
         assert_eq!(c.vifs[0].bridge.as_deref(), Some("br0"));
         assert_eq!(c.vifs[1], VifSpec::default());
         assert_eq!((c.on_poweroff, c.on_reboot, c.on_crash), (OnEvent::Destroy, OnEvent::Destroy, OnEvent::Destroy));
-        assert!(c.warnings.iter().any(|w| w == "t.cfg:15: frobnicate: unknown key, ignored"), "{:?}", c.warnings);
+        assert_eq!(c.channels, vec!["org.example.agent".to_string()]);
+        assert!(c.warnings.iter().any(|w| w == "t.cfg:16: frobnicate: unknown key, ignored"), "{:?}", c.warnings);
         assert!(c.warnings.iter().any(|w| w.contains("uuid: ignored by xenkvm")));
     }
 
@@ -429,6 +447,8 @@ frobnicate = 1
         assert!(e("vif = [ \"mac=zz\" ]\n").msg.contains("not a MAC"));
         assert!(e("vif = [ \"colour=red\" ]\n").msg.contains("unknown vif parameter"));
         assert_eq!(e("disk = \"x\"\n").msg, "disk must be a list");
+        assert!(e("channel = [ \"connection=socket\" ]\n").msg.contains("not supported"));
+        assert!(e("channel = [ \"connection=pty\" ]\n").msg.contains("needs a name="));
         assert_eq!(e("name = \"a b\"\n").line, 3);
         assert_eq!(cfg("kernel = \"/k\"").unwrap_err().msg, "name is required");
         assert_eq!(cfg("name = \"g\"").unwrap_err().msg, "kernel is required for a pvh guest");

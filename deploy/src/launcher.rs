@@ -320,8 +320,16 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
         let mut vmm = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(vmm_log).spawn().context("starting xenkvm-vmm")?;
         record.vmm_pid = vmm.id();
         record.save(paths)?;
+        // Further consoles: their nodes exist before the backend looks.
+        if !cfg.channels.is_empty() {
+            add_channels(paths, cfg, domid)?;
+        }
         let mut consoled = Command::new(sibling("xenkvm-consoled"))
             .arg("serve")
+            .arg("--xenstored")
+            .arg(&paths.xenstored)
+            .arg("--channel-log-dir")
+            .arg(paths.run_dir.join("logs"))
             .arg("--vmm-socket")
             .arg(paths.vmm_socket(domid))
             .arg("--log")
@@ -363,6 +371,11 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
         }
         kill(&mut consoled);
         let _ = std::fs::remove_file(paths.console_socket(domid));
+        if let Ok(mut c) = xenstore::client::Client::connect(&paths.xenstored) {
+            for devid in 1..=cfg.channels.len() as u32 {
+                let _ = xenbus::remove_device(&mut c, "console", u32::from(domid), devid);
+            }
+        }
         let stopped = Stopped::from_code(status.code());
         let action = match stopped {
             Stopped::Poweroff => cfg.on_poweroff,
@@ -377,6 +390,24 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
         }
         return Ok(stopped.exit_code());
     }
+}
+
+/// Writes the nodes of the config's channels (devids 1…) once the vmm has
+/// introduced the guest, as libxl does for `channel = [...]`.
+fn add_channels(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<()> {
+    let mut c = xenstore::client::Client::connect(&paths.xenstored)?;
+    let start = Instant::now();
+    while !c.is_domain_introduced(u32::from(domid))? {
+        if start.elapsed() > Duration::from_secs(10) {
+            bail!("the vmm did not introduce domain {domid}; see {}", paths.log(&cfg.name, "vmm").display());
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    for (i, name) in cfg.channels.iter().enumerate() {
+        let keys = [("name", name.clone()), ("type", "xenconsoled".to_string())];
+        xenbus::create_device(&mut c, "console", u32::from(domid), i as u32 + 1, &keys, &keys)?;
+    }
+    Ok(())
 }
 
 /// `xenkvm shutdown`: asks the guest through xenstore (`control/shutdown`).

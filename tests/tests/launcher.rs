@@ -191,3 +191,21 @@ fn test_config_errors_name_the_file_and_line() {
     assert!(err.contains("block and net backends"), "{err}");
     assert_eq!(out.status.code(), Some(1));
 }
+
+#[test]
+fn test_channel_is_a_further_console_through_xenbus_and_a_grant() {
+    let rd = RunDir::new();
+    let cfg = rd.config("ch", &guest_config("ch", "channel", "channel = [ \"name=org.xenkvm.test, connection=pty\" ]\n"));
+    let out = rd.xenkvm(&["create", "-F", cfg.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    let serial = rd.log("ch", "serial");
+    for check in ["PASS channel.device", "PASS channel.connected", "PASS channel.closed"] {
+        assert!(serial.contains(check), "{check}\n{serial}\n{}", rd.log("ch", "consoled"));
+    }
+    let channel = std::fs::read_to_string(rd.0.join("logs/org.xenkvm.test.log")).unwrap_or_default();
+    assert_eq!(channel, "hello from channel 1\n");
+    // The device's nodes are gone with the guest.
+    let ls = Command::new("xenstore-ls").env("XENSTORED_PATH", rd.0.join("xenstored.sock")).arg("/local/domain/0").output().unwrap();
+    assert!(!String::from_utf8_lossy(&ls.stdout).contains("frontend"), "{}", String::from_utf8_lossy(&ls.stdout));
+    rd.assert_clean();
+}

@@ -3,6 +3,7 @@
 //! an attached terminal, and feeds the terminal's input to the guest;
 //! `attach` is that terminal (Ctrl-] detaches).
 
+mod channel;
 mod log;
 mod ring;
 mod terminal;
@@ -47,6 +48,13 @@ enum Cmd {
         /// Socket a terminal attaches to.
         #[arg(long)]
         attach_socket: Option<PathBuf>,
+        /// xenstored's socket: also serve the guest's further consoles
+        /// (channels) found under /local/domain/0/backend/console/<domid>.
+        #[arg(long, requires = "channel_log_dir")]
+        xenstored: Option<PathBuf>,
+        /// Where each further console's output goes (`<name>.log`).
+        #[arg(long)]
+        channel_log_dir: Option<PathBuf>,
     },
     /// Connect this terminal to a console (Ctrl-] detaches).
     Attach {
@@ -71,12 +79,17 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("XENKVM_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     match Args::parse().cmd {
-        Cmd::Serve { vmm_socket, log, log_max_bytes, attach_socket } => serve(&vmm_socket, &log, log_max_bytes, attach_socket.as_deref()),
+        Cmd::Serve { vmm_socket, log, log_max_bytes, attach_socket, xenstored, channel_log_dir } => {
+            if let (Some(xs), Some(dir)) = (xenstored, channel_log_dir) {
+                channel::start_all(&vmm_socket, &xs, &dir, log_max_bytes)?;
+            }
+            serve(&vmm_socket, &log, log_max_bytes, attach_socket.as_deref())
+        }
         Cmd::Attach { socket } => terminal::attach(&socket),
     }
 }
 
-fn connect(path: &Path) -> anyhow::Result<Channel> {
+pub(crate) fn connect(path: &Path) -> anyhow::Result<Channel> {
     let start = Instant::now();
     loop {
         match Channel::connect(path) {

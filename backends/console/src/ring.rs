@@ -17,7 +17,8 @@ pub struct ConsoleRing<'p> {
 
 /// Maps the page at `offset` of a guest RAM memfd.
 pub fn map_page(file: &File, offset: u64) -> std::io::Result<MmapRegion> {
-    MmapRegion::from_file(FileOffset::new(file.try_clone()?, offset), 4096).map_err(|e| std::io::Error::other(format!("mapping the console ring: {e}")))
+    MmapRegion::from_file(FileOffset::new(file.try_clone()?, offset), 4096)
+        .map_err(|e| std::io::Error::other(format!("mapping the console ring: {e}")))
 }
 
 /// The guest's indices are impossible.

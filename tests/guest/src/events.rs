@@ -221,7 +221,7 @@ fn evtchn_op<T>(cmd: u32, arg: &mut T) -> i64 {
     hcall::call(nr::EVENT_CHANNEL_OP, [u64::from(cmd), arg as *mut T as u64, 0, 0, 0])
 }
 
-fn alloc_unbound(remote: u16) -> u32 {
+pub(crate) fn alloc_unbound(remote: u16) -> u32 {
     let mut a = EvtchnAllocUnbound { dom: DOMID_SELF, remote_dom: remote, port: 0 };
     if evtchn_op(EVTCHNOP_ALLOC_UNBOUND, &mut a) == 0 {
         a.port

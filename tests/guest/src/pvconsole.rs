@@ -14,12 +14,29 @@ use crate::scenarios::Checks;
 /// Longest the guest waits for the backend to make room or send input.
 const TIMEOUT_NS: u64 = 30_000_000_000;
 
-struct Console {
+pub(crate) struct Console {
     page: *mut u8,
     port: u32,
 }
 
 impl Console {
+    /// A console ring at `page` (identity-mapped) notified through `port`.
+    pub(crate) fn at(page: *mut u8, port: u32) -> Console {
+        Console { page, port }
+    }
+
+    /// Waits until the backend took all output; false on timeout.
+    pub(crate) fn drained(&self) -> bool {
+        let deadline = crate::events::now0() + TIMEOUT_NS;
+        while self.w(OUT_CONS).load(Ordering::Acquire) != self.w(OUT_PROD).load(Ordering::Acquire) {
+            if crate::events::now0() > deadline {
+                return false;
+            }
+            self.wait();
+        }
+        true
+    }
+
     fn open() -> Option<Console> {
         let (r1, pfn) = crate::scenarios::get_param(param::CONSOLE_PFN);
         let (r2, port) = crate::scenarios::get_param(param::CONSOLE_EVTCHN);
@@ -42,7 +59,7 @@ impl Console {
     }
 
     /// Writes all of `data`, waiting for room as a bootloader does.
-    fn write(&self, data: &[u8]) -> bool {
+    pub(crate) fn write(&self, data: &[u8]) -> bool {
         let deadline = crate::events::now0() + TIMEOUT_NS;
         let mut done = 0;
         while done < data.len() {

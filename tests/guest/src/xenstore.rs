@@ -430,3 +430,89 @@ pub fn scenario_wait_shutdown(c: &mut Checks) {
     }
     check!(c, "shutdown.requested", false, "no request came");
 }
+
+/// Grant-table frame and ring page of the channel frontend.
+static mut CHANNEL_GT: crate::hcall::Page = crate::hcall::Page([0; 4096]);
+static mut CHANNEL_RING: crate::hcall::Page = crate::hcall::Page([0; 4096]);
+/// The first grant reference a guest may use (0..7 are reserved).
+const CHANNEL_GREF: usize = 8;
+
+/// The frontend of a further PV console (xl's `channel`): waits for the
+/// toolstack's `device/console/1`, grants a ring page, allocates a port,
+/// publishes them at Initialised, writes through the ring once the backend
+/// is Connected, then closes.
+pub fn scenario_channel(c: &mut Checks) {
+    use xen_abi::grant_table::{GrantEntryV1, GTF_PERMIT_ACCESS};
+    use xen_abi::memory::{XenAddToPhysmap64, XENMAPSPACE_GRANT_TABLE, XENMEM_ADD_TO_PHYSMAP};
+    let Some(mut xs) = Xs::open() else {
+        check!(c, "xs.ring", false, "no store ring");
+        return;
+    };
+    let deadline = crate::events::now0() + 20_000_000_000;
+    let mut backend = [0u8; 96];
+    let mut blen = 0;
+    while crate::events::now0() < deadline {
+        if let Ok(b) = xs.read(0, b"device/console/1/backend") {
+            blen = b.len().min(backend.len());
+            backend[..blen].copy_from_slice(&b[..blen]);
+            break;
+        }
+        xs.wait();
+    }
+    let name_ok = xs.read(0, b"device/console/1/name") == Ok(&b"org.xenkvm.test"[..]);
+    check!(c, "channel.device", blen > 0 && name_ok, "backend path found {} name ok {name_ok}", blen > 0);
+    if blen == 0 {
+        return;
+    }
+    // Grant the ring page to dom0.
+    let gt = addr_of_mut!(CHANNEL_GT) as u64;
+    let ring = addr_of_mut!(CHANNEL_RING) as *mut u8;
+    let x = XenAddToPhysmap64 { domid: xen_abi::DOMID_SELF, size: 0, space: XENMAPSPACE_GRANT_TABLE, idx: 0, gpfn: gt >> 12 };
+    let rm = hcall::memory_op(XENMEM_ADD_TO_PHYSMAP, &x as *const _ as u64);
+    let entry = (gt as *mut GrantEntryV1).wrapping_add(CHANNEL_GREF);
+    // SAFETY: grant frame 0 is mapped at `gt`; domid and frame are written
+    // before the flags that make the entry valid, as Xen requires.
+    unsafe {
+        write_volatile(core::ptr::addr_of_mut!((*entry).frame), (ring as u64 >> 12) as u32);
+        write_volatile(core::ptr::addr_of_mut!((*entry).domid), 0);
+        fence(Ordering::SeqCst);
+        write_volatile(core::ptr::addr_of_mut!((*entry).flags), GTF_PERMIT_ACCESS);
+    }
+    let port = crate::events::alloc_unbound(0);
+    let mut digits = [0u8; 20];
+    let ok = rm == 0
+        && port != 0
+        && xs.write(0, b"device/console/1/ring-ref", fmt_u64(CHANNEL_GREF as u64, &mut digits)).is_ok()
+        && xs.write(0, b"device/console/1/port", fmt_u64(u64::from(port), &mut digits)).is_ok()
+        && xs.write(0, b"device/console/1/state", b"3").is_ok();
+    let mut state_path = [0u8; 128];
+    state_path[..blen].copy_from_slice(&backend[..blen]);
+    state_path[blen..blen + 6].copy_from_slice(b"/state");
+    let state_path = &state_path[..blen + 6];
+    let mut connected = false;
+    while ok && crate::events::now0() < deadline {
+        if xs.read(0, state_path) == Ok(&b"4"[..]) {
+            connected = true;
+            break;
+        }
+        xs.wait();
+    }
+    let con = crate::pvconsole::Console::at(ring, port);
+    let wrote = connected && con.write(b"hello from channel 1\n") && con.drained();
+    check!(
+        c,
+        "channel.connected",
+        ok && connected && wrote,
+        "grant map {rm} port {port} published {ok} backend connected {connected} output taken {wrote}"
+    );
+    let _ = xs.write(0, b"device/console/1/state", b"5");
+    let mut closed = false;
+    while crate::events::now0() < deadline {
+        if xs.read(0, state_path) == Ok(&b"6"[..]) {
+            closed = true;
+            break;
+        }
+        xs.wait();
+    }
+    check!(c, "channel.closed", closed, "backend reached Closed");
+}

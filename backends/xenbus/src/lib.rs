@@ -1,0 +1,178 @@
+//! xenbus devices: the nodes a toolstack writes for a device (as libxl
+//! does) and a backend's side of the frontend/backend state machine.
+//!
+//! ```text
+//! /local/domain/0/backend/<kind>/<domid>/<devid>/   dom0's, guest may read
+//!     frontend, frontend-id, online, state, (device keys)
+//! /local/domain/<domid>/device/<kind>/<devid>/      the guest's, dom0 may read
+//!     backend, backend-id, state, (ring-ref, event-channel/port, …)
+//! ```
+
+use std::time::{Duration, Instant};
+
+use xen_abi::xenbus::state;
+use xenstore::client::{Client, ClientError};
+use xenstore::perms::Perm;
+use xenstore::wire::XsError;
+
+/// Where a device's two halves live.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DevicePaths {
+    /// The guest's (frontend) directory.
+    pub frontend: String,
+    /// dom0's (backend) directory.
+    pub backend: String,
+}
+
+impl DevicePaths {
+    /// The paths of device `devid` of `kind` for guest `domid`.
+    pub fn new(kind: &str, domid: u32, devid: u32) -> DevicePaths {
+        DevicePaths {
+            frontend: format!("/local/domain/{domid}/device/{kind}/{devid}"),
+            backend: format!("/local/domain/0/backend/{kind}/{domid}/{devid}"),
+        }
+    }
+}
+
+fn retry<T>(c: &mut Client, mut f: impl FnMut(&mut Client, u32) -> Result<T, ClientError>) -> Result<T, ClientError> {
+    loop {
+        let tx = c.transaction_start()?;
+        match f(c, tx).and_then(|v| c.transaction_end(tx, true).map(|_| v)) {
+            Ok(v) => return Ok(v),
+            Err(ClientError::Xs(XsError::EAGAIN)) => continue,
+            Err(e) => {
+                let _ = c.transaction_end(tx, false);
+                return Err(e);
+            }
+        }
+    }
+}
+
+/// Toolstack: writes a device's nodes in one transaction.
+pub fn create_device(
+    c: &mut Client,
+    kind: &str,
+    domid: u32,
+    devid: u32,
+    backend_keys: &[(&str, String)],
+    frontend_keys: &[(&str, String)],
+) -> Result<DevicePaths, ClientError> {
+    let p = DevicePaths::new(kind, domid, devid);
+    let backend_perms = [Perm { domid: 0, read: false, write: false }, Perm { domid, read: true, write: false }];
+    let frontend_perms = [Perm { domid, read: false, write: false }, Perm { domid: 0, read: true, write: false }];
+    retry(c, |c, tx| {
+        c.mkdir(tx, &p.backend)?;
+        c.set_perms(tx, &p.backend, &backend_perms)?;
+        let mut keys = vec![
+            ("frontend", p.frontend.clone()),
+            ("frontend-id", domid.to_string()),
+            ("online", "1".into()),
+            ("state", state::INITIALISING.to_string()),
+        ];
+        keys.extend(backend_keys.iter().cloned());
+        for (k, v) in &keys {
+            c.write(tx, &format!("{}/{k}", p.backend), v.as_bytes())?;
+        }
+        c.mkdir(tx, &p.frontend)?;
+        c.set_perms(tx, &p.frontend, &frontend_perms)?;
+        let mut keys = vec![("backend", p.backend.clone()), ("backend-id", "0".into()), ("state", state::INITIALISING.to_string())];
+        keys.extend(frontend_keys.iter().cloned());
+        for (k, v) in &keys {
+            c.write(tx, &format!("{}/{k}", p.frontend), v.as_bytes())?;
+        }
+        Ok(())
+    })?;
+    Ok(p)
+}
+
+/// Toolstack: removes a device's nodes (either half may be gone already:
+/// the guest's home goes when the guest is released).
+pub fn remove_device(c: &mut Client, kind: &str, domid: u32, devid: u32) -> Result<(), ClientError> {
+    let p = DevicePaths::new(kind, domid, devid);
+    for path in [&p.frontend, &p.backend] {
+        match c.rm(0, path) {
+            Ok(()) | Err(ClientError::Xs(XsError::ENOENT)) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    // Empty per-domain directories go too, as libxl leaves none behind.
+    for dir in [format!("/local/domain/0/backend/{kind}/{domid}")] {
+        if c.directory(0, &dir).is_ok_and(|d| d.is_empty()) {
+            let _ = c.rm(0, &dir);
+        }
+    }
+    Ok(())
+}
+
+/// Devices of `kind` for `domid` that dom0 backs (their devids).
+pub fn backend_devices(c: &mut Client, kind: &str, domid: u32) -> Result<Vec<u32>, ClientError> {
+    match c.directory(0, &format!("/local/domain/0/backend/{kind}/{domid}")) {
+        Ok(names) => Ok(names.iter().filter_map(|n| n.parse().ok()).collect()),
+        Err(ClientError::Xs(XsError::ENOENT)) => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
+/// A backend's view of one device.
+pub struct Backend {
+    /// Its own xenstore connection (watches arrive on it).
+    pub client: Client,
+    /// The paths.
+    pub paths: DevicePaths,
+}
+
+impl Backend {
+    /// The device `devid` of `kind` for `domid`; reads where the frontend is.
+    pub fn open(client: Client, kind: &str, domid: u32, devid: u32) -> Result<Backend, ClientError> {
+        let mut paths = DevicePaths::new(kind, domid, devid);
+        let mut b = Backend { client, paths: paths.clone() };
+        let fe = String::from_utf8_lossy(&b.client.read(0, &format!("{}/frontend", paths.backend))?).into_owned();
+        paths.frontend = fe;
+        b.paths = paths;
+        Ok(b)
+    }
+
+    /// Publishes our state.
+    pub fn set_state(&mut self, s: u32) -> Result<(), ClientError> {
+        self.client.write(0, &format!("{}/state", self.paths.backend), s.to_string().as_bytes())
+    }
+
+    /// The frontend's state (Unknown if missing or unreadable).
+    pub fn frontend_state(&mut self) -> u32 {
+        self.read_frontend("state").ok().and_then(|s| s.parse().ok()).unwrap_or(state::UNKNOWN)
+    }
+
+    /// A frontend key.
+    pub fn read_frontend(&mut self, key: &str) -> Result<String, ClientError> {
+        Ok(String::from_utf8_lossy(&self.client.read(0, &format!("{}/{key}", self.paths.frontend))?).into_owned())
+    }
+
+    /// A frontend key that must be a number.
+    pub fn frontend_number(&mut self, key: &str) -> Result<u32, String> {
+        let v = self.read_frontend(key).map_err(|e| format!("{}/{key}: {e}", self.paths.frontend))?;
+        v.trim().parse().map_err(|_| format!("{}/{key} = {v:?} is not a number", self.paths.frontend))
+    }
+
+    /// Waits until the frontend's state satisfies `ok` (a watch on it,
+    /// rechecked at every event).
+    pub fn wait_frontend(&mut self, ok: impl Fn(u32) -> bool, timeout: Duration) -> Result<u32, String> {
+        let path = format!("{}/state", self.paths.frontend);
+        self.client.watch(&path, "fe-state").map_err(|e| e.to_string())?;
+        let start = Instant::now();
+        let result = loop {
+            let s = self.frontend_state();
+            if ok(s) {
+                break Ok(s);
+            }
+            let left = timeout.checked_sub(start.elapsed()).ok_or_else(|| format!("frontend {} stayed in state {s}", self.paths.frontend));
+            match left {
+                Ok(left) => {
+                    let _ = self.client.next_event(left.min(Duration::from_millis(500)));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        let _ = self.client.unwatch(&path, "fe-state");
+        result
+    }
+}
