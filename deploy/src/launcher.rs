@@ -169,17 +169,33 @@ pub fn ensure_xenstored(paths: &Paths) -> anyhow::Result<()> {
     }
     let log = std::fs::OpenOptions::new().create(true).append(true).open(paths.run_dir.join("logs").join("xenstored.log"))?;
     let mut cmd = Command::new(sibling("xenkvm-xenstored"));
-    cmd.arg("--socket").arg(&paths.xenstored).arg("--run-dir").arg(&paths.run_dir).stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
-    // Its own session: it outlives this guest, as a host service.
-    // SAFETY: setsid is async-signal-safe and touches only the child.
+    let pid_file = paths.run_dir.join("xenstored.pid");
+    cmd.arg("--socket")
+        .arg(&paths.xenstored)
+        .arg("--run-dir")
+        .arg(&paths.run_dir)
+        .arg("--pid-file")
+        .arg(&pid_file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log);
+    // A daemon of its own, as a host service that outlives this guest: a
+    // new session, and a double fork so that it is not our child.
+    // SAFETY: only async-signal-safe calls (fork, _exit, setsid) between
+    // fork and exec, touching nothing but the child.
     unsafe {
         cmd.pre_exec(|| {
+            match libc::fork() {
+                -1 => return Err(std::io::Error::last_os_error()),
+                0 => {}
+                _ => libc::_exit(0),
+            }
             libc::setsid();
             Ok(())
         });
     }
-    let child = cmd.spawn().context("starting xenkvm-xenstored")?;
-    std::fs::write(paths.run_dir.join("xenstored.pid"), child.id().to_string())?;
+    let mut child = cmd.spawn().context("starting xenkvm-xenstored")?;
+    let _ = child.wait();
     let start = Instant::now();
     while std::os::unix::net::UnixStream::connect(&paths.xenstored).is_err() {
         if start.elapsed() > Duration::from_secs(10) {
@@ -187,7 +203,7 @@ pub fn ensure_xenstored(paths: &Paths) -> anyhow::Result<()> {
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    tracing::info!(event = "launcher.xenstored_started", pid = child.id());
+    tracing::info!(event = "launcher.xenstored_started", pid = std::fs::read_to_string(&pid_file).unwrap_or_default().trim());
     Ok(())
 }
 

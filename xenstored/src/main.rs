@@ -39,6 +39,9 @@ struct Args {
     /// Replies a guest may leave untaken before its input pauses.
     #[arg(long, default_value_t = Quota::default().outstanding)]
     quota_outstanding: u32,
+    /// Write the daemon's pid here once it listens.
+    #[arg(long)]
+    pid_file: Option<PathBuf>,
     /// Log filter (tracing syntax; also XENKVM_LOG).
     #[arg(long)]
     log: Option<String>,
@@ -65,6 +68,9 @@ fn main() -> anyhow::Result<()> {
     let state_file = args.state_file.unwrap_or_else(|| args.run_dir.join("xenstored.state"));
     let _span = tracing::info_span!("xenstored", process = "xenstored").entered();
     let mut daemon = Daemon::new(Config { socket: args.socket.clone(), run_dir: args.run_dir, state_file, quota })?;
+    if let Some(p) = &args.pid_file {
+        std::fs::write(p, format!("{}\n", std::process::id()))?;
+    }
     tracing::info!(event = "xenstored.listening", socket = %args.socket.display());
     daemon.run()
 }
