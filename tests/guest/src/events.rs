@@ -661,19 +661,25 @@ pub fn scenario_gsi(c: &mut Checks) {
     wait_hits(l, 0); // binding raises the new port once
     settle();
 
+    // Five events, one at a time: each is delivered through the pin, and
+    // once the handler cleared evtchn_upcall_pending and EOI'd the line is
+    // low again, so nothing more arrives (a line left high would storm).
     let (u0, h0) = (upcalls(), hits(a));
-    port_op(EVTCHNOP_SEND, l);
-    let first = wait_hits(a, h0);
-    settle();
-    port_op(EVTCHNOP_SEND, l);
-    let second = wait_hits(a, h0 + 1);
-    settle();
+    let mut delivered = 0;
+    for i in 0..5 {
+        port_op(EVTCHNOP_SEND, l);
+        delivered += u32::from(wait_hits(a, h0 + i));
+        settle();
+    }
     let taken = upcalls() - u0;
+    settle();
+    settle();
+    let quiet = upcalls() - u0 == taken;
     check!(
         c,
         "gsi.delivery",
-        r == 0 && rb == 0 && first && second && taken == 2,
-        "set {r} bind {rb} first {first} second {second}; upcalls for 2 events: {taken}"
+        r == 0 && rb == 0 && delivered == 5 && (5..=6).contains(&taken) && quiet,
+        "set {r} bind {rb} delivered {delivered}/5; upcalls {taken} (one late one from the bind tolerated); quiet after {quiet}"
     );
 
     // Masked at the IOAPIC: the event stays pending and the line stays high;
