@@ -17,6 +17,9 @@ use crate::wire::{self, fields, ty, Message, XsError};
 /// A client's id.
 pub type ConnId = u64;
 
+/// A guest's transaction may touch this many times its node quota.
+const TX_TOUCH_FACTOR: usize = 4;
+
 /// First domid that is not a real domain (`DOMID_FIRST_RESERVED`).
 pub const DOMID_FIRST_RESERVED: u32 = 0x7ff0;
 
@@ -334,7 +337,14 @@ impl Xenstored {
         if tx == 0 {
             return f(self.store.tree());
         }
-        let t = self.conns.get_mut(&id).ok_or(XsError::EINVAL)?.transactions.get(tx)?;
+        let c = self.conns.get_mut(&id).ok_or(XsError::EINVAL)?;
+        let limited = c.caller.quota_applies();
+        let t = c.transactions.get(tx)?;
+        // What a transaction remembers grows with every node it touches,
+        // reads included: a guest's is bounded like its nodes are.
+        if limited && t.accessed.len() + t.overlay.len() > TX_TOUCH_FACTOR * self.quota.nodes as usize {
+            return Err(XsError::EQUOTA);
+        }
         f(&mut TxView { live: &self.store, tx: t })
     }
 
@@ -527,6 +537,15 @@ mod tests {
         assert_eq!(req(&mut xs, g, ty::TRANSACTION_START, 0, b"\0").payload, b"EQUOTA\0");
         assert_eq!(req(&mut xs, g, ty::TRANSACTION_START, 5, b"\0").payload, b"EBUSY\0");
         assert_eq!(req(&mut xs, g, ty::READ, 77, b"data\0").payload, b"ENOENT\0", "unknown transaction");
+        // A transaction cannot remember unboundedly many nodes.
+        xs.quota.nodes = 5;
+        let t1_id: u32 = String::from_utf8_lossy(&t1.payload[..t1.payload.len() - 1]).parse().unwrap();
+        let mut last = Vec::new();
+        for i in 0..30 {
+            last = req(&mut xs, g, ty::READ, t1_id, format!("/local/domain/4/n{i}\0").as_bytes()).payload;
+        }
+        assert_eq!(last, b"EQUOTA\0");
+        xs.quota.nodes = 1000;
         // SET_TARGET lets a domain act for another.
         let other = xs.connect(Caller::guest(6), true);
         xs.domains.insert(6, Domain { domid: 6, gfn: 1, port: 1, conn: other });
