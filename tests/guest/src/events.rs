@@ -262,10 +262,20 @@ fn hits(port: u32) -> u32 {
 /// Linux's safe_halt does: an upcall that comes between the check and the
 /// block stays pending, and a pending upcall makes the block return, so no
 /// wake-up is lost. Returns the hypercall's result (0 when not blocked).
+///
+/// Measured on this host's KVM (PVM): an interrupt that became pending while
+/// interrupts were off is not injected when the emulated `sti` re-enables
+/// them, only at the next entry with them on. So after a block, one exit
+/// with interrupts on (a yield) takes the upcall at once.
 fn block_unless(done: impl Fn() -> bool) -> i64 {
     cli();
-    let r = if done() { 0 } else { hcall::sched_op(xen_abi::sched::SCHEDOP_BLOCK, 0) };
+    if done() {
+        sti();
+        return 0;
+    }
+    let r = hcall::sched_op(xen_abi::sched::SCHEDOP_BLOCK, 0);
     sti();
+    hcall::sched_op(xen_abi::sched::SCHEDOP_YIELD, 0);
     r
 }
 
