@@ -10,6 +10,7 @@
 #![deny(missing_docs)]
 #![forbid(unsafe_code)]
 
+pub mod blkif;
 pub mod console;
 pub mod cpuid;
 pub mod elfnote;

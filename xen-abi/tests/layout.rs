@@ -96,6 +96,31 @@ fn common_checks(c: &mut Checks) {
     c.eq("sizeof(xen_commandline_t)", version::XEN_COMMANDLINE_LEN);
     c.eq("sizeof(xen_domain_handle_t)", version::XEN_DOMAIN_HANDLE_LEN);
 
+    // blkif.h (the ABI-independent parts; the structs per ABI below)
+    fields!(c, "struct blkif_request_segment", xen_abi::blkif::Segment, [gref, first_sect, last_sect]);
+    c.size("struct blkif_request_segment", size_of::<xen_abi::blkif::Segment>());
+    c.eq("offsetof(struct blkif_sring, ring)", xen_abi::blkif::SRING_HEADER);
+    for (name, v) in [
+        ("BLKIF_OP_READ", xen_abi::blkif::OP_READ),
+        ("BLKIF_OP_WRITE", xen_abi::blkif::OP_WRITE),
+        ("BLKIF_OP_WRITE_BARRIER", xen_abi::blkif::OP_WRITE_BARRIER),
+        ("BLKIF_OP_FLUSH_DISKCACHE", xen_abi::blkif::OP_FLUSH_DISKCACHE),
+        ("BLKIF_OP_DISCARD", xen_abi::blkif::OP_DISCARD),
+        ("BLKIF_OP_INDIRECT", xen_abi::blkif::OP_INDIRECT),
+        ("BLKIF_DISCARD_SECURE", xen_abi::blkif::DISCARD_SECURE),
+    ] {
+        c.eq(name, v as usize);
+    }
+    c.eq("BLKIF_MAX_SEGMENTS_PER_REQUEST", xen_abi::blkif::MAX_SEGMENTS_PER_REQUEST);
+    c.eq("BLKIF_MAX_INDIRECT_PAGES_PER_REQUEST", xen_abi::blkif::MAX_INDIRECT_PAGES_PER_REQUEST);
+    c.eq(
+        "VDISK_CDROM | VDISK_REMOVABLE << 4 | VDISK_READONLY << 8",
+        (xen_abi::blkif::VDISK_CDROM | xen_abi::blkif::VDISK_REMOVABLE << 4 | xen_abi::blkif::VDISK_READONLY << 8) as usize,
+    );
+    c.eq("BLKIF_RSP_OKAY + 10", (xen_abi::blkif::RSP_OKAY + 10) as usize);
+    c.eq("BLKIF_RSP_ERROR + 10", (xen_abi::blkif::RSP_ERROR + 10) as usize);
+    c.eq("BLKIF_RSP_EOPNOTSUPP + 10", (xen_abi::blkif::RSP_EOPNOTSUPP + 10) as usize);
+
     // xenbus.h
     use xen_abi::xenbus::state as xb;
     for (name, v) in [
@@ -321,6 +346,23 @@ fn common_checks(c: &mut Checks) {
 fn checks_64() -> Checks {
     let mut c = Checks::new();
     common_checks(&mut c);
+    {
+        use xen_abi::blkif::x86_64 as b;
+        fields!(c, "struct blkif_request", b::Request, [operation, nr_segments, handle, id, sector_number, seg]);
+        c.size("struct blkif_request", size_of::<b::Request>());
+        fields!(c, "struct blkif_request_discard", b::RequestDiscard, [operation, flag, handle, id, sector_number, nr_sectors]);
+        c.size("struct blkif_request_discard", size_of::<b::RequestDiscard>());
+        fields!(
+            c,
+            "struct blkif_request_indirect",
+            b::RequestIndirect,
+            [operation, indirect_op, nr_segments, id, sector_number, handle, indirect_grefs]
+        );
+        c.size("struct blkif_request_indirect", size_of::<b::RequestIndirect>());
+        fields!(c, "struct blkif_response", b::Response, [id, operation, status]);
+        c.size("struct blkif_response", size_of::<b::Response>());
+        c.eq("sizeof(union blkif_sring_entry)", size_of::<b::Request>().max(size_of::<b::Response>()));
+    }
     fields!(c, "struct arch_vcpu_info", si::ArchVcpuInfo64, [cr2, pad]);
     fields!(c, "struct vcpu_info", si::VcpuInfo64, [evtchn_upcall_pending, evtchn_upcall_mask, evtchn_pending_sel, arch, time]);
     fields!(
@@ -349,6 +391,23 @@ fn checks_64() -> Checks {
 fn checks_32() -> Checks {
     let mut c = Checks::new();
     common_checks(&mut c);
+    {
+        use xen_abi::blkif::x86_32 as b;
+        fields!(c, "struct blkif_request", b::Request, [operation, nr_segments, handle, id, sector_number, seg]);
+        c.size("struct blkif_request", size_of::<b::Request>());
+        fields!(c, "struct blkif_request_discard", b::RequestDiscard, [operation, flag, handle, id, sector_number, nr_sectors]);
+        c.size("struct blkif_request_discard", size_of::<b::RequestDiscard>());
+        fields!(
+            c,
+            "struct blkif_request_indirect",
+            b::RequestIndirect,
+            [operation, indirect_op, nr_segments, id, sector_number, handle, indirect_grefs]
+        );
+        c.size("struct blkif_request_indirect", size_of::<b::RequestIndirect>());
+        fields!(c, "struct blkif_response", b::Response, [id, operation, status]);
+        c.size("struct blkif_response", size_of::<b::Response>());
+        c.eq("sizeof(union blkif_sring_entry)", size_of::<b::Request>().max(size_of::<b::Response>()));
+    }
     fields!(c, "struct arch_vcpu_info", si::ArchVcpuInfo32, [cr2, pad]);
     fields!(c, "struct vcpu_info", si::VcpuInfo32, [evtchn_upcall_pending, evtchn_upcall_mask, evtchn_pending_sel, arch, time]);
     fields!(
@@ -390,6 +449,7 @@ const PRELUDE: &str = r#"
 #include <xen/io/xs_wire.h>
 #include <xen/io/console.h>
 #include <xen/io/xenbus.h>
+#include <xen/io/blkif.h>
 "#;
 
 fn compile(checks: &Checks, arch_flag: &str) {
