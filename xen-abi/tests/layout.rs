@@ -34,6 +34,27 @@ macro_rules! fields {
     }};
 }
 
+/// The blkif structs of one ABI against the header compiled for it.
+macro_rules! blkif_checks {
+    ($c:ident, $abi:ident) => {{
+        use xen_abi::blkif::$abi as b;
+        fields!($c, "struct blkif_request", b::Request, [operation, nr_segments, handle, id, sector_number, seg]);
+        $c.size("struct blkif_request", size_of::<b::Request>());
+        fields!($c, "struct blkif_request_discard", b::RequestDiscard, [operation, flag, handle, id, sector_number, nr_sectors]);
+        $c.size("struct blkif_request_discard", size_of::<b::RequestDiscard>());
+        fields!(
+            $c,
+            "struct blkif_request_indirect",
+            b::RequestIndirect,
+            [operation, indirect_op, nr_segments, id, sector_number, handle, indirect_grefs]
+        );
+        $c.size("struct blkif_request_indirect", size_of::<b::RequestIndirect>());
+        fields!($c, "struct blkif_response", b::Response, [id, operation, status]);
+        $c.size("struct blkif_response", size_of::<b::Response>());
+        $c.eq("sizeof(union blkif_sring_entry)", size_of::<b::Request>().max(size_of::<b::Response>()));
+    }};
+}
+
 fn common_checks(c: &mut Checks) {
     c.size("struct vcpu_time_info", size_of::<si::VcpuTimeInfo>());
     for (f, o) in [
@@ -346,23 +367,7 @@ fn common_checks(c: &mut Checks) {
 fn checks_64() -> Checks {
     let mut c = Checks::new();
     common_checks(&mut c);
-    {
-        use xen_abi::blkif::x86_64 as b;
-        fields!(c, "struct blkif_request", b::Request, [operation, nr_segments, handle, id, sector_number, seg]);
-        c.size("struct blkif_request", size_of::<b::Request>());
-        fields!(c, "struct blkif_request_discard", b::RequestDiscard, [operation, flag, handle, id, sector_number, nr_sectors]);
-        c.size("struct blkif_request_discard", size_of::<b::RequestDiscard>());
-        fields!(
-            c,
-            "struct blkif_request_indirect",
-            b::RequestIndirect,
-            [operation, indirect_op, nr_segments, id, sector_number, handle, indirect_grefs]
-        );
-        c.size("struct blkif_request_indirect", size_of::<b::RequestIndirect>());
-        fields!(c, "struct blkif_response", b::Response, [id, operation, status]);
-        c.size("struct blkif_response", size_of::<b::Response>());
-        c.eq("sizeof(union blkif_sring_entry)", size_of::<b::Request>().max(size_of::<b::Response>()));
-    }
+    blkif_checks!(c, x86_64);
     fields!(c, "struct arch_vcpu_info", si::ArchVcpuInfo64, [cr2, pad]);
     fields!(c, "struct vcpu_info", si::VcpuInfo64, [evtchn_upcall_pending, evtchn_upcall_mask, evtchn_pending_sel, arch, time]);
     fields!(
@@ -391,23 +396,7 @@ fn checks_64() -> Checks {
 fn checks_32() -> Checks {
     let mut c = Checks::new();
     common_checks(&mut c);
-    {
-        use xen_abi::blkif::x86_32 as b;
-        fields!(c, "struct blkif_request", b::Request, [operation, nr_segments, handle, id, sector_number, seg]);
-        c.size("struct blkif_request", size_of::<b::Request>());
-        fields!(c, "struct blkif_request_discard", b::RequestDiscard, [operation, flag, handle, id, sector_number, nr_sectors]);
-        c.size("struct blkif_request_discard", size_of::<b::RequestDiscard>());
-        fields!(
-            c,
-            "struct blkif_request_indirect",
-            b::RequestIndirect,
-            [operation, indirect_op, nr_segments, id, sector_number, handle, indirect_grefs]
-        );
-        c.size("struct blkif_request_indirect", size_of::<b::RequestIndirect>());
-        fields!(c, "struct blkif_response", b::Response, [id, operation, status]);
-        c.size("struct blkif_response", size_of::<b::Response>());
-        c.eq("sizeof(union blkif_sring_entry)", size_of::<b::Request>().max(size_of::<b::Response>()));
-    }
+    blkif_checks!(c, x86_32);
     fields!(c, "struct arch_vcpu_info", si::ArchVcpuInfo32, [cr2, pad]);
     fields!(c, "struct vcpu_info", si::VcpuInfo32, [evtchn_upcall_pending, evtchn_upcall_mask, evtchn_pending_sel, arch, time]);
     fields!(

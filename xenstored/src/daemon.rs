@@ -152,7 +152,7 @@ impl Daemon {
     }
 
     /// One round: take ring input, handle requests, save, send.
-    pub fn step(&mut self) -> anyhow::Result<()> {
+    fn step(&mut self) -> anyhow::Result<()> {
         self.read_rings();
         self.process();
         if self.xs.dirty {
@@ -402,11 +402,6 @@ impl Daemon {
         for id in dead {
             self.drop_socket(id, "write error");
         }
-    }
-
-    /// The daemon's state (tests).
-    pub fn state(&self) -> &Xenstored {
-        &self.xs
     }
 }
 
