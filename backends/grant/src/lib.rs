@@ -239,6 +239,16 @@ impl GrantedPage<'_, '_> {
         self.page
     }
 
+    /// The grant reference.
+    pub fn gref(&self) -> u32 {
+        self.gref
+    }
+
+    /// How it was mapped.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
     /// The page (4096 bytes). Writable only through a write grant.
     pub fn read(&self, offset: usize, buf: &mut [u8]) -> Result<(), GrantError> {
         let s = self.page.subslice(offset, buf.len()).map_err(|_| GrantError::BadRef(self.gref))?;
@@ -256,6 +266,14 @@ impl GrantedPage<'_, '_> {
         Ok(())
     }
 }
+
+// SAFETY: the page is a slice of a guest-RAM mapping that lives for 't (the
+// table borrows it), and every access through it is volatile; the pin is
+// released through the table's mutex. So a page may move to, and be used
+// from, an I/O thread, as a backend's worker pool needs.
+unsafe impl Send for GrantedPage<'_, '_> {}
+// SAFETY: as for Send: shared use only performs volatile copies.
+unsafe impl Sync for GrantedPage<'_, '_> {}
 
 impl Drop for GrantedPage<'_, '_> {
     fn drop(&mut self) {

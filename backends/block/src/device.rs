@@ -1,0 +1,389 @@
+//! One vbd's xenbus life, as Linux's xen-blkback runs it: features are
+//! published and the backend waits in InitWait; it connects as soon as the
+//! frontend has published its rings (Initialised — GRUB never says
+//! Connected); Closing/Closed tear the rings down, and a frontend that
+//! comes back to Initialising gets InitWait again. A broken ring closes
+//! the device with the reason in its `error` node.
+
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use xen_abi::blkif;
+use xen_abi::xenbus::state;
+use xenkvm_grant::{map_domain, Access, GrantTable};
+use xenkvm_ipc::vmm as ipc_vmm;
+use xenkvm_ipc::Channel;
+use xenstore::client::Client;
+
+use crate::image::{Image, ImageSpec};
+use crate::queue::{self, QueueCtx, QueueEnd, TaskQueue};
+use crate::request::{DeviceLimits, Grants, SECTOR};
+use crate::ring::{Abi, Ring};
+
+/// What the backend offers (the `max-*` keys).
+#[derive(Clone, Debug)]
+pub struct Offer {
+    /// `multi-queue-max-queues`.
+    pub max_queues: u32,
+    /// `max-ring-page-order`.
+    pub max_ring_page_order: u32,
+    /// `feature-max-indirect-segments`.
+    pub max_indirect_segments: u32,
+    /// `feature-persistent`.
+    pub persistent: bool,
+    /// I/O worker threads.
+    pub io_threads: usize,
+}
+
+impl Default for Offer {
+    fn default() -> Offer {
+        // Linux's blkback defaults: 4 queues at most, order-4 rings, 256
+        // indirect segments (1 MiB requests), persistent grants.
+        Offer { max_queues: 4, max_ring_page_order: 4, max_indirect_segments: 256, persistent: true, io_threads: 4 }
+    }
+}
+
+/// Where the backend finds its peers.
+#[derive(Clone, Debug)]
+pub struct Peers {
+    /// The vmm's ipc socket.
+    pub vmm_socket: PathBuf,
+    /// xenstored's socket.
+    pub xenstored: PathBuf,
+}
+
+/// One frontend queue's ring details.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QueueRing {
+    /// Grants of the ring pages.
+    pub refs: Vec<u32>,
+    /// The frontend's port.
+    pub port: u32,
+}
+
+/// What the frontend published.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FrontendRings {
+    /// Layout.
+    pub abi: Abi,
+    /// Queues.
+    pub queues: Vec<QueueRing>,
+    /// `feature-persistent` on both sides.
+    pub persistent: bool,
+}
+
+/// Reads the frontend's ring keys (`connect_ring` in Linux's blkback).
+pub fn read_frontend_rings(be: &mut xenbus::Backend, offer: &Offer, guest_bits: u8) -> Result<FrontendRings, String> {
+    let protocol = be.read_frontend("protocol").ok();
+    let abi = Abi::from_protocol(protocol.as_deref(), guest_bits)?;
+    let persistent = offer.persistent && be.frontend_number("feature-persistent").unwrap_or(0) == 1;
+    let nqueues = be.frontend_number("multi-queue-num-queues").unwrap_or(1);
+    if nqueues == 0 || nqueues > offer.max_queues {
+        return Err(format!("the frontend asks for {nqueues} queues; at most {} are offered", offer.max_queues));
+    }
+    let order = match be.read_frontend("ring-page-order") {
+        Ok(_) => be.frontend_number("ring-page-order")?,
+        Err(_) => 0,
+    };
+    if order > offer.max_ring_page_order {
+        return Err(format!("ring-page-order {order} exceeds max-ring-page-order {}", offer.max_ring_page_order));
+    }
+    let mut queues = Vec::new();
+    for q in 0..nqueues {
+        let dir = if nqueues == 1 { String::new() } else { format!("queue-{q}/") };
+        let refs = if order == 0 {
+            vec![be.frontend_number(&format!("{dir}ring-ref"))?]
+        } else {
+            (0..1u32 << order).map(|i| be.frontend_number(&format!("{dir}ring-ref{i}"))).collect::<Result<Vec<_>, _>>()?
+        };
+        let port = be.frontend_number(&format!("{dir}event-channel"))?;
+        queues.push(QueueRing { refs, port });
+    }
+    Ok(FrontendRings { abi, queues, persistent })
+}
+
+fn write_keys(be: &mut xenbus::Backend, keys: &[(&str, String)]) -> anyhow::Result<()> {
+    let base = be.paths.backend.clone();
+    loop {
+        let tx = be.client.transaction_start()?;
+        let mut r = Ok(());
+        for (k, v) in keys {
+            r = be.client.write(tx, &format!("{base}/{k}"), v.as_bytes());
+            if r.is_err() {
+                break;
+            }
+        }
+        match r.and_then(|_| be.client.transaction_end(tx, true)) {
+            Ok(()) => return Ok(()),
+            Err(xenstore::client::ClientError::Xs(xenstore::wire::XsError::EAGAIN)) => continue,
+            Err(e) => {
+                let _ = be.client.transaction_end(tx, false);
+                return Err(e.into());
+            }
+        }
+    }
+}
+
+/// The features, written before InitWait.
+fn feature_keys(image: &Image, offer: &Offer) -> Vec<(&'static str, String)> {
+    let mut keys = vec![
+        ("feature-flush-cache", "1".to_string()),
+        ("feature-barrier", "1".into()),
+        ("feature-persistent", u8::from(offer.persistent).to_string()),
+        ("feature-max-indirect-segments", offer.max_indirect_segments.to_string()),
+        ("multi-queue-max-queues", offer.max_queues.to_string()),
+        ("max-ring-page-order", offer.max_ring_page_order.to_string()),
+        ("feature-discard", u8::from(image.discard_granularity().is_some()).to_string()),
+    ];
+    if let Some(g) = image.discard_granularity() {
+        keys.push(("discard-granularity", g.to_string()));
+        keys.push(("discard-alignment", "0".into()));
+        keys.push(("discard-secure", u8::from(image.discard_secure()).to_string()));
+    }
+    keys
+}
+
+/// The disk's geometry, written at connect.
+fn connect_keys(image: &Image, cdrom: bool) -> Vec<(&'static str, String)> {
+    let mut info = 0;
+    if image.readonly() {
+        info |= blkif::VDISK_READONLY;
+    }
+    if cdrom {
+        info |= blkif::VDISK_CDROM | blkif::VDISK_REMOVABLE;
+    }
+    vec![
+        ("sectors", (image.size() / u64::from(image.logical_sector())).to_string()),
+        ("info", info.to_string()),
+        ("sector-size", image.logical_sector().to_string()),
+        ("physical-sector-size", image.physical_sector().to_string()),
+    ]
+}
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum Disconnect {
+    /// The frontend went to Closing/Closed.
+    FrontendClosing,
+    /// The device was removed (its nodes are gone).
+    Removed,
+    /// The vmm (the guest) is gone.
+    GuestGone,
+    /// A queue found the ring corrupt, or connecting failed.
+    Broken(String),
+}
+
+/// Serves vbd `devid` of the vmm's guest until the device is removed or
+/// the guest is gone.
+pub fn serve(peers: &Peers, devid: u32, offer: &Offer, direct_override: Option<bool>) -> anyhow::Result<()> {
+    let ipc = connect_vmm(&peers.vmm_socket)?;
+    let domid = u32::from(ipc_vmm::hello(&ipc, &format!("blkback {devid}"))?);
+    let client = Client::connect(&peers.xenstored).with_context(|| format!("xenstored at {}", peers.xenstored.display()))?;
+    let mut be = xenbus::Backend::open(client, "vbd", domid, devid).with_context(|| format!("vbd {devid} of domain {domid}"))?;
+    let params = String::from_utf8_lossy(&be.client.read(0, &format!("{}/params", be.paths.backend))?).into_owned();
+    let mode = be.client.read(0, &format!("{}/mode", be.paths.backend)).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+    let cdrom = be.client.read(0, &format!("{}/device-type", be.paths.backend)).is_ok_and(|v| v == b"cdrom");
+    let direct = direct_override
+        .unwrap_or_else(|| be.client.read(0, &format!("{}/direct-io-safe", be.paths.backend)).is_ok_and(|v| v == b"1"));
+    let spec = ImageSpec::from_params(&params, mode.starts_with('r') || cdrom, direct).map_err(anyhow::Error::msg)?;
+    let image = match Image::open(&spec) {
+        Ok(i) => i,
+        Err(e) => {
+            let _ = be.client.write(0, &format!("{}/hotplug-error", be.paths.backend), format!("{e:#}").as_bytes());
+            let _ = be.set_state(state::CLOSED);
+            return Err(e);
+        }
+    };
+    tracing::info!(event = "blkback.image_open", devid, domid, path = %spec.path.display(), format = ?spec.format,
+        size = image.size(), readonly = image.readonly(), direct);
+    write_keys(&mut be, &feature_keys(&image, offer))?;
+    let state_path = format!("{}/state", be.paths.frontend);
+    be.client.watch(&state_path, "fe-state")?;
+    loop {
+        be.set_state(state::INIT_WAIT)?;
+        // Wait for the frontend's rings.
+        let fe = wait_state(&mut be, &ipc, |s| s == state::INITIALISED || s == state::CONNECTED || s == state::UNKNOWN)?;
+        let Some(fe) = fe else { return Ok(()) };
+        if fe == state::UNKNOWN {
+            tracing::info!(event = "blkback.removed", devid);
+            return Ok(());
+        }
+        let end = match read_frontend_rings(&mut be, offer, 0) {
+            Ok(rings) => connect_and_serve(&mut be, &ipc, &image, cdrom, offer, &rings, devid),
+            Err(e) => Disconnect::Broken(e),
+        };
+        tracing::info!(event = "blkback.disconnected", devid, why = ?end);
+        match end {
+            Disconnect::GuestGone | Disconnect::Removed => return Ok(()),
+            Disconnect::Broken(reason) => {
+                let _ = be.client.write(0, &format!("{}/error", be.paths.backend), reason.as_bytes());
+            }
+            Disconnect::FrontendClosing => {}
+        }
+        be.set_state(state::CLOSING)?;
+        // Closed once the frontend is; a reconnecting frontend then starts
+        // again from Initialising.
+        let Some(fe) = wait_state(&mut be, &ipc, |s| s == state::CLOSED || s == state::UNKNOWN || s == state::INITIALISING)? else {
+            return Ok(());
+        };
+        be.set_state(state::CLOSED)?;
+        if fe == state::UNKNOWN {
+            return Ok(());
+        }
+        if fe != state::INITIALISING {
+            let Some(fe) = wait_state(&mut be, &ipc, |s| s == state::INITIALISING || s == state::UNKNOWN)? else { return Ok(()) };
+            if fe == state::UNKNOWN {
+                return Ok(());
+            }
+        }
+        tracing::info!(event = "blkback.reconnect", devid);
+        let _ = be.client.rm(0, &format!("{}/error", be.paths.backend));
+    }
+}
+
+fn connect_vmm(path: &Path) -> anyhow::Result<Channel> {
+    let start = Instant::now();
+    loop {
+        match Channel::connect(path) {
+            Ok(c) => return Ok(c),
+            Err(_) if start.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(20)),
+            Err(e) => return Err(e).with_context(|| format!("connecting to the vmm at {}", path.display())),
+        }
+    }
+}
+
+fn vmm_gone(ipc: &Channel) -> bool {
+    let mut pfd = libc::pollfd { fd: ipc.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+    // SAFETY: one pollfd that lives across the call, zero timeout.
+    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+    r > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLIN) != 0
+}
+
+/// Waits (on the state watch) for a frontend state `ok` accepts; None when
+/// the guest is gone.
+fn wait_state(be: &mut xenbus::Backend, ipc: &Channel, ok: impl Fn(u32) -> bool) -> anyhow::Result<Option<u32>> {
+    loop {
+        let s = be.frontend_state();
+        if ok(s) {
+            return Ok(Some(s));
+        }
+        if vmm_gone(ipc) {
+            return Ok(None);
+        }
+        be.client.next_event(Duration::from_millis(200))?;
+    }
+}
+
+fn connect_and_serve(
+    be: &mut xenbus::Backend,
+    ipc: &Channel,
+    image: &Image,
+    cdrom: bool,
+    offer: &Offer,
+    rings: &FrontendRings,
+    devid: u32,
+) -> Disconnect {
+    let (memory, files) = match ipc_vmm::attach(ipc) {
+        Ok(a) => a,
+        Err(e) => return Disconnect::Broken(format!("attaching to the guest: {e}")),
+    };
+    let rings = if memory.guest_bits == 32 && be.read_frontend("protocol").is_err() {
+        FrontendRings { abi: Abi::X86_32, ..rings.clone() }
+    } else {
+        rings.clone()
+    };
+    let (ram, table) = match map_domain(&memory, &files) {
+        Ok(m) => m,
+        Err(e) => return Disconnect::Broken(format!("mapping the guest: {e}")),
+    };
+    drop(files);
+    let table_view = GrantTable::new(&table, &ram, 0);
+    let limits = DeviceLimits {
+        sectors: image.size() / SECTOR,
+        readonly: image.readonly(),
+        discard: image.discard_granularity().is_some(),
+        discard_secure: image.discard_secure(),
+        max_indirect_segments: offer.max_indirect_segments,
+    };
+    // Map every ring and bind every port before saying Connected.
+    let mut queues = Vec::new();
+    let mut ports = Vec::new();
+    for (i, q) in rings.queues.iter().enumerate() {
+        let mut pages = Vec::new();
+        for &gref in &q.refs {
+            match table_view.map(gref, Access::Write) {
+                Ok(p) => pages.push(p),
+                Err(e) => return Disconnect::Broken(format!("queue {i} ring page: {e}")),
+            }
+        }
+        let (port, kick, notify) = match ipc_vmm::bind(ipc, q.port) {
+            Ok(b) => b,
+            Err(e) => return Disconnect::Broken(format!("queue {i} event channel {}: {e}", q.port)),
+        };
+        ports.push(port);
+        queues.push((Ring::new(pages, rings.abi), kick, notify));
+    }
+    if let Err(e) = write_keys(be, &connect_keys(image, cdrom)).and_then(|_| be.set_state(state::CONNECTED).map_err(Into::into)) {
+        return Disconnect::Broken(format!("publishing the disk: {e}"));
+    }
+    tracing::info!(event = "blkback.connected", devid, queues = queues.len(), ring_pages = rings.queues[0].refs.len(),
+        abi = ?rings.abi, persistent = rings.persistent);
+    let stop = AtomicBool::new(false);
+    let broken: Mutex<Option<String>> = Mutex::new(None);
+    let (pool_tx, pool_rx) = std::sync::mpsc::channel();
+    let tasks: TaskQueue = Mutex::new(pool_rx);
+    let end = std::thread::scope(|s| {
+        for i in 0..offer.io_threads.max(1) {
+            let tasks = &tasks;
+            std::thread::Builder::new().name(format!("blkio{i}")).spawn_scoped(s, move || queue::worker(tasks, image)).expect("spawn");
+        }
+        let mut handles = Vec::new();
+        for (i, (ring, kick, notify)) in queues.into_iter().enumerate() {
+            let ctx = QueueCtx { index: i as u32, image, limits, pool: pool_tx.clone(), stop: &stop };
+            let grants = Grants::new(&table_view, rings.persistent);
+            let (stop, broken) = (&stop, &broken);
+            handles.push(
+                std::thread::Builder::new()
+                    .name(format!("blkq{i}"))
+                    .spawn_scoped(s, move || {
+                        if let QueueEnd::Corrupt(why) = queue::run(ctx, ring, grants, kick, notify) {
+                            tracing::error!(event = "blkback.ring_corrupt", queue = i, reason = %why);
+                            broken.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(format!("queue {i}: {why}"));
+                            stop.store(true, Ordering::Relaxed);
+                        }
+                    })
+                    .expect("spawn"),
+            );
+        }
+        drop(pool_tx);
+        let end = loop {
+            if let Some(why) = broken.lock().unwrap_or_else(|e| e.into_inner()).clone() {
+                break Disconnect::Broken(why);
+            }
+            let fe = be.frontend_state();
+            if fe == state::UNKNOWN {
+                break Disconnect::Removed;
+            }
+            if fe >= state::CLOSING || fe == state::INITIALISING {
+                break Disconnect::FrontendClosing;
+            }
+            if vmm_gone(ipc) {
+                break Disconnect::GuestGone;
+            }
+            let _ = be.client.next_event(Duration::from_millis(100));
+        };
+        stop.store(true, Ordering::Relaxed);
+        for h in handles {
+            let _ = h.join();
+        }
+        end
+    });
+    for port in ports {
+        let _ = ipc_vmm::call(ipc, &ipc_vmm::Request::Close { port });
+    }
+    end
+}

@@ -1,0 +1,80 @@
+//! `xenkvm-blkback`: serves one vbd of one guest.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use xenkvm_block::device::{serve, Offer, Peers};
+
+/// Block backend for one virtual disk: reads the disk's `params`, `mode`
+/// and `device-type` from its backend directory in xenstore (written by
+/// `xenkvm create`, as libxl writes them) and serves the guest's blkfront.
+#[derive(Parser, Debug)]
+#[command(name = "xenkvm-blkback", version)]
+struct Args {
+    /// The vmm's ipc socket.
+    #[arg(long)]
+    vmm_socket: PathBuf,
+    /// xenstored's socket.
+    #[arg(long)]
+    xenstored: PathBuf,
+    /// The device id (`virtual-device`, e.g. 51712 for xvda).
+    #[arg(long)]
+    devid: u32,
+    /// `multi-queue-max-queues`.
+    #[arg(long, default_value_t = Offer::default().max_queues)]
+    max_queues: u32,
+    /// `max-ring-page-order`.
+    #[arg(long, default_value_t = Offer::default().max_ring_page_order)]
+    max_ring_page_order: u32,
+    /// `feature-max-indirect-segments` (0 turns indirect descriptors off).
+    #[arg(long, default_value_t = Offer::default().max_indirect_segments)]
+    max_indirect_segments: u32,
+    /// Do not offer persistent grants.
+    #[arg(long)]
+    no_persistent: bool,
+    /// I/O worker threads.
+    #[arg(long, default_value_t = Offer::default().io_threads)]
+    io_threads: usize,
+    /// Open the image with O_DIRECT (default: the `direct-io-safe` node).
+    #[arg(long)]
+    direct: Option<bool>,
+    /// Log file (default: stderr).
+    #[arg(long)]
+    log: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("XENKVM_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    match &args.log {
+        Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            Ok(f) => builder.with_writer(std::sync::Mutex::new(f)).init(),
+            Err(e) => {
+                eprintln!("xenkvm-blkback: log {}: {e}", path.display());
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    if args.max_ring_page_order > 8 || args.max_queues == 0 || args.max_indirect_segments > 4096 {
+        eprintln!("xenkvm-blkback: limits out of range (order ≤ 8, queues ≥ 1, indirect segments ≤ 4096)");
+        return std::process::ExitCode::FAILURE;
+    }
+    let offer = Offer {
+        max_queues: args.max_queues,
+        max_ring_page_order: args.max_ring_page_order,
+        max_indirect_segments: args.max_indirect_segments,
+        persistent: !args.no_persistent,
+        io_threads: args.io_threads,
+    };
+    let peers = Peers { vmm_socket: args.vmm_socket, xenstored: args.xenstored };
+    match serve(&peers, args.devid, &offer, args.direct) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(event = "blkback.failed", error = %format!("{e:#}"));
+            eprintln!("xenkvm-blkback: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
