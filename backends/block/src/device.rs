@@ -185,10 +185,11 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer, direct_override: Option<b
     let client = Client::connect(&peers.xenstored).with_context(|| format!("xenstored at {}", peers.xenstored.display()))?;
     let mut be = xenbus::Backend::open(client, "vbd", domid, devid).with_context(|| format!("vbd {devid} of domain {domid}"))?;
     let params = String::from_utf8_lossy(&be.client.read(0, &format!("{}/params", be.paths.backend))?).into_owned();
-    let mode = be.client.read(0, &format!("{}/mode", be.paths.backend)).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+    let mode =
+        be.client.read(0, &format!("{}/mode", be.paths.backend)).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
     let cdrom = be.client.read(0, &format!("{}/device-type", be.paths.backend)).is_ok_and(|v| v == b"cdrom");
-    let direct = direct_override
-        .unwrap_or_else(|| be.client.read(0, &format!("{}/direct-io-safe", be.paths.backend)).is_ok_and(|v| v == b"1"));
+    let direct =
+        direct_override.unwrap_or_else(|| be.client.read(0, &format!("{}/direct-io-safe", be.paths.backend)).is_ok_and(|v| v == b"1"));
     let spec = ImageSpec::from_params(&params, mode.starts_with('r') || cdrom, direct).map_err(anyhow::Error::msg)?;
     let image = match Image::open(&spec) {
         Ok(i) => i,

@@ -109,9 +109,10 @@ impl RawRequest {
     /// The id to echo.
     pub fn id(&self) -> u64 {
         match self {
-            RawRequest::Rw { id, .. } | RawRequest::Discard { id, .. } | RawRequest::Indirect { id, .. } | RawRequest::Unknown { id, .. } => {
-                *id
-            }
+            RawRequest::Rw { id, .. }
+            | RawRequest::Discard { id, .. }
+            | RawRequest::Indirect { id, .. }
+            | RawRequest::Unknown { id, .. } => *id,
         }
     }
 
