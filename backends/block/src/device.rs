@@ -37,13 +37,22 @@ pub struct Offer {
     pub persistent: bool,
     /// I/O worker threads.
     pub io_threads: usize,
+    /// How long an idle queue polls its ring before sleeping.
+    pub spin: Duration,
 }
 
 impl Default for Offer {
     fn default() -> Offer {
         // Linux's blkback defaults: 4 queues at most, order-4 rings, 256
         // indirect segments (1 MiB requests), persistent grants.
-        Offer { max_queues: 4, max_ring_page_order: 4, max_indirect_segments: 256, persistent: true, io_threads: 4 }
+        Offer {
+            max_queues: 4,
+            max_ring_page_order: 4,
+            max_indirect_segments: 256,
+            persistent: true,
+            io_threads: 32,
+            spin: Duration::from_micros(50),
+        }
     }
 }
 
@@ -344,7 +353,7 @@ fn connect_and_serve(
         }
         let mut handles = Vec::new();
         for (i, (ring, kick, notify)) in queues.into_iter().enumerate() {
-            let ctx = QueueCtx { index: i as u32, image, limits, pool: pool_tx.clone(), stop: &stop };
+            let ctx = QueueCtx { index: i as u32, image, limits, pool: pool_tx.clone(), stop: &stop, spin: offer.spin };
             let grants = Grants::new(&table_view, rings.persistent);
             let (stop, broken) = (&stop, &broken);
             handles.push(

@@ -35,6 +35,9 @@ struct Args {
     /// I/O worker threads.
     #[arg(long, default_value_t = Offer::default().io_threads)]
     io_threads: usize,
+    /// Microseconds an idle queue polls its ring before sleeping (0: never).
+    #[arg(long, default_value_t = Offer::default().spin.as_micros() as u64)]
+    spin_us: u64,
     /// Open the image with O_DIRECT (default: the `direct-io-safe` node).
     #[arg(long)]
     direct: Option<bool>,
@@ -67,6 +70,7 @@ fn main() -> std::process::ExitCode {
         max_indirect_segments: args.max_indirect_segments,
         persistent: !args.no_persistent,
         io_threads: args.io_threads,
+        spin: std::time::Duration::from_micros(args.spin_us),
     };
     let peers = Peers { vmm_socket: args.vmm_socket, xenstored: args.xenstored };
     match serve(&peers, args.devid, &offer, args.direct) {

@@ -95,9 +95,23 @@ pub struct QueueCtx<'s, 't, 'a> {
     pub pool: Sender<Task<'t, 'a>>,
     /// Set to end the queue.
     pub stop: &'s AtomicBool,
+    /// How long to poll the ring before sleeping (0: never).
+    pub spin: Duration,
 }
 
 const BATCH: usize = 64;
+
+/// Polls the ring for up to `spin`; true when a request arrived.
+fn spin_for_requests(ring: &Ring, spin: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < spin {
+        if ring.has_requests() {
+            return true;
+        }
+        std::hint::spin_loop();
+    }
+    false
+}
 
 /// Serves one ring until stopped or broken. In-flight I/O always finishes
 /// (and is answered) before it returns.
@@ -166,6 +180,13 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
             continue;
         }
         if ring.final_check_for_requests() {
+            continue;
+        }
+        // Poll briefly before sleeping: a frontend at queue depth 1 sends
+        // its next request within microseconds of our response, and a
+        // wake-up through the event channel costs more than that.
+        // Only when idle: with I/O in flight the workers wake us anyway.
+        if in_pool == 0 && !ctx.spin.is_zero() && spin_for_requests(&ring, ctx.spin) {
             continue;
         }
         let n = epoll.wait(200, &mut events).unwrap_or(0);

@@ -322,7 +322,8 @@ impl<'t, 'a> Ring<'t, 'a> {
         self.has_requests()
     }
 
-    fn has_requests(&self) -> bool {
+    /// Whether the frontend has published requests we can take.
+    pub fn has_requests(&self) -> bool {
         let req_prod = self.load(REQ_PROD);
         req_prod != self.req_cons && self.req_cons.wrapping_sub(self.rsp_prod_pvt) < self.size
     }
