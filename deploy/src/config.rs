@@ -123,6 +123,29 @@ fn is_vdev(s: &str) -> bool {
     ["xvd", "hd", "sd"].iter().any(|p| s.strip_prefix(p).is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric())))
 }
 
+/// The xenbus device id of a disk name, as xen-vbd-interface(7) numbers
+/// them: `xvdX` is 202<<8 | disk<<4 (disks past 15 use the extended form
+/// 1<<28 | disk<<8), `hda`–`hdd` the IDE majors 3 and 22, `sdX` 8<<8 | disk<<4.
+/// A trailing partition number is added. None for names it does not cover.
+pub fn vdev_devid(vdev: &str) -> Option<u32> {
+    let (prefix, rest) = ["xvd", "hd", "sd"].iter().find_map(|p| vdev.strip_prefix(p).map(|r| (*p, r)))?;
+    let letters: String = rest.chars().take_while(|c| c.is_ascii_lowercase()).collect();
+    let part_str = &rest[letters.len()..];
+    let part: u32 = if part_str.is_empty() { 0 } else { part_str.parse().ok()? };
+    if letters.is_empty() || letters.len() > 2 {
+        return None;
+    }
+    // "a".."z" are 0..25, "aa".. continue from 26 (bijective base 26).
+    let disk = letters.bytes().fold(0u32, |acc, b| acc * 26 + u32::from(b - b'a') + 1) - 1;
+    match prefix {
+        "xvd" if disk < 16 && part < 16 => Some(202 << 8 | disk << 4 | part),
+        "xvd" if part < 256 && disk < (1 << 20) => Some(1 << 28 | disk << 8 | part),
+        "hd" if disk < 4 && part < 64 => Some([3 << 8, 3 << 8 | 64, 22 << 8, 22 << 8 | 64][disk as usize] | part),
+        "sd" if disk < 16 && part < 16 => Some(8 << 8 | disk << 4 | part),
+        _ => None,
+    }
+}
+
 /// Parses one xl disk spec.
 pub fn parse_disk(spec: &str) -> Result<DiskSpec, String> {
     let mut target: Option<String> = None;
@@ -198,7 +221,7 @@ pub fn parse_disk(spec: &str) -> Result<DiskSpec, String> {
         other => return Err(format!("disk format {other} is not supported (raw, qcow2)")),
     };
     let vdev = vdev.ok_or("a disk needs a vdev (e.g. xvda)")?;
-    if !is_vdev(&vdev) {
+    if !is_vdev(&vdev) || vdev_devid(&vdev).is_none() {
         return Err(format!("vdev {vdev} is not a disk name (xvda, hda, sda, …)"));
     }
     Ok(DiskSpec { target: PathBuf::from(target), format, vdev, writable: writable && !cdrom, cdrom })
@@ -452,5 +475,20 @@ frobnicate = 1
         assert_eq!(e("name = \"a b\"\n").line, 3);
         assert_eq!(cfg("kernel = \"/k\"").unwrap_err().msg, "name is required");
         assert_eq!(cfg("name = \"g\"").unwrap_err().msg, "kernel is required for a pvh guest");
+    }
+
+    #[test]
+    fn test_vdev_numbers_follow_xen_vbd_interface() {
+        assert_eq!(vdev_devid("xvda"), Some(51712));
+        assert_eq!(vdev_devid("xvdb"), Some(51728));
+        assert_eq!(vdev_devid("xvda1"), Some(51713));
+        assert_eq!(vdev_devid("xvdq"), Some(1 << 28 | 16 << 8));
+        assert_eq!(vdev_devid("xvdaa"), Some(1 << 28 | 26 << 8));
+        assert_eq!(vdev_devid("hda"), Some(768));
+        assert_eq!(vdev_devid("hdc"), Some(5632));
+        assert_eq!(vdev_devid("sdb"), Some(2064));
+        assert_eq!(vdev_devid("hde"), None);
+        assert_eq!(vdev_devid("xvd"), None);
+        assert_eq!(vdev_devid("xvdA"), None);
     }
 }

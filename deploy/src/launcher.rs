@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 
-use crate::config::{DomainConfig, OnEvent};
+use crate::config::{vdev_devid, DiskFormat, DomainConfig, OnEvent};
 
 /// Where the launcher keeps its state.
 #[derive(Clone, Debug)]
@@ -266,9 +266,10 @@ pub fn run(paths: &Paths, cfg: &DomainConfig, mut ready: impl FnMut(u16)) -> any
     for w in &cfg.warnings {
         eprintln!("xenkvm: warning: {w}");
     }
-    if !cfg.disks.is_empty() || !cfg.vifs.is_empty() {
-        bail!("disk and vif devices need the block and net backends, which this xenkvm does not have yet; remove them from the config");
+    if !cfg.vifs.is_empty() {
+        bail!("vif devices need the net backend, which this xenkvm does not have yet; remove them from the config");
     }
+    check_disks(cfg)?;
     for d in ["domains", "logs"] {
         std::fs::create_dir_all(paths.run_dir.join(d))?;
     }
@@ -322,7 +323,8 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
             .arg("--xenstored")
             .arg(&paths.xenstored)
             .arg("--console-log")
-            .arg(paths.log(&cfg.name, "serial"));
+            .arg(paths.log(&cfg.name, "serial"))
+            .arg("--paused");
         if let Some(r) = &cfg.ramdisk {
             cmd.arg("--initrd").arg(r);
         }
@@ -336,10 +338,16 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
         let mut vmm = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(vmm_log).spawn().context("starting xenkvm-vmm")?;
         record.vmm_pid = vmm.id();
         record.save(paths)?;
-        // Further consoles: their nodes exist before the backend looks.
+        // Device nodes exist before their backends look.
+        if !cfg.channels.is_empty() || !cfg.disks.is_empty() {
+            wait_introduced(paths, cfg, domid)?;
+        }
         if !cfg.channels.is_empty() {
             add_channels(paths, cfg, domid)?;
         }
+        let mut blkbacks = start_disks(paths, cfg, domid)?;
+        // Devices are in place: let the guest run (libxl's unpause).
+        unpause(paths, domid).with_context(|| format!("unpausing domain {domid}; see {}", paths.log(&cfg.name, "vmm").display()))?;
         let mut consoled = Command::new(sibling("xenkvm-consoled"))
             .arg("serve")
             .arg("--xenstored")
@@ -378,6 +386,13 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
                     tracing::warn!(domid, status = %st, "the console backend died");
                 }
             }
+            for (vdev, b) in &mut blkbacks {
+                if let Ok(Some(st)) = b.try_wait() {
+                    if !st.success() {
+                        tracing::warn!(domid, vdev, status = %st, "a block backend died");
+                    }
+                }
+            }
             std::thread::sleep(Duration::from_millis(20));
         };
         // The console backend leaves when the vmm's socket closes; make sure.
@@ -386,10 +401,23 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
             std::thread::sleep(Duration::from_millis(10));
         }
         kill(&mut consoled);
+        // Block backends leave when the guest is gone, their data synced.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for (_, b) in &mut blkbacks {
+            while b.try_wait()?.is_none() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            kill(b);
+        }
         let _ = std::fs::remove_file(paths.console_socket(domid));
         if let Ok(mut c) = xenstore::client::Client::connect(&paths.xenstored) {
             for devid in 1..=cfg.channels.len() as u32 {
                 let _ = xenbus::remove_device(&mut c, "console", u32::from(domid), devid);
+            }
+            for d in &cfg.disks {
+                if let Some(devid) = vdev_devid(&d.vdev) {
+                    let _ = xenbus::remove_device(&mut c, "vbd", u32::from(domid), devid);
+                }
             }
         }
         let stopped = Stopped::from_code(status.code());
@@ -408,9 +436,9 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
     }
 }
 
-/// Writes the nodes of the config's channels (devids 1…) once the vmm has
-/// introduced the guest, as libxl does for `channel = [...]`.
-fn add_channels(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<()> {
+/// Waits until the vmm has introduced the guest to xenstored (its home
+/// exists, so device nodes can go under it).
+fn wait_introduced(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<()> {
     let mut c = xenstore::client::Client::connect(&paths.xenstored)?;
     let start = Instant::now();
     while !c.is_domain_introduced(u32::from(domid))? {
@@ -419,6 +447,86 @@ fn add_channels(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result
         }
         std::thread::sleep(Duration::from_millis(5));
     }
+    Ok(())
+}
+
+/// Sends `Unpause` on the vmm's ipc socket.
+fn unpause(paths: &Paths, domid: u16) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let ch = loop {
+        match xenkvm_ipc::Channel::connect(&paths.vmm_socket(domid)) {
+            Ok(c) => break c,
+            Err(e) if start.elapsed() > Duration::from_secs(10) => return Err(e.into()),
+            Err(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    };
+    xenkvm_ipc::vmm::hello(&ch, "launcher")?;
+    xenkvm_ipc::vmm::call(&ch, &xenkvm_ipc::vmm::Request::Unpause)?;
+    Ok(())
+}
+
+/// Refuses disks the backends could not serve, before anything starts.
+fn check_disks(cfg: &DomainConfig) -> anyhow::Result<()> {
+    let mut seen = std::collections::HashSet::new();
+    for d in &cfg.disks {
+        let devid = vdev_devid(&d.vdev).with_context(|| format!("disk {}: vdev {} has no device number", d.target.display(), d.vdev))?;
+        if !seen.insert(devid) {
+            bail!("two disks use vdev {}", d.vdev);
+        }
+        std::fs::metadata(&d.target).with_context(|| format!("disk {} (vdev {})", d.target.display(), d.vdev))?;
+    }
+    Ok(())
+}
+
+/// Writes each disk's vbd nodes, as libxl does for a qdisk backend, and
+/// starts one `xenkvm-blkback` per disk.
+fn start_disks(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<Vec<(String, Child)>> {
+    let mut c = xenstore::client::Client::connect(&paths.xenstored)?;
+    let mut out = Vec::new();
+    for d in &cfg.disks {
+        let devid = vdev_devid(&d.vdev).context("checked before")?;
+        let target = std::fs::canonicalize(&d.target).with_context(|| format!("disk {}", d.target.display()))?;
+        let format = match d.format {
+            DiskFormat::Raw => "raw",
+            DiskFormat::Qcow2 => "qcow2",
+        };
+        let devtype = if d.cdrom { "cdrom" } else { "disk" };
+        let backend = [
+            ("params", format!("{format}:{}", target.display())),
+            ("type", "qdisk".to_string()),
+            ("mode", if d.writable { "w" } else { "r" }.to_string()),
+            ("device-type", devtype.to_string()),
+            ("dev", d.vdev.clone()),
+            ("removable", u8::from(d.cdrom).to_string()),
+            ("bootable", "1".to_string()),
+        ];
+        let frontend = [("virtual-device", devid.to_string()), ("device-type", devtype.to_string())];
+        xenbus::create_device(&mut c, "vbd", u32::from(domid), devid, &backend, &frontend)?;
+        let log = paths.log(&cfg.name, &format!("blkback-{}", d.vdev));
+        let child = Command::new(sibling("xenkvm-blkback"))
+            .arg("--vmm-socket")
+            .arg(paths.vmm_socket(domid))
+            .arg("--xenstored")
+            .arg(&paths.xenstored)
+            .arg("--devid")
+            .arg(devid.to_string())
+            .arg("--log")
+            .arg(&log)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log)?)
+            .spawn()
+            .context("starting xenkvm-blkback")?;
+        tracing::info!(event = "launcher.disk", domid, vdev = d.vdev, devid, target = %target.display(), format, pid = child.id());
+        out.push((d.vdev.clone(), child));
+    }
+    Ok(out)
+}
+
+/// Writes the nodes of the config's channels (devids 1…) once the vmm has
+/// introduced the guest, as libxl does for `channel = [...]`.
+fn add_channels(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<()> {
+    let mut c = xenstore::client::Client::connect(&paths.xenstored)?;
     for (i, name) in cfg.channels.iter().enumerate() {
         let keys = [("name", name.clone()), ("type", "xenconsoled".to_string())];
         xenbus::create_device(&mut c, "console", u32::from(domid), i as u32 + 1, &keys, &keys)?;

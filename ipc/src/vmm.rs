@@ -43,6 +43,8 @@ pub enum Request {
         /// The dom0 port.
         port: u32,
     },
+    /// Starts the vCPUs of a domain created paused (`xl unpause`).
+    Unpause,
 }
 
 /// The vmm's answer to a [`Request`].
@@ -66,6 +68,8 @@ pub enum Reply {
     },
     /// Answer to `Close`.
     Closed,
+    /// Answer to `Unpause` (also when it was not paused).
+    Unpaused,
     /// The request failed.
     Error {
         /// A Xen errno (positive), when there is one.

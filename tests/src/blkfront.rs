@@ -160,6 +160,7 @@ fn serve_peer(ch: Channel, memory: DomainMemory, ram: File, table: File, ports: 
                 mine.push((port, guest_port));
                 r
             }
+            Request::Unpause => ch.send(&Reply::Unpaused, &[]),
             Request::Close { port } => {
                 if let Some(i) = mine.iter().position(|&(p, _)| p == port) {
                     ports.lock().unwrap().remove(&mine.remove(i).1);

@@ -288,6 +288,64 @@ pub fn grub_image(dir: &Path) -> PathBuf {
     out
 }
 
+/// GRUB built with `grub-mkimage -O i386-xen_pvh` (no memdisk): its
+/// embedded config lists the disks and hands over to the `grub.cfg` on
+/// the first partition of xvda.
+pub fn grub_disk_boot_image(dir: &Path) -> PathBuf {
+    let early = dir.join("early.cfg");
+    std::fs::write(&early, "echo \"xenkvm: early config\"\nls\nconfigfile (xen/xvda,msdos1)/grub.cfg\n").expect("write early.cfg");
+    let out = dir.join("grub-disk.elf");
+    let st = Command::new("grub-mkimage")
+        .args(["-O", "i386-xen_pvh", "-p", "/boot/grub", "-o"])
+        .arg(&out)
+        .arg("-c")
+        .arg(&early)
+        .args(["echo", "ls", "cat", "halt", "configfile", "normal", "ext2", "part_msdos", "test"])
+        .status()
+        .expect("grub-mkimage (Debian grub-common + grub-xen-bin) is installed");
+    assert!(st.success(), "grub-mkimage failed");
+    out
+}
+
+/// A raw disk image: an MBR with one Linux partition at 1 MiB holding an
+/// ext2 filesystem (made with `mke2fs -d`) with a grub.cfg and a text file.
+pub fn ext2_disk_image(dir: &Path) -> PathBuf {
+    let files = dir.join("fs");
+    std::fs::create_dir_all(&files).expect("fs dir");
+    std::fs::write(
+        files.join("grub.cfg"),
+        "echo \"xenkvm: grub.cfg read from the ext2 disk\"\nls (xen/xvda)\ncat (xen/xvda,msdos1)/hello.txt\nhalt\n",
+    )
+    .expect("grub.cfg");
+    std::fs::write(files.join("hello.txt"), "hello from a file on xvda\n").expect("hello.txt");
+    let fs = dir.join("fs.img");
+    let st =
+        Command::new("mke2fs").args(["-q", "-F", "-t", "ext2", "-d"]).arg(&files).arg(&fs).arg("4M").status().expect("mke2fs (e2fsprogs)");
+    assert!(st.success(), "mke2fs failed");
+    let fs = std::fs::read(&fs).expect("read fs.img");
+    let start: u32 = 2048;
+    let mut disk = vec![0u8; start as usize * 512];
+    disk.extend_from_slice(&fs);
+    // One MBR entry: not bootable, CHS unused (0xffffff), type 0x83, LBA start and length.
+    let mut entry = vec![0x00, 0xff, 0xff, 0xff, 0x83, 0xff, 0xff, 0xff];
+    entry.extend_from_slice(&start.to_le_bytes());
+    entry.extend_from_slice(&((fs.len() / 512) as u32).to_le_bytes());
+    disk[446..462].copy_from_slice(&entry);
+    disk[510] = 0x55;
+    disk[511] = 0xaa;
+    let out = dir.join("disk.raw");
+    std::fs::write(&out, disk).expect("write disk.raw");
+    out
+}
+
+/// What GRUB's console shows for [`grub_disk_boot_image`] on [`ext2_disk_image`].
+pub const GRUB_DISK_EXPECTED: [&str; 4] = [
+    "(xen/xvda) (xen/xvda,msdos1)",
+    "xenkvm: grub.cfg read from the ext2 disk",
+    "Device xen/xvda: No known filesystem detected - Sector size 512B - Total size",
+    "hello from a file on xvda",
+];
+
 /// What GRUB's console shows for [`grub_image`]'s grub.cfg.
 pub const GRUB_EXPECTED: [&str; 4] =
     ["Welcome to GRUB!", "xenkvm: hello from GRUB", "(memdisk)", "base_addr = 0x0, length = 0xfffc000, available RAM"];

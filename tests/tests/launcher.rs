@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use xenkvm_tests::{binary, grub_image, guest_kernel, tempdir, GRUB_EXPECTED};
+use xenkvm_tests::{binary, ext2_disk_image, grub_disk_boot_image, grub_image, guest_kernel, tempdir, GRUB_DISK_EXPECTED, GRUB_EXPECTED};
 
 /// A run directory for one test; its xenstored is stopped at the end.
 struct RunDir(PathBuf);
@@ -188,7 +188,7 @@ fn test_config_errors_name_the_file_and_line() {
     let out = rd.xenkvm(&["create", "-F", disk.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("foo: unknown key, ignored"), "{err}");
-    assert!(err.contains("block and net backends"), "{err}");
+    assert!(err.contains("disk /img (vdev xvda)"), "{err}");
     assert_eq!(out.status.code(), Some(1));
 }
 
@@ -208,4 +208,44 @@ fn test_channel_is_a_further_console_through_xenbus_and_a_grant() {
     let ls = Command::new("xenstore-ls").env("XENSTORED_PATH", rd.0.join("xenstored.sock")).arg("/local/domain/0").output().unwrap();
     assert!(!String::from_utf8_lossy(&ls.stdout).contains("frontend"), "{}", String::from_utf8_lossy(&ls.stdout));
     rd.assert_clean();
+}
+
+/// GRUB (grub-mkimage, no memdisk) finds the disk the config gives it,
+/// served by one blkback process, lists it with its partition and reads
+/// its grub.cfg and a file from ext2; as raw and as qcow2 (converted by
+/// qemu-img, checked by it afterwards).
+#[test]
+fn test_grub_reads_grub_cfg_from_an_ext2_disk_raw_and_qcow2() {
+    let rd = RunDir::new();
+    let grub = grub_disk_boot_image(&rd.0);
+    let raw = ext2_disk_image(&rd.0);
+    let qcow2 = rd.0.join("disk.qcow2");
+    let st = Command::new("qemu-img").args(["convert", "-O", "qcow2"]).arg(&raw).arg(&qcow2).status().expect("qemu-img");
+    assert!(st.success());
+    for (name, disk, format) in [("gdraw", &raw, "raw"), ("gdq", &qcow2, "qcow2")] {
+        let cfg = rd.config(
+            name,
+            &format!(
+                "name = \"{name}\"\ntype = \"pvh\"\nkernel = \"{}\"\nmemory = 128\ndisk = [ \"format={format}, vdev=xvda, access=rw, target={}\" ]\n",
+                grub.display(),
+                disk.display()
+            ),
+        );
+        let out = rd.xenkvm(&["create", "-F", cfg.to_str().unwrap()]);
+        let console = rd.log(name, "console");
+        let blkback = rd.log(name, "blkback-xvda");
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "{}\n--- console ---\n{console}\n--- blkback ---\n{blkback}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for expect in GRUB_DISK_EXPECTED {
+            assert!(console.contains(expect), "{format}: missing {expect:?} in\n{console}\n--- blkback ---\n{blkback}");
+        }
+        assert!(blkback.contains("blkback.connected") && blkback.contains("abi=X86_32"), "{blkback}");
+        rd.assert_clean();
+    }
+    let out = Command::new("qemu-img").arg("check").arg(&qcow2).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }

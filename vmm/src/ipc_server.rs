@@ -134,6 +134,12 @@ fn serve_one(d: &Domain, peer: &mut Peer) -> Result<(), xenkvm_ipc::Error> {
             }
             Err(e) => peer.ch.send(&refuse(e as i32, format!("guest port {guest_port} is not unbound for dom0: {}", e.name())), &[]),
         },
+        (Some(_), Request::Unpause) => {
+            *d.paused.lock().unwrap_or_else(|e| e.into_inner()) = false;
+            d.unpaused.notify_all();
+            tracing::info!(event = "ipc.unpaused", peer = peer.client.as_deref().unwrap_or(""));
+            peer.ch.send(&Reply::Unpaused, &[])
+        }
         (Some(_), Request::Close { port }) => {
             if let Some(i) = peer.ports.iter().position(|&p| p == port) {
                 peer.ports.swap_remove(i);

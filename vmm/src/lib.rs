@@ -137,6 +137,8 @@ pub struct VmConfig {
     pub ipc_socket: Option<PathBuf>,
     /// The xenstored socket to introduce the guest to.
     pub xenstored: Option<PathBuf>,
+    /// Start paused: the vCPUs run once an ipc peer sends `Unpause`.
+    pub paused: bool,
 }
 
 impl VmConfig {
@@ -157,6 +159,7 @@ impl VmConfig {
             test_device: false,
             ipc_socket: None,
             xenstored: None,
+            paused: false,
         }
     }
 }
@@ -240,6 +243,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
         vcpus = config.vcpus,
         entry = format_args!("{:#x}", boot.entry)
     );
+    *domain.paused.lock().unwrap_or_else(|e| e.into_inner()) = config.paused;
     let ipc = config
         .ipc_socket
         .as_ref()
@@ -271,6 +275,13 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
                 }
                 return Err(Error::Thread(e));
             }
+        }
+    }
+    // A paused domain waits for its toolstack (or for a stop).
+    {
+        let mut paused = domain.paused.lock().unwrap_or_else(|e| e.into_inner());
+        while *paused && domain.stop.lock().unwrap_or_else(|e| e.into_inner()).is_none() {
+            paused = domain.unpaused.wait_timeout(paused, std::time::Duration::from_millis(100)).unwrap_or_else(|e| e.into_inner()).0;
         }
     }
     for v in vcpus {

@@ -67,6 +67,11 @@ struct Args {
     /// write its default nodes); needs --ipc-socket so xenstored can attach.
     #[arg(long, requires = "ipc_socket")]
     xenstored: Option<PathBuf>,
+    /// Create the domain paused: its vCPUs start when a peer sends
+    /// `Unpause` on the ipc socket (the launcher does, once the devices
+    /// are in place).
+    #[arg(long, requires = "ipc_socket")]
+    paused: bool,
 }
 
 fn exit_code(reason: &StopReason) -> u8 {
@@ -102,6 +107,7 @@ fn main() -> ExitCode {
     config.test_device = args.test_device;
     config.ipc_socket = args.ipc_socket;
     config.xenstored = args.xenstored;
+    config.paused = args.paused;
     if let Some(p) = args.console_log {
         config.console = ConsoleTarget::File(p);
     }

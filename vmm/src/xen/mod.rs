@@ -279,6 +279,12 @@ pub struct Domain {
     pub stop: Mutex<Option<StopReason>>,
     /// Signalled when `stop` is set.
     pub stopped: Condvar,
+    /// Created paused (`--paused`): the vCPUs wait until a toolstack peer
+    /// unpauses the domain, as Xen's domains wait for `xl unpause` once
+    /// libxl has added their devices.
+    pub paused: Mutex<bool>,
+    /// Signalled when `paused` clears.
+    pub unpaused: Condvar,
     /// Host realtime (ns since the epoch) when the guest's system time was 0.
     pub boot_wallclock_ns: u64,
     /// Event-channel port table.
@@ -332,6 +338,8 @@ impl Domain {
             vcpus,
             stop: Mutex::new(None),
             stopped: Condvar::new(),
+            paused: Mutex::new(false),
+            unpaused: Condvar::new(),
             boot_wallclock_ns: now.saturating_sub(clock),
             evtchn: Mutex::new({
                 let mut t = evtchn::EvtchnTable::new(info.vcpus);
