@@ -12,7 +12,7 @@
 
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 
-use vm_memory::VolatileMemory;
+use vm_memory::{VolatileMemory, VolatileSlice};
 use xen_abi::blkif::{self, SRING_HEADER};
 use xen_abi::PAGE_SIZE;
 use xenkvm_grant::GrantedPage;
@@ -226,31 +226,29 @@ impl<'t, 'a> Ring<'t, 'a> {
         SRING_HEADER + (idx & (self.size - 1)) as usize * self.abi.entry_size()
     }
 
-    /// Copies ring bytes at `off` (which may cross a page boundary) out.
-    fn copy_out(&self, mut off: usize, buf: &mut [u8]) {
+    /// Calls `f(piece, range)` for each in-page piece of the `len` ring
+    /// bytes at `off` (a slot may cross a page boundary); `range` is the
+    /// piece's place in the caller's buffer.
+    fn pieces(&self, mut off: usize, len: usize, mut f: impl FnMut(VolatileSlice<'_>, std::ops::Range<usize>)) {
         let mut done = 0;
-        while done < buf.len() {
+        while done < len {
             let (page, in_page) = (off / PAGE_SIZE, off % PAGE_SIZE);
-            let n = (buf.len() - done).min(PAGE_SIZE - in_page);
+            let n = (len - done).min(PAGE_SIZE - in_page);
             let p = self.pages[page].slice();
-            let s = p.get_slice(in_page, n).expect("slot offsets stay inside the ring's pages");
-            s.copy_to(&mut buf[done..done + n]);
+            f(p.get_slice(in_page, n).expect("slot offsets stay inside the ring's pages"), done..done + n);
             done += n;
             off += n;
         }
     }
 
-    fn copy_in(&self, mut off: usize, buf: &[u8]) {
-        let mut done = 0;
-        while done < buf.len() {
-            let (page, in_page) = (off / PAGE_SIZE, off % PAGE_SIZE);
-            let n = (buf.len() - done).min(PAGE_SIZE - in_page);
-            let p = self.pages[page].slice();
-            let s = p.get_slice(in_page, n).expect("slot offsets stay inside the ring's pages");
-            s.copy_from(&buf[done..done + n]);
-            done += n;
-            off += n;
-        }
+    fn copy_out(&self, off: usize, buf: &mut [u8]) {
+        self.pieces(off, buf.len(), |s, r| {
+            s.copy_to(&mut buf[r]);
+        });
+    }
+
+    fn copy_in(&self, off: usize, buf: &[u8]) {
+        self.pieces(off, buf.len(), |s, r| s.copy_from(&buf[r]));
     }
 
     /// Requests the frontend has published, copied out, as many as there
