@@ -260,6 +260,14 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Lets a child leave on its own until `deadline`, then kills it.
+fn reap(child: &mut Child, deadline: Instant) {
+    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    kill(child);
+}
+
 /// Creates the domain and supervises it until it is gone (foreground).
 /// Returns the launcher's exit status. `ready` is called once the guest runs.
 pub fn run(paths: &Paths, cfg: &DomainConfig, mut ready: impl FnMut(u16)) -> anyhow::Result<i32> {
@@ -397,17 +405,11 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
         };
         // The console backend leaves when the vmm's socket closes; make sure.
         let deadline = Instant::now() + Duration::from_secs(3);
-        while consoled.try_wait()?.is_none() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        kill(&mut consoled);
+        reap(&mut consoled, deadline);
         // Block backends leave when the guest is gone, their data synced.
         let deadline = Instant::now() + Duration::from_secs(10);
         for (_, b) in &mut blkbacks {
-            while b.try_wait()?.is_none() && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            kill(b);
+            reap(b, deadline);
         }
         let _ = std::fs::remove_file(paths.console_socket(domid));
         if let Ok(mut c) = xenstore::client::Client::connect(&paths.xenstored) {
@@ -452,14 +454,7 @@ fn wait_introduced(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Res
 
 /// Sends `Unpause` on the vmm's ipc socket.
 fn unpause(paths: &Paths, domid: u16) -> anyhow::Result<()> {
-    let start = Instant::now();
-    let ch = loop {
-        match xenkvm_ipc::Channel::connect(&paths.vmm_socket(domid)) {
-            Ok(c) => break c,
-            Err(e) if start.elapsed() > Duration::from_secs(10) => return Err(e.into()),
-            Err(_) => std::thread::sleep(Duration::from_millis(5)),
-        }
-    };
+    let ch = xenkvm_ipc::vmm::connect(&paths.vmm_socket(domid), Duration::from_secs(10))?;
     xenkvm_ipc::vmm::hello(&ch, "launcher")?;
     xenkvm_ipc::vmm::call(&ch, &xenkvm_ipc::vmm::Request::Unpause)?;
     Ok(())

@@ -146,6 +146,19 @@ impl DomainMemory {
     }
 }
 
+/// Client side: connects to the vmm's socket, retrying for `patience`
+/// while the vmm is still starting (peers are spawned beside it).
+pub fn connect(path: &std::path::Path, patience: std::time::Duration) -> Result<Channel> {
+    let start = std::time::Instant::now();
+    loop {
+        match Channel::connect(path) {
+            Ok(c) => return Ok(c),
+            Err(e) if start.elapsed() >= patience => return Err(e),
+            Err(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+        }
+    }
+}
+
 /// Client side: says hello and checks the answer; returns the domid.
 pub fn hello(ch: &Channel, client: &str) -> Result<u16> {
     ch.send(&Request::Hello { version: VERSION, client: client.into() }, &[])?;

@@ -9,7 +9,7 @@ use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use xen_abi::blkif;
@@ -116,25 +116,8 @@ pub fn read_frontend_rings(be: &mut xenbus::Backend, offer: &Offer, guest_bits: 
 }
 
 fn write_keys(be: &mut xenbus::Backend, keys: &[(&str, String)]) -> anyhow::Result<()> {
-    let base = be.paths.backend.clone();
-    loop {
-        let tx = be.client.transaction_start()?;
-        let mut r = Ok(());
-        for (k, v) in keys {
-            r = be.client.write(tx, &format!("{base}/{k}"), v.as_bytes());
-            if r.is_err() {
-                break;
-            }
-        }
-        match r.and_then(|_| be.client.transaction_end(tx, true)) {
-            Ok(()) => return Ok(()),
-            Err(xenstore::client::ClientError::Xs(xenstore::wire::XsError::EAGAIN)) => continue,
-            Err(e) => {
-                let _ = be.client.transaction_end(tx, false);
-                return Err(e.into());
-            }
-        }
-    }
+    let dir = be.paths.backend.clone();
+    Ok(xenbus::write_keys(&mut be.client, &dir, keys)?)
 }
 
 /// The features, written before InitWait.
@@ -222,9 +205,13 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer, direct_override: Option<b
             tracing::info!(event = "blkback.removed", devid);
             return Ok(());
         }
-        let end = match read_frontend_rings(&mut be, offer, 0) {
-            Ok(rings) => connect_and_serve(&mut be, &ipc, &image, cdrom, offer, &rings, devid),
-            Err(e) => Disconnect::Broken(e),
+        // The guest's memory first: its bitness is the default protocol.
+        let end = match ipc_vmm::attach(&ipc) {
+            Err(e) => Disconnect::Broken(format!("attaching to the guest: {e}")),
+            Ok((memory, files)) => match read_frontend_rings(&mut be, offer, memory.guest_bits) {
+                Ok(rings) => connect_and_serve(&mut be, &ipc, &image, cdrom, offer, &rings, devid, (memory, files)),
+                Err(e) => Disconnect::Broken(e),
+            },
         };
         tracing::info!(event = "blkback.disconnected", devid, why = ?end);
         match end {
@@ -256,14 +243,7 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer, direct_override: Option<b
 }
 
 fn connect_vmm(path: &Path) -> anyhow::Result<Channel> {
-    let start = Instant::now();
-    loop {
-        match Channel::connect(path) {
-            Ok(c) => return Ok(c),
-            Err(_) if start.elapsed() < Duration::from_secs(10) => std::thread::sleep(Duration::from_millis(20)),
-            Err(e) => return Err(e).with_context(|| format!("connecting to the vmm at {}", path.display())),
-        }
-    }
+    ipc_vmm::connect(path, Duration::from_secs(10)).with_context(|| format!("connecting to the vmm at {}", path.display()))
 }
 
 fn vmm_gone(ipc: &Channel) -> bool {
@@ -288,6 +268,7 @@ fn wait_state(be: &mut xenbus::Backend, ipc: &Channel, ok: impl Fn(u32) -> bool)
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 fn connect_and_serve(
     be: &mut xenbus::Backend,
     ipc: &Channel,
@@ -296,16 +277,8 @@ fn connect_and_serve(
     offer: &Offer,
     rings: &FrontendRings,
     devid: u32,
+    (memory, files): (ipc_vmm::DomainMemory, Vec<std::fs::File>),
 ) -> Disconnect {
-    let (memory, files) = match ipc_vmm::attach(ipc) {
-        Ok(a) => a,
-        Err(e) => return Disconnect::Broken(format!("attaching to the guest: {e}")),
-    };
-    let rings = if memory.guest_bits == 32 && be.read_frontend("protocol").is_err() {
-        FrontendRings { abi: Abi::X86_32, ..rings.clone() }
-    } else {
-        rings.clone()
-    };
     let (ram, table) = match map_domain(&memory, &files) {
         Ok(m) => m,
         Err(e) => return Disconnect::Broken(format!("mapping the guest: {e}")),

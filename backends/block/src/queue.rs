@@ -79,7 +79,8 @@ pub fn worker(tasks: &TaskQueue, image: &Image) {
 pub enum QueueEnd {
     /// Asked to stop.
     Stopped,
-    /// The frontend broke the ring.
+    /// The frontend broke the ring (or the queue could not be set up):
+    /// the device closes with this reason.
     Corrupt(String),
 }
 
@@ -116,11 +117,18 @@ fn spin_for_requests(ring: &Ring, spin: Duration) -> bool {
 /// Serves one ring until stopped or broken. In-flight I/O always finishes
 /// (and is answered) before it returns.
 pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants: Grants<'t, 'a>, kick: File, notify: File) -> QueueEnd {
-    let wake = Arc::new(EventFd::new(EFD_NONBLOCK).expect("eventfd"));
+    let setup = || -> std::io::Result<(Arc<EventFd>, Epoll)> {
+        let wake = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let epoll = Epoll::new()?;
+        epoll.ctl(ControlOperation::Add, kick.as_raw_fd(), EpollEvent::new(EventSet::IN, 1))?;
+        epoll.ctl(ControlOperation::Add, wake.as_raw_fd(), EpollEvent::new(EventSet::IN, 2))?;
+        Ok((wake, epoll))
+    };
+    let (wake, epoll) = match setup() {
+        Ok(s) => s,
+        Err(e) => return QueueEnd::Corrupt(format!("setting up the queue: {e}")),
+    };
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
-    let epoll = Epoll::new().expect("epoll");
-    let _ = epoll.ctl(ControlOperation::Add, kick.as_raw_fd(), EpollEvent::new(EventSet::IN, 1));
-    let _ = epoll.ctl(ControlOperation::Add, wake.as_raw_fd(), EpollEvent::new(EventSet::IN, 2));
     let mut events = vec![EpollEvent::default(); 4];
     let mut in_pool = 0usize;
     let mut held: std::collections::VecDeque<Job> = Default::default();

@@ -171,6 +171,9 @@ pub fn prepare<'t, 'a>(req: RawRequest, grants: &mut Grants<'t, 'a>, limits: &De
                 return Err(err(format!("{n} indirect segments (1 to {} allowed)", limits.max_indirect_segments)));
             }
             let pages = n.div_ceil(SEGMENTS_PER_INDIRECT_PAGE);
+            if pages > grefs.len() {
+                return Err(err(format!("{n} indirect segments need {pages} indirect pages; a request holds {}", grefs.len())));
+            }
             let mut segments = Vec::with_capacity(n);
             for &gref in &grefs[..pages] {
                 let page = grants.table.map(gref, Access::Read).map_err(|e| err(format!("indirect page: {e}")))?;

@@ -12,7 +12,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
@@ -90,17 +90,7 @@ fn main() -> anyhow::Result<()> {
 }
 
 pub(crate) fn connect(path: &Path) -> anyhow::Result<Channel> {
-    let start = Instant::now();
-    loop {
-        match Channel::connect(path) {
-            Ok(c) => return Ok(c),
-            Err(e) if start.elapsed() < Duration::from_secs(10) => {
-                tracing::debug!(error = %e, "waiting for the vmm");
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            Err(e) => return Err(e).with_context(|| format!("connecting to the vmm at {}", path.display())),
-        }
-    }
+    xenkvm_ipc::vmm::connect(path, Duration::from_secs(10)).with_context(|| format!("connecting to the vmm at {}", path.display()))
 }
 
 fn serve(vmm_socket: &Path, log_path: &Path, log_max: u64, attach: Option<&Path>) -> anyhow::Result<()> {

@@ -85,6 +85,11 @@ pub fn create_device(
     Ok(p)
 }
 
+/// Writes `keys` under `dir` in one transaction.
+pub fn write_keys(c: &mut Client, dir: &str, keys: &[(&str, String)]) -> Result<(), ClientError> {
+    retry(c, |c, tx| keys.iter().try_for_each(|(k, v)| c.write(tx, &format!("{dir}/{k}"), v.as_bytes())))
+}
+
 /// Toolstack: removes a device's nodes (either half may be gone already:
 /// the guest's home goes when the guest is released).
 pub fn remove_device(c: &mut Client, kind: &str, domid: u32, devid: u32) -> Result<(), ClientError> {

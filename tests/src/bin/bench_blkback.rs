@@ -78,7 +78,7 @@ fn baseline(path: &Path, c: &Case, size: u64, secs: f64, direct: bool) -> f64 {
                     let f = o.open(path).expect("open image");
                     let layout = Layout::from_size_align(c.bs as usize, 4096).unwrap();
                     // An aligned buffer, as O_DIRECT needs.
-                    let buf = AlignedBuf::new(layout);
+                    let mut buf = AlignedBuf::new(layout);
                     let mut offs = Offsets::new(0x9e37_79b9 + t as u64 * 7919, size, c);
                     if c.sequential {
                         offs.next_seq = t as u64 * (size / c.bs / c.qd as u64);
@@ -121,8 +121,8 @@ impl AlignedBuf {
         unsafe { std::slice::from_raw_parts(self.ptr, self.layout.size()) }
     }
     #[allow(unsafe_code)]
-    fn slice_mut(&self) -> &mut [u8] {
-        // SAFETY: as above; each thread owns its buffer and uses one slice at a time.
+    fn slice_mut(&mut self) -> &mut [u8] {
+        // SAFETY: as above, and `&mut self` makes this the only borrow.
         unsafe { std::slice::from_raw_parts_mut(self.ptr, self.layout.size()) }
     }
 }
