@@ -249,3 +249,103 @@ fn test_grub_reads_grub_cfg_from_an_ext2_disk_raw_and_qcow2() {
     let out = Command::new("qemu-img").arg("check").arg(&qcow2).output().unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
 }
+
+/// The word `i` of sector `s` the test guest's blkfront writes on disk `devid`.
+fn blkfront_pattern(devid: u64, s: u64, i: u64) -> u64 {
+    (devid << 48) | (s << 8) | i
+}
+
+/// What the guest's blkfront scenario leaves on a disk of `size` bytes,
+/// from the layout its INFO line reports (see tests/guest/src/blkfront.rs):
+/// per queue q at sector q*8192, sectors +0..+68 and +128..+384 hold the
+/// pattern, except the `discard` bytes at +128, which read as zeros.
+fn blkfront_expected_image(size: usize, devid: u64, queues: u64, discard: u64) -> Vec<u8> {
+    let mut img = vec![0u8; size];
+    for q in 0..queues {
+        let base = q * 8192;
+        let written = (base..base + 68).chain(base + 128 + discard / 512..base + 384);
+        for s in written {
+            for i in 0..64 {
+                let at = (s * 512 + i * 8) as usize;
+                img[at..at + 8].copy_from_slice(&blkfront_pattern(devid, s, i).to_le_bytes());
+            }
+        }
+    }
+    img
+}
+
+/// `key=value` from the guest's `INFO blkfront <devid> ...` line.
+fn blkfront_info(serial: &str, devid: u64, key: &str) -> u64 {
+    let line = serial
+        .lines()
+        .find(|l| l.starts_with(&format!("INFO blkfront {devid} ")))
+        .unwrap_or_else(|| panic!("no INFO for {devid}\n{serial}"));
+    let v = line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')).unwrap_or_else(|| panic!("{key} in {line}"));
+    v.parse().unwrap()
+}
+
+/// The test guest's blkfront on two disks served by two blkback processes:
+/// xvda with one queue, a one-page ring and direct segments; xvdb with 3
+/// queues, order-2 rings, indirect descriptors and persistent grants. It
+/// writes patterns, flushes, discards, reads back and verifies, then
+/// closes. Run twice so each layout meets raw and qcow2; the host checks
+/// every image byte for byte (qcow2 through `qemu-img compare` against
+/// the expected raw image, and `qemu-img check`).
+#[test]
+fn test_guest_blkfront_one_and_several_queues_raw_and_qcow2() {
+    let rd = RunDir::new();
+    let size = 64 << 20;
+    for (round, formats) in [["raw", "qcow2"], ["qcow2", "raw"]].into_iter().enumerate() {
+        let name = format!("blk{round}");
+        let mut disks = Vec::new();
+        for (vdev, format) in ["xvda", "xvdb"].into_iter().zip(formats) {
+            let path = rd.0.join(format!("{name}-{vdev}.{format}"));
+            if format == "raw" {
+                std::fs::File::create(&path).unwrap().set_len(size as u64).unwrap();
+            } else {
+                let st = Command::new("qemu-img").args(["create", "-q", "-f", "qcow2"]).arg(&path).arg(size.to_string()).status().unwrap();
+                assert!(st.success());
+            }
+            disks.push(format!("\"format={format}, vdev={vdev}, access=rw, target={}\"", path.display()));
+        }
+        let cfg = rd.config(&name, &guest_config(&name, "blkfront", &format!("disk = [ {} ]\n", disks.join(", "))));
+        let out = rd.xenkvm(&["create", "-F", cfg.to_str().unwrap()]);
+        let serial = rd.log(&name, "serial");
+        let logs =
+            format!("--- blkback xvda ---\n{}\n--- blkback xvdb ---\n{}", rd.log(&name, "blkback-xvda"), rd.log(&name, "blkback-xvdb"));
+        assert_eq!(out.status.code(), Some(0), "{}\n{serial}\n{logs}", String::from_utf8_lossy(&out.stderr));
+        assert!(!serial.contains("FAIL"), "{serial}\n{logs}");
+        for check in ["connect", "write", "flush", "discard", "read", "verify", "closed"] {
+            let n = serial.matches(&format!("PASS blkfront.{check}\n")).count();
+            assert_eq!(n, 2, "blkfront.{check} passed {n} times, not once per disk\n{serial}\n{logs}");
+        }
+        // The layouts asked for were the ones used.
+        let (a, b) = (51712u64, 51728u64);
+        assert_eq!([a, b].map(|d| blkfront_info(&serial, d, "queues")), [1, 3], "{serial}");
+        assert_eq!([a, b].map(|d| blkfront_info(&serial, d, "ring-order")), [0, 2], "{serial}");
+        assert_eq!([a, b].map(|d| blkfront_info(&serial, d, "indirect")), [0, 1], "{serial}");
+        assert_eq!(blkfront_info(&serial, b, "persistent"), 1, "{serial}");
+        let xvdb_log = rd.log(&name, "blkback-xvdb");
+        assert!(xvdb_log.contains("queues=3") && xvdb_log.contains("ring_pages=4") && xvdb_log.contains("abi=X86_64"), "{xvdb_log}");
+        // The images hold exactly what the guest wrote and discarded.
+        for ((vdev, devid), format) in [("xvda", a), ("xvdb", b)].into_iter().zip(formats) {
+            let discard = blkfront_info(&serial, devid, "discard");
+            assert_eq!(discard, if format == "raw" { 4096 } else { 65536 }, "{vdev} discard granularity");
+            let expected = blkfront_expected_image(size, devid, blkfront_info(&serial, devid, "queues"), discard);
+            let path = rd.0.join(format!("{name}-{vdev}.{format}"));
+            if format == "raw" {
+                let got = std::fs::read(&path).unwrap();
+                let first_diff = got.iter().zip(&expected).position(|(x, y)| x != y);
+                assert!(got.len() == size && first_diff.is_none(), "{vdev} (raw) differs at byte {first_diff:?}");
+            } else {
+                let want = rd.0.join(format!("{name}-{vdev}.expected.raw"));
+                std::fs::write(&want, &expected).unwrap();
+                let check = Command::new("qemu-img").arg("check").arg(&path).output().unwrap();
+                assert!(check.status.success(), "{}", String::from_utf8_lossy(&check.stdout));
+                let cmp = Command::new("qemu-img").args(["compare", "-f", "raw", "-F", "qcow2"]).arg(&want).arg(&path).output().unwrap();
+                assert!(cmp.status.success(), "{vdev} (qcow2): {}", String::from_utf8_lossy(&cmp.stdout));
+            }
+        }
+        rd.assert_clean();
+    }
+}

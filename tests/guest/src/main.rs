@@ -13,6 +13,7 @@ macro_rules! check {
     ($c:expr, $name:expr, $ok:expr, $($d:tt)*) => { $c.check($name, $ok, format_args!($($d)*)) };
 }
 
+mod blkfront;
 mod console;
 mod events;
 mod hcall;

@@ -236,7 +236,7 @@ pub fn run(start_info: u64) -> ! {
         scenario_block(&mut c);
     }
     let want_events = ["evtchn", "timer", "gnttab"].iter().any(|s| opts.has(s))
-        || ["smp", "sipi", "gsi", "xenstore", "xenstore_garbage", "wait_shutdown", "channel"].iter().any(|s| opts.named(s))
+        || ["smp", "sipi", "gsi", "xenstore", "xenstore_garbage", "wait_shutdown", "channel", "blkfront"].iter().any(|s| opts.named(s))
         || opts.num("xenstore_loop").is_some()
         || opts.num("idle").is_some()
         || opts.num("console_flood").is_some()
@@ -258,6 +258,9 @@ pub fn run(start_info: u64) -> ! {
         }
         if opts.named("xenstore_garbage") {
             crate::xenstore::scenario_garbage(&mut c);
+        }
+        if opts.named("blkfront") {
+            crate::blkfront::scenario(&mut c);
         }
         if opts.named("channel") {
             crate::xenstore::scenario_channel(&mut c);

@@ -29,7 +29,7 @@ static mut EVENT: [u8; 512] = [0; 512];
 static mut EVENT_LEN: usize = 0;
 static mut BIG: [u8; 2100] = [0; 2100];
 
-struct Xs {
+pub(crate) struct Xs {
     page: *mut u8,
     port: u32,
     next_req: u32,
@@ -42,7 +42,7 @@ fn word(page: *mut u8, off: usize) -> &'static AtomicU32 {
 }
 
 impl Xs {
-    fn open() -> Option<Xs> {
+    pub(crate) fn open() -> Option<Xs> {
         let (r1, pfn) = crate::scenarios::get_param(param::STORE_PFN);
         let (r2, port) = crate::scenarios::get_param(param::STORE_EVTCHN);
         (r1 == 0 && r2 == 0 && pfn != 0).then_some(Xs { page: (pfn << 12) as *mut u8, port: port as u32, next_req: 1 })
@@ -57,7 +57,7 @@ impl Xs {
     }
 
     /// Sleeps until the port fires or 10 ms pass.
-    fn wait(&self) {
+    pub(crate) fn wait(&self) {
         crate::events::poll_briefly(self.port);
     }
 
@@ -183,12 +183,17 @@ impl Xs {
         unsafe { &(&*addr_of_mut!(REPLY))[..r.len] }
     }
 
-    fn read(&mut self, tx: u32, path: &[u8]) -> Result<&'static [u8], &'static [u8]> {
+    pub(crate) fn read(&mut self, tx: u32, path: &[u8]) -> Result<&'static [u8], &'static [u8]> {
         self.request(READ, tx, &[path], true).map(|r| Self::payload(&r))
     }
 
-    fn write(&mut self, tx: u32, path: &[u8], value: &[u8]) -> Result<(), &'static [u8]> {
+    pub(crate) fn write(&mut self, tx: u32, path: &[u8], value: &[u8]) -> Result<(), &'static [u8]> {
         self.request(WRITE, tx, &[path, value], false).map(|_| ())
+    }
+
+    /// The children of `path`, NUL-separated.
+    pub(crate) fn directory(&mut self, tx: u32, path: &[u8]) -> Result<&'static [u8], &'static [u8]> {
+        self.request(DIRECTORY, tx, &[path], true).map(|r| Self::payload(&r))
     }
 
     /// Waits for the next watch event; returns it (path NUL token NUL).
@@ -391,7 +396,7 @@ pub fn scenario_loop(c: &mut Checks, n: u64) {
     check!(c, "xs.loop", ok, "all rounds");
 }
 
-fn fmt_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
+pub(crate) fn fmt_u64(mut v: u64, buf: &mut [u8; 20]) -> &[u8] {
     let mut i = buf.len();
     loop {
         i -= 1;
