@@ -277,6 +277,10 @@ pub struct Blkfront {
     abi32: bool,
     /// `sectors` the backend published.
     pub sectors: u64,
+    /// How long a wait for responses polls the ring before sleeping on
+    /// the event channel, as KVM's halt polling keeps a guest's idle vCPU
+    /// (`halt_poll_ns`, 200 µs by default) before descheduling it.
+    pub halt_poll: Duration,
 }
 
 fn entry_size(abi32: bool) -> usize {
@@ -308,6 +312,7 @@ impl Blkfront {
             queues: Vec::new(),
             abi32: opts.abi32,
             sectors: 0,
+            halt_poll: Duration::ZERO,
         };
         f.wait_backend(|s| s == 2, Duration::from_secs(10)).context("backend InitWait")?;
         f.publish(opts)?;
@@ -540,6 +545,13 @@ impl Blkfront {
             out.extend(self.poll_responses(q));
             if out.len() >= n {
                 break;
+            }
+            let polled = Instant::now();
+            while polled.elapsed() < self.halt_poll && self.word(q, 8).load(Ordering::Acquire) == self.queues[q].rsp_cons {
+                std::hint::spin_loop();
+            }
+            if self.word(q, 8).load(Ordering::Acquire) != self.queues[q].rsp_cons {
+                continue;
             }
             let left = timeout.checked_sub(start.elapsed()).with_context(|| format!("{} of {n} responses", out.len()))?;
             poll_in(&self.queues[q].notify, left.min(Duration::from_millis(100)));

@@ -94,9 +94,19 @@ fn ok(id: u64, op: u8) -> Rsp {
 
 #[test]
 fn test_raw_disk_one_queue_write_read_flush_discard() {
+    raw_disk_one_queue(&[], "io_uring");
+}
+
+/// The same through the thread pool (what runs where io_uring cannot).
+#[test]
+fn test_raw_disk_one_queue_thread_pool_engine() {
+    raw_disk_one_queue(&["--uring-entries", "0"], "threads");
+}
+
+fn raw_disk_one_queue(extra: &[&str], engine: &str) {
     let dir = tempdir();
     let image = raw_image(&dir, 0x5a);
-    let mut r = rig(&image, "raw", "w", &[]);
+    let mut r = rig(&image, "raw", "w", extra);
     let mut f = Blkfront::connect(r.dom.clone(), &r.xs.socket, DEVID, &FrontOpts::default()).unwrap();
     assert_eq!(f.sectors, DISK_MIB * 2048);
     for (k, v) in [
@@ -180,7 +190,7 @@ fn test_raw_disk_one_queue_write_read_flush_discard() {
     assert!(r.blkback.alive());
     assert_eq!(std::fs::read(&image).unwrap(), expect, "the image holds exactly what was written");
     let log = r.blkback.log_text();
-    assert!(log.contains("blkback.connected"), "{log}");
+    assert!(log.contains("blkback.connected") && log.contains(&format!("engine=\"{engine}\"")), "{log}");
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&r.dir);
 }
@@ -213,6 +223,34 @@ fn test_qcow2_four_queues_multi_page_rings_indirect_persistent_x86_32() {
     assert_eq!(rsp, ok(14, blkif::OP_DISCARD));
     expect[20480 * 512..(20480 + 1024) * 512].fill(0);
     assert_eq!(f.call(3, &Req::Rw { op: blkif::OP_FLUSH_DISKCACHE, id: 15, sector: 0, segs: vec![], nr: 0 }).unwrap(), ok(15, 3));
+    // Many requests in flight at once: reads and rewrites of allocated
+    // clusters go straight to the file through io_uring, while a discard on
+    // another queue (which may free clusters) waits for them.
+    let (rgfn, rsegs) = page_segments(&r.dom, 16, false);
+    let (wgfn, wsegs) = page_segments(&r.dom, 16, true);
+    for i in 0..16u64 {
+        let rd_sector = 4096 + 64 + i * 8;
+        f.put(0, &Req::Rw { op: blkif::OP_READ, id: 100 + i, sector: rd_sector, segs: vec![rsegs[i as usize]], nr: 1 });
+        let wr_sector = 64 + i * 8;
+        let mut page = vec![0u8; 4096];
+        pattern(77, wr_sector, &mut page);
+        r.dom.mem(wgfn + i, 0, 4096).copy_from(&page);
+        expect[(wr_sector * 512) as usize..(wr_sector * 512) as usize + 4096].copy_from_slice(&page);
+        f.put(0, &Req::Rw { op: blkif::OP_WRITE, id: 200 + i, sector: wr_sector, segs: vec![wsegs[i as usize]], nr: 1 });
+    }
+    f.put(2, &Req::Discard { id: 300, sector: 3 * 4096, count: 128, secure: false });
+    expect[3 * 4096 * 512..(3 * 4096 + 128) * 512].fill(0);
+    f.push(0);
+    f.push(2);
+    let rsps = f.wait_responses(0, 32, std::time::Duration::from_secs(20)).unwrap();
+    assert!(rsps.iter().all(|r| r.status == blkif::RSP_OKAY), "{rsps:?}");
+    assert_eq!(f.wait_responses(2, 1, std::time::Duration::from_secs(20)).unwrap(), [ok(300, blkif::OP_DISCARD)]);
+    for i in 0..16u64 {
+        let mut page = vec![0u8; 4096];
+        r.dom.mem(rgfn + i, 0, 4096).copy_to(&mut page);
+        let at = ((4096 + 64 + i * 8) * 512) as usize;
+        assert!(page == expect[at..at + 4096], "in-flight read {i}");
+    }
     // Persistent grants: a grant reused across requests stays held by the
     // backend (GTF_reading) between them.
     let (gfn, segs) = page_segments(&r.dom, 1, false);
@@ -229,6 +267,10 @@ fn test_qcow2_four_queues_multi_page_rings_indirect_persistent_x86_32() {
     assert_eq!(r.dom.grant_flags(segs[0].gref) & xen_abi::grant_table::GTF_READING, 0, "released at disconnect");
     assert!(r.blkback.alive());
     drop(f);
+    let log = r.blkback.log_text();
+    assert_eq!(log.matches("engine=\"io_uring\"").count(), 4, "every queue has an io_uring\n{log}");
+    let direct: u64 = log.lines().filter_map(|l| l.split("via_uring=").nth(1)?.split(' ').next()?.parse::<u64>().ok()).sum();
+    assert!(direct > 0, "allocated qcow2 clusters are read through io_uring\n{log}");
     // blkback keeps the image open until the device goes; stop it first.
     drop(r.blkback);
     let out = qemu_img(&["check", image.to_str().unwrap()]);
@@ -284,6 +326,20 @@ fn test_hostile_frontend_gets_errors_and_a_corrupt_ring_closes_the_device() {
     dom.mem(rgfn, 0, 8).copy_from(b"KEEPME!!");
     err(&mut f, rd(ro.clone(), 0), "disk read into a read-only grant");
     let mut b = [0u8; 8];
+    dom.mem(rgfn, 0, 8).copy_to(&mut b);
+    assert_eq!(&b, b"KEEPME!!", "a read-only page is never written");
+    // The same among other reads in flight (the asynchronous engine, not
+    // the lone-request path): only it fails.
+    let (_, ok_pages) = page_segments(&dom, 3, false);
+    for (i, seg) in ok_pages.iter().enumerate() {
+        f.put(0, &Req::Rw { op: blkif::OP_READ, id: 10 + i as u64, sector: 8 * i as u64, segs: vec![*seg], nr: 1 });
+    }
+    f.put(0, &Req::Rw { op: blkif::OP_READ, id: 13, sector: 0, segs: ro.clone(), nr: 1 });
+    f.push(0);
+    let mut rsps = f.wait_responses(0, 4, std::time::Duration::from_secs(20)).unwrap();
+    rsps.sort_by_key(|r| r.id);
+    let statuses: Vec<_> = rsps.iter().map(|r| (r.id, r.status)).collect();
+    assert_eq!(statuses, [(10, blkif::RSP_OKAY), (11, blkif::RSP_OKAY), (12, blkif::RSP_OKAY), (13, blkif::RSP_ERROR)]);
     dom.mem(rgfn, 0, 8).copy_to(&mut b);
     assert_eq!(&b, b"KEEPME!!", "a read-only page is never written");
     // Too many segments.

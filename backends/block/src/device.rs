@@ -39,6 +39,8 @@ pub struct Offer {
     pub io_threads: usize,
     /// How long an idle queue polls its ring before sleeping.
     pub spin: Duration,
+    /// io_uring entries per queue on raw images (0: the thread pool only).
+    pub uring_entries: u32,
 }
 
 impl Default for Offer {
@@ -52,6 +54,7 @@ impl Default for Offer {
             persistent: true,
             io_threads: 32,
             spin: Duration::from_micros(50),
+            uring_entries: 128,
         }
     }
 }
@@ -214,6 +217,12 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer, direct_override: Option<b
             },
         };
         tracing::info!(event = "blkback.disconnected", devid, why = ?end);
+        // Whatever the guest did not flush is made durable now, as QEMU
+        // does when a disk is closed: qcow2 metadata (allocations,
+        // discards) otherwise lives only in imago's caches.
+        if let Err(e) = image.flush() {
+            tracing::error!(event = "blkback.flush_failed", devid, error = %e);
+        }
         match end {
             Disconnect::GuestGone | Disconnect::Removed => return Ok(()),
             Disconnect::Broken(reason) => {
@@ -326,7 +335,15 @@ fn connect_and_serve(
         }
         let mut handles = Vec::new();
         for (i, (ring, kick, notify)) in queues.into_iter().enumerate() {
-            let ctx = QueueCtx { index: i as u32, image, limits, pool: pool_tx.clone(), stop: &stop, spin: offer.spin };
+            let ctx = QueueCtx {
+                index: i as u32,
+                image,
+                limits,
+                pool: pool_tx.clone(),
+                stop: &stop,
+                spin: offer.spin,
+                uring_entries: offer.uring_entries,
+            };
             let grants = Grants::new(&table_view, rings.persistent);
             let (stop, broken) = (&stop, &broken);
             handles.push(

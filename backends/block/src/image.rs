@@ -1,12 +1,17 @@
 //! Disk images: raw files and block devices (I/O straight into granted
 //! pages), and qcow2 through the `imago` crate (QEMU's block maintainer's
-//! Rust qcow2 driver; data bounces through a buffer, since imago takes
-//! plain byte slices and guest memory can change under us).
+//! Rust qcow2 driver). For qcow2, imago maps each request: a range stored
+//! as plain data in the image file is read or written there directly (by
+//! io_uring, straight into granted pages), as QEMU's qcow2 driver does;
+//! anything else (unallocated, compressed, a backing file) goes through
+//! imago with a bounce buffer, since imago takes plain byte slices and
+//! guest memory can change under us.
 
 use std::fs::{File, OpenOptions};
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::RwLock;
 
 use anyhow::Context;
@@ -64,7 +69,17 @@ impl ImageSpec {
 
 enum Backend {
     Raw(File),
-    Qcow2(RwLock<FormatAccess<imago::file::File>>),
+    Qcow2(Qcow2Image),
+}
+
+struct Qcow2Image {
+    access: RwLock<FormatAccess<imago::file::File>>,
+    /// The image file again, for direct I/O on mapped ranges; None when
+    /// data may live elsewhere (a backing or external data file).
+    file: Option<File>,
+    /// Direct I/Os on mapped ranges not yet completed. A discard (which
+    /// can free and later reuse clusters) waits for none to be left.
+    in_flight: AtomicUsize,
 }
 
 /// An open image.
@@ -159,10 +174,21 @@ impl Image {
                     .storage_open_options(opts)
                     .open(PermissiveImplicitOpenGate::default())
                     .with_context(what)?;
+                let self_contained = !q.requires_external_data_file() && q.implicit_backing_file().is_none();
+                let file = if self_contained {
+                    let mut o = OpenOptions::new();
+                    o.read(true).write(!spec.readonly);
+                    if spec.direct {
+                        o.custom_flags(libc::O_DIRECT);
+                    }
+                    Some(o.open(&spec.path).with_context(what)?)
+                } else {
+                    None
+                };
                 let access = FormatAccess::new(q);
                 Ok(Image {
                     size: access.size(),
-                    backend: Backend::Qcow2(RwLock::new(access)),
+                    backend: Backend::Qcow2(Qcow2Image { access: RwLock::new(access), file, in_flight: AtomicUsize::new(0) }),
                     readonly: spec.readonly,
                     discard_granularity: Some(cluster).filter(|_| !spec.readonly),
                     logical_sector: 512,
@@ -198,6 +224,50 @@ impl Image {
         self.discard_granularity
     }
 
+    /// Whether [`Image::begin_direct`] can ever succeed (io_uring is worth setting up).
+    pub fn has_direct_path(&self) -> bool {
+        match &self.backend {
+            Backend::Raw(_) => true,
+            Backend::Qcow2(q) => q.file.is_some(),
+        }
+    }
+
+    /// Whether flushes can go to the file itself (raw images).
+    pub fn flush_is_fsync(&self) -> bool {
+        matches!(self.backend, Backend::Raw(_))
+    }
+
+    /// For asynchronous I/O: the file and offset holding `len` bytes at
+    /// `offset`, when they are one run of plain data there (writable, for
+    /// a write). None sends the request the slow way (imago). Never waits:
+    /// a qcow2 busy with a discard answers None. Each Some must be
+    /// followed by [`Image::end_direct`] once the I/O has completed.
+    pub fn begin_direct(&self, offset: u64, len: u64, write: bool) -> Option<(&File, u64)> {
+        match &self.backend {
+            Backend::Raw(f) => Some((f, offset)),
+            Backend::Qcow2(q) => {
+                let file = q.file.as_ref()?;
+                let access = q.access.try_read().ok()?;
+                let (mapping, mapped) = access.get_mapping(offset, len).ok()?;
+                let imago::Mapping::Raw { offset: host, writable, .. } = mapping else { return None };
+                if mapped < len || (write && !writable) {
+                    return None;
+                }
+                // Counted while the read lock is held: a discard (write
+                // lock) sees every I/O that might touch what it frees.
+                q.in_flight.fetch_add(1, Ordering::AcqRel);
+                Some((file, host))
+            }
+        }
+    }
+
+    /// Ends what [`Image::begin_direct`] began.
+    pub fn end_direct(&self) {
+        if let Backend::Qcow2(q) = &self.backend {
+            q.in_flight.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+
     /// Whether secure discard is possible (never on files and qcow2: the
     /// freed blocks may survive in the host filesystem).
     pub fn discard_secure(&self) -> bool {
@@ -210,7 +280,7 @@ impl Image {
             Backend::Raw(f) => transfer(f, Dir::Read, bufs, offset),
             Backend::Qcow2(q) => {
                 let mut data = vec![0u8; total_len(bufs)];
-                q.read().unwrap_or_else(|e| e.into_inner()).read(&mut data[..], offset)?;
+                q.access.read().unwrap_or_else(|e| e.into_inner()).read(&mut data[..], offset)?;
                 let mut at = 0;
                 for b in bufs {
                     b.copy_from(&data[at..at + b.len])?;
@@ -235,7 +305,7 @@ impl Image {
                     b.copy_to(&mut data[at..at + b.len])?;
                     at += b.len;
                 }
-                q.read().unwrap_or_else(|e| e.into_inner()).write(&data[..], offset)
+                q.access.read().unwrap_or_else(|e| e.into_inner()).write(&data[..], offset)
             }
         }
     }
@@ -245,7 +315,7 @@ impl Image {
         match &self.backend {
             Backend::Raw(f) => f.sync_data(),
             Backend::Qcow2(q) => {
-                let q = q.read().unwrap_or_else(|e| e.into_inner());
+                let q = q.access.read().unwrap_or_else(|e| e.into_inner());
                 q.flush()?;
                 q.sync()
             }
@@ -277,7 +347,14 @@ impl Image {
                 }
                 Ok(())
             }
-            Backend::Qcow2(q) => q.write().unwrap_or_else(|e| e.into_inner()).discard_to_zero(offset, len),
+            Backend::Qcow2(q) => {
+                let mut access = q.access.write().unwrap_or_else(|e| e.into_inner());
+                // Direct I/O still in flight may target clusters this frees.
+                while q.in_flight.load(Ordering::Acquire) > 0 {
+                    std::thread::sleep(std::time::Duration::from_micros(50));
+                }
+                access.discard_to_zero(offset, len)
+            }
         }
     }
 }

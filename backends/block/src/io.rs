@@ -46,21 +46,46 @@ pub enum Dir {
     Write,
 }
 
+/// The iovecs of `bufs`, with the guards that keep their pages mapped for
+/// as long as this lives. A disk read into a read-only grant is refused.
+pub struct Pinned {
+    iov: Vec<libc::iovec>,
+    _guards: Vec<vm_memory::volatile_memory::PtrGuardMut>,
+}
+
+// SAFETY: the iovecs point into guest pages pinned by the guards (and by
+// the job's `Buf`s); nothing in them is tied to the creating thread.
+unsafe impl Send for Pinned {}
+
+impl Pinned {
+    /// Pins `bufs` for a transfer in direction `dir`.
+    pub fn new(dir: Dir, bufs: &[Buf]) -> std::io::Result<Pinned> {
+        let mut iov = Vec::with_capacity(bufs.len());
+        let mut guards = Vec::with_capacity(bufs.len());
+        for b in bufs {
+            if dir == Dir::Read && b.page.access() != Access::Write {
+                return Err(std::io::Error::other(format!("grant {} is read-only: cannot read data into it", b.page.gref())));
+            }
+            let s = b.page.slice().subslice(b.offset, b.len).map_err(|e| std::io::Error::other(e.to_string()))?;
+            let g = s.ptr_guard_mut();
+            iov.push(libc::iovec { iov_base: g.as_ptr().cast(), iov_len: b.len });
+            guards.push(g);
+        }
+        Ok(Pinned { iov, _guards: guards })
+    }
+
+    /// The iovecs (valid while `self` lives).
+    pub fn iovecs(&self) -> &[libc::iovec] {
+        &self.iov
+    }
+}
+
 /// `preadv`/`pwritev` of `bufs` at `offset`, looping over short transfers;
 /// hitting the end of the file on a read is an error (the caller checked
 /// the range against the image's size).
 pub fn transfer(file: &File, dir: Dir, bufs: &[Buf], offset: u64) -> std::io::Result<()> {
-    let mut iov = Vec::with_capacity(bufs.len());
-    let mut guards = Vec::with_capacity(bufs.len());
-    for b in bufs {
-        if dir == Dir::Read && b.page.access() != Access::Write {
-            return Err(std::io::Error::other(format!("grant {} is read-only: cannot read data into it", b.page.gref())));
-        }
-        let s = b.page.slice().subslice(b.offset, b.len).map_err(|e| std::io::Error::other(e.to_string()))?;
-        let g = s.ptr_guard_mut();
-        iov.push(libc::iovec { iov_base: g.as_ptr().cast(), iov_len: b.len });
-        guards.push(g);
-    }
+    let mut pinned = Pinned::new(dir, bufs)?;
+    let iov = &mut pinned.iov;
     let mut done_iov = 0;
     let mut pos = offset;
     while done_iov < iov.len() {

@@ -9,6 +9,7 @@
 //! ring.rs     the shared ring in both ABIs, multi-page, event indices
 //! request.rs  request checks, grants (persistent or not), indirect segments
 //! queue.rs    one thread per queue + the I/O worker pool
+//! uring.rs    io_uring for raw images: batched submission, reaped on the queue thread
 //! image.rs    raw / block device / qcow2 (imago)
 //! io.rs       preadv/pwritev straight into granted pages
 //! ```
@@ -19,3 +20,4 @@ pub mod io;
 pub mod queue;
 pub mod request;
 pub mod ring;
+pub mod uring;

@@ -38,6 +38,10 @@ struct Args {
     /// Microseconds an idle queue polls its ring before sleeping (0: never).
     #[arg(long, default_value_t = Offer::default().spin.as_micros() as u64)]
     spin_us: u64,
+    /// io_uring entries per queue for raw images and block devices (0: use
+    /// the thread pool for them too).
+    #[arg(long, default_value_t = Offer::default().uring_entries)]
+    uring_entries: u32,
     /// Open the image with O_DIRECT (default: the `direct-io-safe` node).
     #[arg(long)]
     direct: Option<bool>,
@@ -60,8 +64,8 @@ fn main() -> std::process::ExitCode {
         },
         None => builder.with_writer(std::io::stderr).init(),
     }
-    if args.max_ring_page_order > 8 || args.max_queues == 0 || args.max_indirect_segments > 4096 {
-        eprintln!("xenkvm-blkback: limits out of range (order ≤ 8, queues ≥ 1, indirect segments ≤ 4096)");
+    if args.max_ring_page_order > 8 || args.max_queues == 0 || args.max_indirect_segments > 4096 || args.uring_entries > 4096 {
+        eprintln!("xenkvm-blkback: limits out of range (order ≤ 8, queues ≥ 1, indirect segments ≤ 4096, io_uring entries ≤ 4096)");
         return std::process::ExitCode::FAILURE;
     }
     let offer = Offer {
@@ -71,6 +75,7 @@ fn main() -> std::process::ExitCode {
         persistent: !args.no_persistent,
         io_threads: args.io_threads,
         spin: std::time::Duration::from_micros(args.spin_us),
+        uring_entries: args.uring_entries,
     };
     let peers = Peers { vmm_socket: args.vmm_socket, xenstored: args.xenstored };
     match serve(&peers, args.devid, &offer, args.direct) {

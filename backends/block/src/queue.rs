@@ -3,6 +3,8 @@
 //! responses in batches and notifies the frontend only when its
 //! `rsp_event` asks for it. A lone request with nothing in flight is done
 //! on the queue thread itself, so queue depth 1 pays no thread hand-off.
+//! On raw images, reads, writes and flushes go through the queue's own
+//! io_uring instead of the pool (see uring.rs).
 
 use std::fs::File;
 use std::io::{Read, Write};
@@ -17,8 +19,10 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use xen_abi::blkif;
 
 use crate::image::Image;
+use crate::io::total_len;
 use crate::request::{prepare, DeviceLimits, Grants, Job, Work};
 use crate::ring::Ring;
+use crate::uring::{Outcome, Uring};
 
 /// A finished job.
 struct Done {
@@ -39,7 +43,11 @@ pub type TaskQueue<'t, 'a> = Mutex<Receiver<Task<'t, 'a>>>;
 
 /// Runs `job` against `image`; the response status.
 pub fn execute(image: &Image, job: &Job) -> i16 {
-    let r = match &job.work {
+    status_of(job, run_job(image, job))
+}
+
+fn run_job(image: &Image, job: &Job) -> std::io::Result<()> {
+    match &job.work {
         Work::Read { bufs, offset } => image.read(bufs, *offset),
         Work::Write { bufs, offset, flush } => {
             let pre = if *flush { image.flush() } else { Ok(()) };
@@ -47,7 +55,11 @@ pub fn execute(image: &Image, job: &Job) -> i16 {
         }
         Work::Flush => image.flush(),
         Work::Discard { offset, len } => image.discard(*offset, *len),
-    };
+    }
+}
+
+/// The response status for a job's result.
+fn status_of(job: &Job, r: std::io::Result<()>) -> i16 {
     match r {
         Ok(()) => blkif::RSP_OKAY,
         Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => blkif::RSP_EOPNOTSUPP,
@@ -98,15 +110,33 @@ pub struct QueueCtx<'s, 't, 'a> {
     pub stop: &'s AtomicBool,
     /// How long to poll the ring before sleeping (0: never).
     pub spin: Duration,
+    /// io_uring entries per queue for raw images (0: thread pool only).
+    pub uring_entries: u32,
 }
 
 const BATCH: usize = 64;
 
-/// Polls the ring for up to `spin`; true when a request arrived.
-fn spin_for_requests(ring: &Ring, spin: Duration) -> bool {
+/// Where `job` can run asynchronously: the file and the offset in it (a
+/// flush needs no offset). Begins a direct I/O on the image (see
+/// [`Image::begin_direct`]); None leaves the job to the pool.
+fn direct_target<'i>(image: &'i Image, job: &Job) -> Option<(&'i File, u64)> {
+    match &job.work {
+        Work::Read { bufs, offset } => image.begin_direct(*offset, total_len(bufs) as u64, false),
+        Work::Write { bufs, offset, .. } => image.begin_direct(*offset, total_len(bufs) as u64, true),
+        Work::Flush => image.begin_direct(0, 0, false).map(|(f, _)| {
+            image.end_direct();
+            (f, 0)
+        }),
+        Work::Discard { .. } => None,
+    }
+}
+
+/// Polls the ring (and the io_uring's completions) for up to `spin`; true
+/// when something arrived.
+fn spin_for_work(ring: &Ring, mut uring: Option<&mut Uring>, spin: Duration) -> bool {
     let start = std::time::Instant::now();
     while start.elapsed() < spin {
-        if ring.has_requests() {
+        if ring.has_requests() || uring.as_mut().is_some_and(|u| u.completed()) {
             return true;
         }
         std::hint::spin_loop();
@@ -128,6 +158,30 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
         Ok(s) => s,
         Err(e) => return QueueEnd::Corrupt(format!("setting up the queue: {e}")),
     };
+    let direct = ctx.image.has_direct_path() && ctx.uring_entries > 0;
+    let mut uring = match direct.then(|| Uring::new(ctx.uring_entries, wake.as_raw_fd())) {
+        Some(Ok(u)) => Some(u),
+        Some(Err(e)) => {
+            tracing::warn!(event = "blkback.uring_unavailable", queue = ctx.index, error = %e, "using the thread pool");
+            None
+        }
+        None => None,
+    };
+    let image = ctx.image;
+    let finish = |ring: &mut Ring, job: Job, outcome: Outcome| {
+        if !matches!(job.work, Work::Flush) {
+            image.end_direct();
+        }
+        let status = match outcome {
+            Outcome::Done(r) => status_of(&job, r),
+            Outcome::Short => execute(image, &job),
+        };
+        let (id, op) = (job.id, job.operation);
+        drop(job);
+        ring.put_response(id, op, status);
+    };
+    // Where requests ran, for the log: async ring, pool, queue thread.
+    let (mut via_uring, mut via_pool, mut inline) = (0u64, 0u64, 0u64);
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
     let mut events = vec![EpollEvent::default(); 4];
     let mut in_pool = 0usize;
@@ -142,6 +196,9 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
         while let Ok(d) = done_rx.try_recv() {
             in_pool -= 1;
             ring.put_response(d.id, d.operation, d.status);
+        }
+        if let Some(u) = uring.as_mut() {
+            u.reap(|job, outcome| finish(&mut ring, job, outcome));
         }
         if ctx.stop.load(Ordering::Relaxed) {
             break QueueEnd::Stopped;
@@ -162,17 +219,33 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
         }
         // Dispatch in order; a barrier waits for everything before it.
         while let Some(job) = held.front() {
-            if job.barrier && in_pool > 0 {
+            let in_flight = in_pool + uring.as_ref().map_or(0, Uring::in_flight);
+            if job.barrier && in_flight > 0 {
+                break;
+            }
+            let to_uring = uring.is_some() && Uring::suits(job, ctx.image.flush_is_fsync());
+            if to_uring && !uring.as_ref().is_some_and(Uring::has_room) {
                 break;
             }
             let job = held.pop_front().expect("front exists");
-            if (job.barrier || held.is_empty()) && in_pool == 0 {
+            if (job.barrier || held.is_empty()) && in_flight == 0 {
+                inline += 1;
                 let status = execute(ctx.image, &job);
                 let (id, op) = (job.id, job.operation);
                 drop(job);
                 ring.put_response(id, op, status);
+            } else if let Some((u, (file, at))) = uring.as_mut().filter(|_| to_uring).zip(direct_target(ctx.image, &job)) {
+                via_uring += 1;
+                if let Err((job, e)) = u.push(file, at, job) {
+                    if !matches!(job.work, Work::Flush) {
+                        ctx.image.end_direct();
+                    }
+                    let status = status_of(&job, Err(e));
+                    ring.put_response(job.id, job.operation, status);
+                }
             } else {
                 in_pool += 1;
+                via_pool += 1;
                 let task = Task { job, done: done_tx.clone(), wake: wake.clone() };
                 if let Err(e) = ctx.pool.send(task) {
                     // No workers left: answer here.
@@ -183,8 +256,12 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
                 }
             }
         }
+        if let Some(Err(e)) = uring.as_mut().map(Uring::submit) {
+            tracing::warn!(event = "blkback.uring_submit", queue = ctx.index, error = %e);
+        }
         notify_frontend(&mut ring);
-        if got || !held.is_empty() && in_pool == 0 {
+        let in_uring = uring.as_ref().map_or(0, Uring::in_flight);
+        if got || !held.is_empty() && in_pool + in_uring == 0 {
             continue;
         }
         if ring.final_check_for_requests() {
@@ -193,8 +270,8 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
         // Poll briefly before sleeping: a frontend at queue depth 1 sends
         // its next request within microseconds of our response, and a
         // wake-up through the event channel costs more than that.
-        // Only when idle: with I/O in flight the workers wake us anyway.
-        if in_pool == 0 && !ctx.spin.is_zero() && spin_for_requests(&ring, ctx.spin) {
+        // Not while workers run: they need the CPU and wake us anyway.
+        if in_pool == 0 && !ctx.spin.is_zero() && spin_for_work(&ring, uring.as_mut(), ctx.spin) {
             continue;
         }
         let n = epoll.wait(200, &mut events).unwrap_or(0);
@@ -208,6 +285,9 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
         }
     };
     // Finish what is in flight: nothing is lost or left pinned.
+    if let Some(u) = uring.as_mut() {
+        u.drain(|job, outcome| finish(&mut ring, job, outcome));
+    }
     while in_pool > 0 {
         match done_rx.recv_timeout(Duration::from_secs(60)) {
             Ok(d) => {
@@ -224,6 +304,8 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
     if !matches!(end, QueueEnd::Corrupt(_)) {
         notify_frontend(&mut ring);
     }
-    tracing::info!(event = "blkback.queue_end", queue = ctx.index, persistent_grants = grants.persistent_count(), end = ?end);
+    let engine = if uring.is_some() { "io_uring" } else { "threads" };
+    tracing::info!(event = "blkback.queue_end", queue = ctx.index, engine, via_uring, via_pool, inline,
+        persistent_grants = grants.persistent_count(), end = ?end);
     end
 }

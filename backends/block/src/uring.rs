@@ -1,0 +1,175 @@
+//! io_uring for raw images and block devices: a queue thread submits a
+//! whole batch of reads, writes and flushes at once, straight between the
+//! file and granted pages, and reaps the completions itself, so queue depth
+//! costs neither threads nor hand-offs. Completions also signal an eventfd
+//! the queue thread sleeps on.
+
+use std::fs::File;
+use std::os::fd::{AsRawFd, RawFd};
+
+use io_uring::{opcode, types, IoUring};
+
+use crate::io::{Dir, Pinned};
+use crate::request::{Job, Work};
+
+/// More iovecs than one `preadv` takes are left to the thread pool.
+const IOV_MAX: usize = 1024;
+
+struct InFlight<'t, 'a> {
+    job: Job<'t, 'a>,
+    /// Keeps the iovecs and their pages alive until the kernel is done.
+    _pinned: Option<Pinned>,
+    len: usize,
+}
+
+/// How a submitted job ended.
+pub enum Outcome {
+    /// All of it, or the error the kernel returned.
+    Done(std::io::Result<()>),
+    /// Fewer bytes than asked: the caller redoes the job synchronously.
+    Short,
+}
+
+/// One queue's ring.
+pub struct Uring<'t, 'a> {
+    ring: IoUring,
+    slots: Vec<Option<InFlight<'t, 'a>>>,
+    free: Vec<usize>,
+    queued: usize,
+}
+
+impl<'t, 'a> Uring<'t, 'a> {
+    /// A ring of `entries` whose completions also signal `wake`.
+    pub fn new(entries: u32, wake: RawFd) -> std::io::Result<Uring<'t, 'a>> {
+        // Only this thread submits, and it reaps at its own pace: no
+        // interrupting it to run completion work (kernels before 6.0 lack
+        // these flags and get a plain ring).
+        let ring = match IoUring::builder().setup_coop_taskrun().setup_single_issuer().build(entries) {
+            Ok(r) => r,
+            Err(_) => IoUring::new(entries)?,
+        };
+        ring.submitter().register_eventfd(wake)?;
+        let n = entries as usize;
+        Ok(Uring { ring, slots: (0..n).map(|_| None).collect(), free: (0..n).rev().collect(), queued: 0 })
+    }
+
+    /// Whether `job` can go through the ring: plain reads and writes, and
+    /// flushes without data where a flush is an fsync of the file.
+    pub fn suits(job: &Job, flush_is_fsync: bool) -> bool {
+        match &job.work {
+            Work::Read { bufs, .. } | Work::Write { bufs, flush: false, .. } => bufs.len() <= IOV_MAX,
+            Work::Flush => flush_is_fsync,
+            Work::Write { flush: true, .. } | Work::Discard { .. } => false,
+        }
+    }
+
+    /// Whether another job fits.
+    pub fn has_room(&self) -> bool {
+        !self.free.is_empty()
+    }
+
+    /// Whether completions are waiting to be reaped.
+    pub fn completed(&mut self) -> bool {
+        !self.ring.completion().is_empty()
+    }
+
+    /// Jobs submitted and not yet reaped.
+    pub fn in_flight(&self) -> usize {
+        self.slots.len() - self.free.len()
+    }
+
+    /// Queues `job` (one that [`Uring::suits`]) on `file`, its data at
+    /// byte `at` there. When its pages cannot be pinned the job comes back
+    /// with the reason.
+    #[allow(clippy::result_large_err)]
+    pub fn push(&mut self, file: &File, at: u64, job: Job<'t, 'a>) -> Result<(), (Job<'t, 'a>, std::io::Error)> {
+        let Some(slot) = self.free.last().copied() else {
+            return Err((job, std::io::Error::other("io_uring full")));
+        };
+        let fd = types::Fd(file.as_raw_fd());
+        let (entry, pinned, len) = match &job.work {
+            Work::Read { bufs, .. } | Work::Write { bufs, .. } => {
+                let dir = if matches!(job.work, Work::Read { .. }) { Dir::Read } else { Dir::Write };
+                let pinned = match Pinned::new(dir, bufs) {
+                    Ok(p) => p,
+                    Err(e) => return Err((job, e)),
+                };
+                let iov = pinned.iovecs();
+                let len: usize = iov.iter().map(|v| v.iov_len).sum();
+                let entry = match dir {
+                    Dir::Read => opcode::Readv::new(fd, iov.as_ptr(), iov.len() as u32).offset(at).build(),
+                    Dir::Write => opcode::Writev::new(fd, iov.as_ptr(), iov.len() as u32).offset(at).build(),
+                };
+                (entry, Some(pinned), len)
+            }
+            _ => (opcode::Fsync::new(fd).flags(types::FsyncFlags::DATASYNC).build(), None, 0),
+        };
+        let entry = entry.user_data(slot as u64);
+        // SAFETY: the entry's iovec array and every buffer it points at live
+        // in `pinned` (guest pages pinned and mapped by its guards and the
+        // job's grants), which is stored in the slot below and dropped only
+        // after the kernel posted this entry's completion (`reap`, or
+        // `Drop`, which waits for every completion).
+        let pushed = unsafe { self.ring.submission().push(&entry) };
+        if pushed.is_err() {
+            return Err((job, std::io::Error::other("io_uring submission queue full")));
+        }
+        self.free.pop();
+        self.slots[slot] = Some(InFlight { job, _pinned: pinned, len });
+        self.queued += 1;
+        Ok(())
+    }
+
+    /// Hands the queued entries to the kernel (one system call).
+    pub fn submit(&mut self) -> std::io::Result<()> {
+        if self.queued > 0 {
+            self.ring.submit()?;
+            self.queued = 0;
+        }
+        Ok(())
+    }
+
+    /// Takes every posted completion.
+    pub fn reap(&mut self, mut done: impl FnMut(Job<'t, 'a>, Outcome)) {
+        let finished: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        for (slot, res) in finished {
+            let Some(f) = self.slots.get_mut(slot as usize).and_then(Option::take) else { continue };
+            self.free.push(slot as usize);
+            let outcome = if res < 0 {
+                Outcome::Done(Err(std::io::Error::from_raw_os_error(-res)))
+            } else if (res as usize) < f.len {
+                Outcome::Short
+            } else {
+                Outcome::Done(Ok(()))
+            };
+            done(f.job, outcome);
+        }
+    }
+
+    /// Waits until every submitted job has completed, handing each to `done`.
+    pub fn drain(&mut self, mut done: impl FnMut(Job<'t, 'a>, Outcome)) {
+        let _ = self.submit();
+        while self.in_flight() > 0 {
+            if let Err(e) = self.ring.submit_and_wait(1) {
+                if e.kind() != std::io::ErrorKind::Interrupted {
+                    tracing::error!(event = "blkback.uring_wait", error = %e);
+                    return;
+                }
+            }
+            self.reap(&mut done);
+        }
+    }
+}
+
+impl Drop for Uring<'_, '_> {
+    fn drop(&mut self) {
+        // The kernel may still write into pinned pages: never release them
+        // before their completions.
+        self.drain(|job, _| tracing::warn!(event = "blkback.uring_dropped", id = job.id));
+        if self.in_flight() > 0 {
+            // Waiting failed: leak the pins rather than free what the
+            // kernel may still write.
+            std::mem::forget(std::mem::take(&mut self.slots));
+        }
+    }
+}
