@@ -21,6 +21,7 @@ pub mod grant_table;
 pub mod hvm;
 pub mod hypercall;
 pub mod memory;
+pub mod netif;
 pub mod sched;
 pub mod shared_info;
 pub mod start_info;

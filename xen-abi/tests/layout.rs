@@ -117,6 +117,56 @@ fn common_checks(c: &mut Checks) {
     c.eq("sizeof(xen_commandline_t)", version::XEN_COMMANDLINE_LEN);
     c.eq("sizeof(xen_domain_handle_t)", version::XEN_DOMAIN_HANDLE_LEN);
 
+    // netif.h (one layout for every ABI)
+    {
+        use xen_abi::netif as n;
+        fields!(c, "struct netif_tx_request", n::TxRequest, [gref, offset, flags, id, size]);
+        fields!(c, "struct netif_tx_response", n::TxResponse, [id, status]);
+        fields!(c, "struct netif_rx_request", n::RxRequest, [id, gref]);
+        fields!(c, "struct netif_rx_response", n::RxResponse, [id, offset, flags, status]);
+        c.size("struct netif_extra_info", size_of::<n::ExtraInfo>());
+        c.off("struct netif_extra_info", "u", offset_of!(n::ExtraInfo, u));
+        c.off("struct netif_extra_info", "u.gso.type", offset_of!(n::ExtraInfo, u) + 2);
+        c.off("struct netif_extra_info", "u.gso.features", offset_of!(n::ExtraInfo, u) + 4);
+        c.eq("sizeof(union netif_tx_sring_entry)", n::TX_SLOT);
+        c.eq("sizeof(union netif_rx_sring_entry)", n::RX_SLOT);
+        for (name, v) in [
+            ("NETTXF_csum_blank", n::NETTXF_CSUM_BLANK),
+            ("NETTXF_data_validated", n::NETTXF_DATA_VALIDATED),
+            ("NETTXF_more_data", n::NETTXF_MORE_DATA),
+            ("NETTXF_extra_info", n::NETTXF_EXTRA_INFO),
+            ("NETRXF_data_validated", n::NETRXF_DATA_VALIDATED),
+            ("NETRXF_csum_blank", n::NETRXF_CSUM_BLANK),
+            ("NETRXF_more_data", n::NETRXF_MORE_DATA),
+            ("NETRXF_extra_info", n::NETRXF_EXTRA_INFO),
+        ] {
+            c.eq(name, v as usize);
+        }
+        for (name, v) in [
+            ("XEN_NETIF_EXTRA_TYPE_NONE", n::EXTRA_TYPE_NONE),
+            ("XEN_NETIF_EXTRA_TYPE_GSO", n::EXTRA_TYPE_GSO),
+            ("XEN_NETIF_EXTRA_TYPE_MCAST_ADD", n::EXTRA_TYPE_MCAST_ADD),
+            ("XEN_NETIF_EXTRA_TYPE_MCAST_DEL", n::EXTRA_TYPE_MCAST_DEL),
+            ("XEN_NETIF_EXTRA_TYPE_HASH", n::EXTRA_TYPE_HASH),
+            ("XEN_NETIF_EXTRA_TYPE_MAX", n::EXTRA_TYPE_MAX),
+            ("XEN_NETIF_EXTRA_FLAG_MORE", n::EXTRA_FLAG_MORE),
+            ("XEN_NETIF_GSO_TYPE_NONE", n::GSO_TYPE_NONE),
+            ("XEN_NETIF_GSO_TYPE_TCPV4", n::GSO_TYPE_TCPV4),
+            ("XEN_NETIF_GSO_TYPE_TCPV6", n::GSO_TYPE_TCPV6),
+        ] {
+            c.eq(name, v as usize);
+        }
+        for (name, v) in [
+            ("NETIF_RSP_DROPPED", n::RSP_DROPPED),
+            ("NETIF_RSP_ERROR", n::RSP_ERROR),
+            ("NETIF_RSP_OKAY", n::RSP_OKAY),
+            ("NETIF_RSP_NULL", n::RSP_NULL),
+        ] {
+            c.eq(&format!("{name} + 10"), (v + 10) as usize);
+        }
+        c.eq("XEN_NETIF_NR_SLOTS_MIN", n::NR_SLOTS_MIN);
+        c.eq("XEN_NETIF_MAX_TX_SIZE", n::MAX_TX_SIZE);
+    }
     // blkif.h (the ABI-independent parts; the structs per ABI below)
     fields!(c, "struct blkif_request_segment", xen_abi::blkif::Segment, [gref, first_sect, last_sect]);
     c.size("struct blkif_request_segment", size_of::<xen_abi::blkif::Segment>());
@@ -439,6 +489,7 @@ const PRELUDE: &str = r#"
 #include <xen/io/console.h>
 #include <xen/io/xenbus.h>
 #include <xen/io/blkif.h>
+#include <xen/io/netif.h>
 "#;
 
 fn compile(checks: &Checks, arch_flag: &str) {

@@ -9,6 +9,8 @@
 //! The grant table is the vmm's grant-frame memfd and the RAM the guest's
 //! memfds, both mapped by the backend; see `shared/DESIGN.md`.
 
+pub mod ring;
+
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Mutex;
