@@ -139,6 +139,11 @@ impl FakeDomain {
         }
     }
 
+    /// The aligned guest-RAM word at `gfn`:`off` (ring indices).
+    pub fn word(&self, gfn: u64, off: usize) -> &AtomicU32 {
+        self.ram.get_atomic_ref::<AtomicU32>(gfn as usize * PAGE + off).expect("aligned word in guest RAM")
+    }
+
     /// Whether guest port `port` is bound now.
     pub fn is_bound(&self, port: u32) -> bool {
         self.ports.lock().unwrap().contains_key(&port)

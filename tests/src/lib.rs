@@ -6,6 +6,7 @@
 #![deny(unsafe_code)]
 
 pub mod blkfront;
+pub mod netfront;
 #[allow(unsafe_code)]
 pub mod sys;
 

@@ -14,6 +14,7 @@ use std::time::Duration;
 use anyhow::Context;
 use xen_abi::blkif;
 use xen_abi::xenbus::state;
+use xenbus::Disconnect;
 use xenkvm_grant::{map_domain, Access, GrantTable};
 use xenkvm_ipc::vmm as ipc_vmm;
 use xenkvm_ipc::Channel;
@@ -159,19 +160,6 @@ fn connect_keys(image: &Image, cdrom: bool) -> Vec<(&'static str, String)> {
     ]
 }
 
-/// Why a connection ended.
-#[derive(Debug)]
-enum Disconnect {
-    /// The frontend went to Closing/Closed.
-    FrontendClosing,
-    /// The device was removed (its nodes are gone).
-    Removed,
-    /// The vmm (the guest) is gone.
-    GuestGone,
-    /// A queue found the ring corrupt, or connecting failed.
-    Broken(String),
-}
-
 /// Serves vbd `devid` of the vmm's guest until the device is removed or
 /// the guest is gone.
 pub fn serve(peers: &Peers, devid: u32, offer: &Offer, direct_override: Option<bool>) -> anyhow::Result<()> {
@@ -197,58 +185,25 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer, direct_override: Option<b
     tracing::info!(event = "blkback.image_open", devid, domid, path = %spec.path.display(), format = ?spec.format,
         size = image.size(), readonly = image.readonly(), direct);
     write_keys(&mut be, &feature_keys(&image, offer))?;
-    let state_path = format!("{}/state", be.paths.frontend);
-    be.client.watch(&state_path, "fe-state")?;
-    loop {
-        be.set_state(state::INIT_WAIT)?;
-        // Wait for the frontend's rings.
-        let fe = wait_state(&mut be, &ipc, |s| s == state::INITIALISED || s == state::CONNECTED || s == state::UNKNOWN)?;
-        let Some(fe) = fe else { return Ok(()) };
-        if fe == state::UNKNOWN {
-            tracing::info!(event = "blkback.removed", devid);
-            return Ok(());
-        }
+    let gone = || vmm_gone(&ipc);
+    be.run("vbd", &gone, |be| {
         // The guest's memory first: its bitness is the default protocol.
         let end = match ipc_vmm::attach(&ipc) {
             Err(e) => Disconnect::Broken(format!("attaching to the guest: {e}")),
-            Ok((memory, files)) => match read_frontend_rings(&mut be, offer, memory.guest_bits) {
-                Ok(rings) => connect_and_serve(&mut be, &ipc, &image, cdrom, offer, &rings, devid, (memory, files)),
+            Ok((memory, files)) => match read_frontend_rings(be, offer, memory.guest_bits) {
+                Ok(rings) => connect_and_serve(be, &ipc, &image, cdrom, offer, &rings, devid, (memory, files)),
                 Err(e) => Disconnect::Broken(e),
             },
         };
-        tracing::info!(event = "blkback.disconnected", devid, why = ?end);
         // Whatever the guest did not flush is made durable now, as QEMU
         // does when a disk is closed: qcow2 metadata (allocations,
         // discards) otherwise lives only in imago's caches.
         if let Err(e) = image.flush() {
             tracing::error!(event = "blkback.flush_failed", devid, error = %e);
         }
-        match end {
-            Disconnect::GuestGone | Disconnect::Removed => return Ok(()),
-            Disconnect::Broken(reason) => {
-                let _ = be.client.write(0, &format!("{}/error", be.paths.backend), reason.as_bytes());
-            }
-            Disconnect::FrontendClosing => {}
-        }
-        be.set_state(state::CLOSING)?;
-        // Closed once the frontend is; a reconnecting frontend then starts
-        // again from Initialising.
-        let Some(fe) = wait_state(&mut be, &ipc, |s| s == state::CLOSED || s == state::UNKNOWN || s == state::INITIALISING)? else {
-            return Ok(());
-        };
-        be.set_state(state::CLOSED)?;
-        if fe == state::UNKNOWN {
-            return Ok(());
-        }
-        if fe != state::INITIALISING {
-            let Some(fe) = wait_state(&mut be, &ipc, |s| s == state::INITIALISING || s == state::UNKNOWN)? else { return Ok(()) };
-            if fe == state::UNKNOWN {
-                return Ok(());
-            }
-        }
-        tracing::info!(event = "blkback.reconnect", devid);
-        let _ = be.client.rm(0, &format!("{}/error", be.paths.backend));
-    }
+        end
+    })?;
+    Ok(())
 }
 
 fn connect_vmm(path: &Path) -> anyhow::Result<Channel> {
@@ -260,21 +215,6 @@ fn vmm_gone(ipc: &Channel) -> bool {
     // SAFETY: one pollfd that lives across the call, zero timeout.
     let r = unsafe { libc::poll(&mut pfd, 1, 0) };
     r > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLIN) != 0
-}
-
-/// Waits (on the state watch) for a frontend state `ok` accepts; None when
-/// the guest is gone.
-fn wait_state(be: &mut xenbus::Backend, ipc: &Channel, ok: impl Fn(u32) -> bool) -> anyhow::Result<Option<u32>> {
-    loop {
-        let s = be.frontend_state();
-        if ok(s) {
-            return Ok(Some(s));
-        }
-        if vmm_gone(ipc) {
-            return Ok(None);
-        }
-        be.client.next_event(Duration::from_millis(200))?;
-    }
 }
 
 #[allow(clippy::too_many_arguments)]

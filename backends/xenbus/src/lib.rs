@@ -181,3 +181,84 @@ impl Backend {
         result
     }
 }
+
+/// Why a backend's connection ended.
+#[derive(Debug)]
+pub enum Disconnect {
+    /// The frontend went to Closing/Closed (or back to Initialising).
+    FrontendClosing,
+    /// The device was removed (its nodes are gone).
+    Removed,
+    /// The guest is gone.
+    GuestGone,
+    /// The frontend broke the protocol, or connecting failed: the reason
+    /// goes to the backend's `error` node.
+    Broken(String),
+}
+
+impl Backend {
+    /// Waits (on the state watch) for a frontend state `ok` accepts; None
+    /// when `gone()` says the guest is gone.
+    pub fn wait_state(&mut self, gone: &dyn Fn() -> bool, ok: impl Fn(u32) -> bool) -> Result<Option<u32>, ClientError> {
+        loop {
+            let s = self.frontend_state();
+            if ok(s) {
+                return Ok(Some(s));
+            }
+            if gone() {
+                return Ok(None);
+            }
+            self.client.next_event(Duration::from_millis(200))?;
+        }
+    }
+
+    /// A backend's whole life, as Linux's backends run it: InitWait; at
+    /// the frontend's Initialised (or Connected) `serve` connects and
+    /// runs until the connection ends; then Closing, Closed once the
+    /// frontend is, and InitWait again for a frontend that reconnects
+    /// (from Initialising). Returns when the device is removed or the
+    /// guest is gone. `kind` names the backend in logs.
+    pub fn run(
+        &mut self,
+        kind: &str,
+        gone: &dyn Fn() -> bool,
+        mut serve: impl FnMut(&mut Backend) -> Disconnect,
+    ) -> Result<(), ClientError> {
+        let state_path = format!("{}/state", self.paths.frontend);
+        self.client.watch(&state_path, "fe-state")?;
+        loop {
+            self.set_state(state::INIT_WAIT)?;
+            let fe = self.wait_state(gone, |s| s == state::INITIALISED || s == state::CONNECTED || s == state::UNKNOWN)?;
+            let Some(fe) = fe else { return Ok(()) };
+            if fe == state::UNKNOWN {
+                tracing::info!(event = "xenbus.removed", kind, backend = %self.paths.backend);
+                return Ok(());
+            }
+            let end = serve(self);
+            tracing::info!(event = "xenbus.disconnected", kind, backend = %self.paths.backend, why = ?end);
+            match end {
+                Disconnect::GuestGone | Disconnect::Removed => return Ok(()),
+                Disconnect::Broken(reason) => {
+                    let _ = self.client.write(0, &format!("{}/error", self.paths.backend), reason.as_bytes());
+                }
+                Disconnect::FrontendClosing => {}
+            }
+            self.set_state(state::CLOSING)?;
+            let Some(fe) = self.wait_state(gone, |s| s == state::CLOSED || s == state::UNKNOWN || s == state::INITIALISING)? else {
+                return Ok(());
+            };
+            self.set_state(state::CLOSED)?;
+            if fe == state::UNKNOWN {
+                return Ok(());
+            }
+            if fe != state::INITIALISING {
+                let Some(fe) = self.wait_state(gone, |s| s == state::INITIALISING || s == state::UNKNOWN)? else { return Ok(()) };
+                if fe == state::UNKNOWN {
+                    return Ok(());
+                }
+            }
+            tracing::info!(event = "xenbus.reconnect", kind, backend = %self.paths.backend);
+            let _ = self.client.rm(0, &format!("{}/error", self.paths.backend));
+        }
+    }
+}

@@ -1,0 +1,64 @@
+//! `xenkvm-netback`: serves one vif of one guest.
+
+use std::path::PathBuf;
+
+use clap::Parser;
+use xenkvm_net::device::{serve, Offer, Peers};
+
+/// Network backend for one virtual interface: serves the guest's netfront
+/// on a tap device (`vif<domid>.<devid>`, the backend's `vifname` node, or
+/// `--tap`).
+#[derive(Parser, Debug)]
+#[command(name = "xenkvm-netback", version)]
+struct Args {
+    /// The vmm's ipc socket.
+    #[arg(long)]
+    vmm_socket: PathBuf,
+    /// xenstored's socket.
+    #[arg(long)]
+    xenstored: PathBuf,
+    /// The device id (the vif's number).
+    #[arg(long)]
+    devid: u32,
+    /// The tap device.
+    #[arg(long)]
+    tap: Option<String>,
+    /// `multi-queue-max-queues`.
+    #[arg(long, default_value_t = 4)]
+    max_queues: u32,
+    /// Counters file (`key value` lines, rewritten every second).
+    #[arg(long)]
+    stats: Option<PathBuf>,
+    /// Log file (default: stderr).
+    #[arg(long)]
+    log: Option<PathBuf>,
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("XENKVM_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    match &args.log {
+        Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            Ok(f) => builder.with_writer(std::sync::Mutex::new(f)).init(),
+            Err(e) => {
+                eprintln!("xenkvm-netback: log {}: {e}", path.display());
+                return std::process::ExitCode::FAILURE;
+            }
+        },
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    if args.max_queues == 0 || args.max_queues > 16 {
+        eprintln!("xenkvm-netback: --max-queues must be 1..=16");
+        return std::process::ExitCode::FAILURE;
+    }
+    let peers = Peers { vmm_socket: args.vmm_socket, xenstored: args.xenstored, tap: args.tap, stats: args.stats };
+    match serve(&peers, args.devid, &Offer { max_queues: args.max_queues }) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!(event = "netback.failed", error = %format!("{e:#}"));
+            eprintln!("xenkvm-netback: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,220 @@
+//! One netif queue: a thread that owns its TX and RX rings and its tap
+//! queue. Each pass moves up to a budget of packets each way, answers and
+//! notifies in batches (only when the frontend's event index asks), and
+//! sleeps on the event channels and the tap. While the frontend has posted
+//! too few RX buffers for the next frame, the tap is not read: the host
+//! queues (and, past its limit, drops) instead of this process growing.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use xen_abi::netif;
+use xenkvm_grant::ring::SharedRing;
+use xenkvm_grant::GrantTable;
+
+use crate::offload::{VnetHdr, VNET_HDR_LEN};
+use crate::rx::{self, RxFeatures};
+use crate::stats::Stats;
+use crate::tap::TapQueue;
+use crate::tx::{self, Next, TxFeatures};
+
+/// Packets moved each way per pass, so neither direction starves the other.
+const BUDGET: usize = 64;
+
+/// What ended a queue.
+#[derive(Debug)]
+pub enum QueueEnd {
+    /// Asked to stop.
+    Stopped,
+    /// The frontend broke a ring: the device closes with this reason.
+    Corrupt(String),
+}
+
+/// The event channel(s) of a queue: one for both rings, or split.
+pub struct Channels {
+    /// Readable when the frontend kicked TX (or both, when not split).
+    pub tx_kick: File,
+    /// Write to notify TX (or both).
+    pub tx_notify: File,
+    /// The RX pair when `feature-split-event-channels`.
+    pub rx: Option<(File, File)>,
+}
+
+/// Everything a queue needs.
+pub struct QueueCtx<'s, 't, 'a> {
+    /// Queue number, for logs.
+    pub index: u32,
+    /// The guest's grants.
+    pub table: &'t GrantTable<'a>,
+    /// The tap queue.
+    pub tap: &'s TapQueue,
+    /// Counters.
+    pub stats: &'s Stats,
+    /// Set to end the queue.
+    pub stop: &'s AtomicBool,
+    /// What TX may carry.
+    pub tx_features: TxFeatures,
+    /// What RX may carry.
+    pub rx_features: RxFeatures,
+}
+
+fn kick(f: &File) {
+    let _ = (&*f).write(&1u64.to_ne_bytes());
+}
+
+fn drain(f: &File) {
+    let mut b = [0u8; 8];
+    let _ = (&*f).read(&mut b);
+}
+
+/// Serves one queue until stopped or broken.
+pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: Channels) -> QueueEnd {
+    let (rx_kick, rx_notify) = match &ch.rx {
+        Some((k, n)) => (Some(k), n),
+        None => (None, &ch.tx_notify),
+    };
+    let epoll = match Epoll::new() {
+        Ok(e) => e,
+        Err(e) => return QueueEnd::Corrupt(format!("setting up the queue: {e}")),
+    };
+    let tap_fd = ctx.tap.file.as_raw_fd();
+    let add = |fd: i32, tag: u64| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, tag));
+    if let Err(e) = add(ch.tx_kick.as_raw_fd(), 1).and_then(|_| add(tap_fd, 3)).and_then(|_| match rx_kick {
+        Some(k) => add(k.as_raw_fd(), 2),
+        None => Ok(()),
+    }) {
+        return QueueEnd::Corrupt(format!("setting up the queue: {e}"));
+    }
+    let mut tap_watched = true;
+    let mut events = vec![EpollEvent::default(); 4];
+    let mut buf = vec![0u8; VNET_HDR_LEN + netif::MAX_TX_SIZE + 64];
+    // A frame read from the tap and waiting for RX buffers.
+    let mut pending: Option<(VnetHdr, usize, u32)> = None;
+    let end = 'serve: loop {
+        if ctx.stop.load(Ordering::Relaxed) {
+            break QueueEnd::Stopped;
+        }
+        // Guest to host.
+        let mut tx_moved = 0;
+        while tx_moved < BUDGET {
+            let avail = match tx_ring.unconsumed() {
+                Ok(n) => n,
+                Err(e) => break 'serve QueueEnd::Corrupt(format!("TX ring: {e}")),
+            };
+            let chain = match tx::next_chain(&mut tx_ring, avail) {
+                Next::Nothing => break,
+                Next::Fatal(why) => break 'serve QueueEnd::Corrupt(why),
+                Next::Chain(c) => c,
+            };
+            tx_moved += 1;
+            let status = match tx::build(&chain, ctx.table, ctx.tx_features) {
+                Ok(p) => match ctx.tap.write_frame(&p.hdr.to_bytes(), &p.frame) {
+                    Ok(()) => {
+                        ctx.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
+                        ctx.stats.tx_bytes.fetch_add(p.frame.len() as u64, Ordering::Relaxed);
+                        netif::RSP_OKAY
+                    }
+                    Err(e) => {
+                        ctx.stats.drop(crate::stats::Drop::TxTapError);
+                        tracing::warn!(event = "netback.tap_write", queue = ctx.index, error = %e);
+                        netif::RSP_ERROR
+                    }
+                },
+                Err((why, detail)) => {
+                    ctx.stats.drop(why);
+                    tracing::warn!(event = "netback.tx_drop", queue = ctx.index, reason = why.name(), detail = %detail);
+                    netif::RSP_ERROR
+                }
+            };
+            tx::respond(&mut tx_ring, &chain, status);
+        }
+        if tx_ring.push_responses() {
+            kick(&ch.tx_notify);
+        }
+        // Host to guest.
+        let mut rx_moved = 0;
+        let mut rx_blocked = false;
+        while rx_moved < BUDGET {
+            if pending.is_none() {
+                match ctx.tap.read_frame(&mut buf) {
+                    Ok(Some(n)) if n >= VNET_HDR_LEN => {
+                        let hdr = VnetHdr::from_bytes(buf[..VNET_HDR_LEN].try_into().expect("header length"));
+                        match rx::slots_needed(&hdr, n - VNET_HDR_LEN, ctx.rx_features) {
+                            Ok(needed) => pending = Some((hdr, n, needed)),
+                            Err((why, detail)) => {
+                                ctx.stats.drop(why);
+                                tracing::debug!(event = "netback.rx_drop", queue = ctx.index, reason = why.name(), detail = %detail);
+                            }
+                        }
+                        continue;
+                    }
+                    Ok(Some(_)) => continue,
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::warn!(event = "netback.tap_read", queue = ctx.index, error = %e);
+                        break;
+                    }
+                }
+            }
+            let Some((hdr, n, needed)) = pending else { break };
+            let avail = match rx_ring.unconsumed() {
+                Ok(a) => a,
+                Err(e) => break 'serve QueueEnd::Corrupt(format!("RX ring: {e}")),
+            };
+            if avail < needed {
+                rx_blocked = true;
+                break;
+            }
+            pending = None;
+            rx_moved += 1;
+            let frame = &buf[VNET_HDR_LEN..n];
+            match rx::deliver(&mut rx_ring, ctx.table, &hdr, frame, needed) {
+                Ok(()) => {
+                    ctx.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
+                    ctx.stats.rx_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                }
+                Err((why, detail)) => {
+                    ctx.stats.drop(why);
+                    tracing::warn!(event = "netback.rx_drop", queue = ctx.index, reason = why.name(), detail = %detail);
+                }
+            }
+        }
+        if rx_ring.push_responses() {
+            kick(rx_notify);
+        }
+        if tx_moved == BUDGET || rx_moved == BUDGET {
+            continue;
+        }
+        // Ask for a kick at the next TX request, and at the next RX buffer
+        // when a frame waits for buffers; recheck after asking.
+        if tx_ring.final_check_for_requests() {
+            continue;
+        }
+        if rx_blocked && rx_ring.final_check_for_requests() {
+            continue;
+        }
+        // Read the tap only when its next frame has somewhere to go.
+        if rx_blocked == tap_watched {
+            let ev = if rx_blocked { EventSet::empty() } else { EventSet::IN };
+            let _ = epoll.ctl(ControlOperation::Modify, tap_fd, EpollEvent::new(ev, 3));
+            tap_watched = !rx_blocked;
+        }
+        let n = epoll.wait(100, &mut events).unwrap_or(0);
+        for ev in &events[..n] {
+            match ev.data() {
+                1 => drain(&ch.tx_kick),
+                2 => {
+                    if let Some(k) = rx_kick {
+                        drain(k);
+                    }
+                }
+                _ => {}
+            }
+        }
+    };
+    tracing::info!(event = "netback.queue_end", queue = ctx.index, end = ?end);
+    end
+}

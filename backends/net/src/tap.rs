@@ -1,0 +1,127 @@
+//! The host side: a tap device opened with `IFF_VNET_HDR` (offloads pass
+//! through as a `virtio_net_hdr` before each frame) and `IFF_MULTI_QUEUE`
+//! (one descriptor per netif queue, so the host spreads flows across them).
+//! Each queue descriptor is non-blocking; a queue the frontend does not use
+//! is detached so the host sends it nothing.
+
+use std::fs::{File, OpenOptions};
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+
+const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
+const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
+const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
+const IFF_TAP: libc::c_short = 0x0002;
+const IFF_NO_PI: libc::c_short = 0x1000;
+const IFF_VNET_HDR: libc::c_short = 0x4000;
+const IFF_MULTI_QUEUE: libc::c_short = 0x0100;
+const IFF_ATTACH_QUEUE: libc::c_short = 0x0200;
+const IFF_DETACH_QUEUE: libc::c_short = 0x0400;
+/// `TUN_F_CSUM`: the tap may hand us frames with checksums to finish.
+pub const TUN_F_CSUM: u32 = 1;
+/// `TUN_F_TSO4`.
+pub const TUN_F_TSO4: u32 = 2;
+/// `TUN_F_TSO6`.
+pub const TUN_F_TSO6: u32 = 4;
+
+#[repr(C)]
+struct IfReq {
+    name: [u8; 16],
+    flags: libc::c_short,
+    _pad: [u8; 22],
+}
+
+fn ioctl_ptr<T>(file: &File, req: libc::c_ulong, arg: &mut T) -> std::io::Result<()> {
+    // SAFETY: `req` is one of the tun ioctls above, each of which reads or
+    // writes exactly a `T` (an ifreq or an int) at `arg`, which lives
+    // across the call.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), req, arg as *mut T) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn ioctl_val(file: &File, req: libc::c_ulong, arg: libc::c_ulong) -> std::io::Result<()> {
+    // SAFETY: TUNSETOFFLOAD takes its argument by value and touches no memory of ours.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), req, arg) };
+    if r < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// One queue of a multi-queue tap.
+pub struct TapQueue {
+    /// Its descriptor (non-blocking).
+    pub file: File,
+}
+
+/// Opens (creating if needed, which needs CAP_NET_ADMIN) `queues` queues
+/// of the tap `name`.
+pub fn open(name: &str, queues: usize) -> std::io::Result<Vec<TapQueue>> {
+    if name.is_empty() || name.len() > 15 || name.contains('/') {
+        return Err(std::io::Error::other(format!("tap name {name:?} is not a valid interface name")));
+    }
+    (0..queues.max(1))
+        .map(|_| {
+            let file = OpenOptions::new().read(true).write(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open("/dev/net/tun")?;
+            let mut req = IfReq { name: [0; 16], flags: IFF_TAP | IFF_NO_PI | IFF_VNET_HDR | IFF_MULTI_QUEUE, _pad: [0; 22] };
+            req.name[..name.len()].copy_from_slice(name.as_bytes());
+            ioctl_ptr(&file, TUNSETIFF, &mut req).map_err(|e| std::io::Error::new(e.kind(), format!("TUNSETIFF {name}: {e}")))?;
+            let mut hdr_len: libc::c_int = crate::offload::VNET_HDR_LEN as libc::c_int;
+            ioctl_ptr(&file, TUNSETVNETHDRSZ, &mut hdr_len)?;
+            Ok(TapQueue { file })
+        })
+        .collect()
+}
+
+impl TapQueue {
+    /// Attaches or detaches this queue (a detached queue gets no frames).
+    pub fn set_attached(&self, on: bool) -> std::io::Result<()> {
+        let mut req = IfReq { name: [0; 16], flags: if on { IFF_ATTACH_QUEUE } else { IFF_DETACH_QUEUE }, _pad: [0; 22] };
+        match ioctl_ptr(&self.file, TUNSETQUEUE, &mut req) {
+            // Attaching an attached queue (or detaching a detached one) is EINVAL.
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(()),
+            r => r,
+        }
+    }
+
+    /// Which offloads the host may use on frames it sends us
+    /// (`TUN_F_*`; what the frontend can take).
+    pub fn set_offload(&self, flags: u32) -> std::io::Result<()> {
+        ioctl_val(&self.file, TUNSETOFFLOAD, libc::c_ulong::from(flags))
+    }
+}
+
+impl TapQueue {
+    /// Writes one frame after its `virtio_net_hdr`.
+    pub fn write_frame(&self, hdr: &[u8], frame: &[u8]) -> std::io::Result<()> {
+        let iov = [
+            libc::iovec { iov_base: hdr.as_ptr() as *mut libc::c_void, iov_len: hdr.len() },
+            libc::iovec { iov_base: frame.as_ptr() as *mut libc::c_void, iov_len: frame.len() },
+        ];
+        // SAFETY: both iovecs point at live buffers of the given lengths,
+        // which the kernel only reads.
+        let n = unsafe { libc::writev(self.file.as_raw_fd(), iov.as_ptr(), 2) };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Reads one header-and-frame into `buf`; None when none is waiting.
+    pub fn read_frame(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
+        // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes.
+        let n = unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(n as usize))
+    }
+}

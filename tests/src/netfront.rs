@@ -1,0 +1,320 @@
+//! A host-side netfront: the guest's half of netif (TX and RX rings,
+//! grants, event channels) over the fake domain of [`crate::blkfront`],
+//! driving the real `xenkvm-netback`.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::Path;
+use std::sync::atomic::{fence, AtomicU32, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use xen_abi::netif::{self, ExtraInfo, RxRequest, RxResponse, TxRequest, TxResponse};
+use xenstore::client::Client;
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::blkfront::FakeDomain;
+use crate::sys::poll_in;
+
+const PAGE: usize = 4096;
+
+/// One frame as the frontend received it.
+#[derive(Clone, Debug)]
+pub struct RxFrame {
+    /// The bytes.
+    pub data: Vec<u8>,
+    /// The first response's flags.
+    pub flags: u16,
+    /// A GSO extra, if one came.
+    pub gso: Option<ExtraInfo>,
+    /// A slot answered with an error.
+    pub error: bool,
+}
+
+/// The frontend.
+pub struct Netfront {
+    dom: Arc<FakeDomain>,
+    /// Dom0 xenstore connection.
+    pub xs: Client,
+    /// Frontend dir.
+    pub frontend: String,
+    /// Backend dir.
+    pub backend: String,
+    tx_gfn: u64,
+    rx_gfn: u64,
+    tx_prod: u32,
+    tx_cons: u32,
+    rx_prod: u32,
+    rx_cons: u32,
+    /// (kick, notify) for TX, and RX when split.
+    tx_ev: (File, File),
+    rx_ev: Option<(File, File)>,
+    /// RX buffers by id: (gfn, gref).
+    rx_bufs: Vec<(u64, u32)>,
+    /// TX data pages (gfn, gref), reused round-robin.
+    tx_pages: Vec<(u64, u32)>,
+    next_tx_page: usize,
+}
+
+const TX_SIZE: u32 = 256;
+const RX_SIZE: u32 = 256;
+
+impl Netfront {
+    /// Writes the vif's nodes (as the toolstack).
+    pub fn create_device(xs: &Path, domid: u16, devid: u32, mac: &str) -> anyhow::Result<()> {
+        let mut c = Client::connect(xs)?;
+        let bk = [("mac", mac.to_string()), ("handle", devid.to_string()), ("type", "vif".to_string())];
+        let bk: Vec<(&str, String)> = bk.iter().map(|(k, v)| (*k, v.clone())).collect();
+        let fk = [("mac", mac.to_string()), ("handle", devid.to_string())];
+        let fk: Vec<(&str, String)> = fk.iter().map(|(k, v)| (*k, v.clone())).collect();
+        xenbus::create_device(&mut c, "vif", u32::from(domid), devid, &bk, &fk)?;
+        Ok(())
+    }
+
+    /// Publishes one queue's rings (split event channels when `split`),
+    /// goes Connected and waits for the backend to be.
+    pub fn connect(dom: Arc<FakeDomain>, xs: &Path, devid: u32, split: bool) -> anyhow::Result<Netfront> {
+        let p = xenbus::DevicePaths::new("vif", u32::from(dom.domid), devid);
+        let mut xs = Client::connect(xs)?;
+        let be_state = format!("{}/state", p.backend);
+        let wait = |xs: &mut Client, want: &str| -> anyhow::Result<()> {
+            let start = Instant::now();
+            while xs.read(0, &be_state).ok().as_deref() != Some(want.as_bytes()) {
+                anyhow::ensure!(start.elapsed() < Duration::from_secs(10), "backend never reached state {want}");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Ok(())
+        };
+        wait(&mut xs, "2")?;
+        let tx_gfn = dom.alloc_pages(1);
+        let rx_gfn = dom.alloc_pages(1);
+        for g in [tx_gfn, rx_gfn] {
+            dom.mem(g, 0, 64).copy_from(&[0u8; 64]);
+            dom.mem(g, 4, 4).copy_from(&1u32.to_le_bytes());
+            dom.mem(g, 12, 4).copy_from(&1u32.to_le_bytes());
+        }
+        let (tx_ref, rx_ref) = (dom.grant(tx_gfn, false), dom.grant(rx_gfn, false));
+        let mut keys = vec![
+            ("tx-ring-ref", tx_ref.to_string()),
+            ("rx-ring-ref", rx_ref.to_string()),
+            ("request-rx-copy", "1".into()),
+            ("feature-rx-notify", "1".into()),
+            ("feature-sg", "1".into()),
+            ("feature-gso-tcpv4", "1".into()),
+        ];
+        let (tx_port, rx_port) = (40 + devid, 41 + devid);
+        if split {
+            keys.push(("event-channel-tx", tx_port.to_string()));
+            keys.push(("event-channel-rx", rx_port.to_string()));
+        } else {
+            keys.push(("event-channel", tx_port.to_string()));
+        }
+        for (k, v) in &keys {
+            xs.write(0, &format!("{}/{k}", p.frontend), v.as_bytes())?;
+        }
+        xs.write(0, &format!("{}/state", p.frontend), b"4")?;
+        wait(&mut xs, "4")?;
+        let tx_ev = dom.wait_bound(tx_port, Duration::from_secs(5))?;
+        let rx_ev = if split { Some(dom.wait_bound(rx_port, Duration::from_secs(5))?) } else { None };
+        let tx_pages = (0..64).map(|_| dom.alloc_pages(1)).map(|g| (g, dom.grant(g, true))).collect();
+        let mut f = Netfront {
+            dom,
+            xs,
+            frontend: p.frontend,
+            backend: p.backend,
+            tx_gfn,
+            rx_gfn,
+            tx_prod: 0,
+            tx_cons: 0,
+            rx_prod: 0,
+            rx_cons: 0,
+            tx_ev,
+            rx_ev,
+            rx_bufs: Vec::new(),
+            tx_pages,
+            next_tx_page: 0,
+        };
+        f.post_rx(RX_SIZE as usize);
+        Ok(f)
+    }
+
+    fn word(&self, gfn: u64, off: usize) -> &AtomicU32 {
+        self.dom.word(gfn, off)
+    }
+
+    fn kick_tx(&self) {
+        let _ = (&self.tx_ev.0).write(&1u64.to_ne_bytes());
+    }
+
+    fn kick_rx(&self) {
+        let k = self.rx_ev.as_ref().map_or(&self.tx_ev.0, |e| &e.0);
+        let _ = (&*k).write(&1u64.to_ne_bytes());
+    }
+
+    /// Posts `n` more RX buffers (one fresh page each).
+    pub fn post_rx(&mut self, n: usize) {
+        for _ in 0..n {
+            let id = self.rx_bufs.len() as u16 % RX_SIZE as u16;
+            let gfn = self.dom.alloc_pages(1);
+            let gref = self.dom.grant(gfn, false);
+            if self.rx_bufs.len() < RX_SIZE as usize {
+                self.rx_bufs.push((gfn, gref));
+            } else {
+                self.rx_bufs[id as usize] = (gfn, gref);
+            }
+            let r = RxRequest { id, pad: 0, gref };
+            let at = 64 + (self.rx_prod % RX_SIZE) as usize * netif::RX_SLOT;
+            self.dom.mem(self.rx_gfn, at, netif::RX_SLOT).copy_from(r.as_bytes());
+            self.rx_prod = self.rx_prod.wrapping_add(1);
+        }
+        fence(Ordering::SeqCst);
+        self.word(self.rx_gfn, 0).store(self.rx_prod, Ordering::Release);
+        self.kick_rx();
+    }
+
+    /// Queues raw TX slots (requests or extras, 12/8 bytes) and publishes them.
+    pub fn put_tx_slots(&mut self, slots: &[Vec<u8>]) {
+        for s in slots {
+            let at = 64 + (self.tx_prod % TX_SIZE) as usize * netif::TX_SLOT;
+            let mut b = [0u8; netif::TX_SLOT];
+            b[..s.len()].copy_from_slice(s);
+            self.dom.mem(self.tx_gfn, at, netif::TX_SLOT).copy_from(&b);
+            self.tx_prod = self.tx_prod.wrapping_add(1);
+        }
+        fence(Ordering::SeqCst);
+        self.word(self.tx_gfn, 0).store(self.tx_prod, Ordering::Release);
+        self.kick_tx();
+    }
+
+    /// A granted page holding `data` (at offset `off`): (gref).
+    pub fn tx_page(&mut self, off: usize, data: &[u8]) -> u32 {
+        let (gfn, gref) = self.tx_pages[self.next_tx_page % self.tx_pages.len()];
+        self.next_tx_page += 1;
+        self.dom.mem(gfn, off, data.len()).copy_from(data);
+        gref
+    }
+
+    /// Sends `frame` in slots of at most `frag` bytes, with `flags` on the
+    /// first and an optional GSO extra; returns the request ids used.
+    pub fn send(&mut self, frame: &[u8], frag: usize, flags: u16, gso: Option<ExtraInfo>) -> Vec<u16> {
+        let chunks: Vec<&[u8]> = frame.chunks(frag.clamp(1, PAGE)).collect();
+        let mut slots = Vec::new();
+        let mut ids = Vec::new();
+        for (k, c) in chunks.iter().enumerate() {
+            let gref = self.tx_page(0, c);
+            let id = (self.tx_prod + slots.len() as u32) as u16;
+            let mut f = if k == 0 { flags } else { 0 };
+            if k + 1 < chunks.len() {
+                f |= netif::NETTXF_MORE_DATA;
+            }
+            if k == 0 && gso.is_some() {
+                f |= netif::NETTXF_EXTRA_INFO;
+            }
+            let size = if k == 0 { frame.len() as u16 } else { c.len() as u16 };
+            slots.push(TxRequest { gref, offset: 0, flags: f, id, size }.as_bytes().to_vec());
+            ids.push(id);
+            if k == 0 {
+                if let Some(e) = gso {
+                    slots.push(e.as_bytes().to_vec());
+                }
+            }
+        }
+        self.put_tx_slots(&slots);
+        ids
+    }
+
+    /// TX responses so far (waits up to `timeout` for at least `n`).
+    pub fn tx_responses(&mut self, n: usize, timeout: Duration) -> Vec<TxResponse> {
+        let start = Instant::now();
+        let mut out = Vec::new();
+        loop {
+            let prod = self.word(self.tx_gfn, 8).load(Ordering::Acquire);
+            while self.tx_cons != prod {
+                let at = 64 + (self.tx_cons % TX_SIZE) as usize * netif::TX_SLOT;
+                let mut b = [0u8; 4];
+                self.dom.mem(self.tx_gfn, at, 4).copy_to(&mut b);
+                out.push(TxResponse::read_from_bytes(&b[..]).expect("4 bytes"));
+                self.tx_cons = self.tx_cons.wrapping_add(1);
+            }
+            self.word(self.tx_gfn, 12).store(self.tx_cons.wrapping_add(1), Ordering::Release);
+            if out.len() >= n || start.elapsed() > timeout {
+                return out;
+            }
+            poll_in(&self.tx_ev.1, Duration::from_millis(20));
+            let mut b = [0u8; 8];
+            let _ = (&self.tx_ev.1).read(&mut b);
+        }
+    }
+
+    /// Frames received, waiting up to `timeout` for the first; buffers
+    /// used are posted again.
+    pub fn recv(&mut self, timeout: Duration) -> Vec<RxFrame> {
+        let start = Instant::now();
+        let notify = self.rx_ev.as_ref().map_or(&self.tx_ev.1, |e| &e.1).try_clone().expect("dup");
+        let mut frames = Vec::new();
+        let mut cur: Option<RxFrame> = None;
+        let mut used = 0;
+        loop {
+            let prod = self.word(self.rx_gfn, 8).load(Ordering::Acquire);
+            let mut expect_extra = false;
+            while self.rx_cons != prod {
+                let at = 64 + (self.rx_cons % RX_SIZE) as usize * netif::RX_SLOT;
+                let mut b = [0u8; 8];
+                self.dom.mem(self.rx_gfn, at, 8).copy_to(&mut b);
+                self.rx_cons = self.rx_cons.wrapping_add(1);
+                used += 1;
+                if expect_extra {
+                    let e = ExtraInfo::read_from_bytes(&b[..]).expect("8 bytes");
+                    if let Some(c) = cur.as_mut() {
+                        c.gso = Some(e);
+                    }
+                    expect_extra = e.flags & netif::EXTRA_FLAG_MORE != 0;
+                    continue;
+                }
+                let r = RxResponse::read_from_bytes(&b[..]).expect("8 bytes");
+                let c = cur.get_or_insert(RxFrame { data: Vec::new(), flags: r.flags, gso: None, error: false });
+                if r.status < 0 {
+                    c.error = true;
+                } else {
+                    let (gfn, _) = self.rx_bufs[usize::from(r.id) % self.rx_bufs.len()];
+                    let mut d = vec![0u8; r.status as usize];
+                    self.dom.mem(gfn, usize::from(r.offset), d.len()).copy_to(&mut d);
+                    c.data.extend_from_slice(&d);
+                }
+                expect_extra = r.flags & netif::NETRXF_EXTRA_INFO != 0 && c.data.len() == r.status.max(0) as usize;
+                if r.flags & netif::NETRXF_MORE_DATA == 0 && !expect_extra {
+                    frames.extend(cur.take());
+                }
+            }
+            self.word(self.rx_gfn, 12).store(self.rx_cons.wrapping_add(1), Ordering::Release);
+            if used > 0 {
+                self.post_rx(used);
+                used = 0;
+            }
+            if (!frames.is_empty() && cur.is_none()) || start.elapsed() > timeout {
+                return frames;
+            }
+            poll_in(&notify, Duration::from_millis(20));
+            let mut b = [0u8; 8];
+            let _ = (&notify).read(&mut b);
+        }
+    }
+
+    /// A backend key.
+    pub fn backend_key(&mut self, key: &str) -> anyhow::Result<String> {
+        Ok(String::from_utf8(self.xs.read(0, &format!("{}/{key}", self.backend)).context(key.to_string())?)?)
+    }
+
+    /// Closes (Closing, then Closed once the backend is Closing).
+    pub fn close(&mut self) -> anyhow::Result<()> {
+        self.xs.write(0, &format!("{}/state", self.frontend), b"5")?;
+        let start = Instant::now();
+        while self.xs.read(0, &format!("{}/state", self.backend)).ok().as_deref() != Some(b"5") {
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(10), "backend never went Closing");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.xs.write(0, &format!("{}/state", self.frontend), b"6")?;
+        Ok(())
+    }
+}

@@ -1,0 +1,249 @@
+//! netback against a host-side netfront (fake vmm, real grant table and
+//! rings, eventfds), with its tap in a network namespace made by the test:
+//! ARP and ICMP echo from the host's `ping`, UDP with checksum offload and
+//! scatter-gather to a host socket, and malformed TX requests dropped,
+//! counted and answered without breaking the ring.
+
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use xen_abi::netif::{self, ExtraInfo, TxRequest};
+use xenkvm_tests::blkfront::FakeDomain;
+use xenkvm_tests::netfront::Netfront;
+use xenkvm_tests::{binary, tempdir, XenstoredProc};
+use zerocopy::IntoBytes;
+
+const GUEST_MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0x12, 0x34, 0x56];
+const GUEST_IP: [u8; 4] = [10, 99, 0, 2];
+const HOST_IP: [u8; 4] = [10, 99, 0, 1];
+
+/// A network namespace, deleted at the end.
+struct Netns(String);
+
+impl Netns {
+    fn new(tag: &str) -> Netns {
+        let name = format!("xk-{tag}-{}", std::process::id());
+        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("ip (iproute2)");
+        assert!(st.success(), "ip netns add {name}: the tests need root and iproute2");
+        Netns(name)
+    }
+    fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, prog]);
+        c
+    }
+    fn run(&self, args: &[&str]) {
+        let out = self.cmd(args[0]).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn csum(data: &[u8]) -> u16 {
+    let mut acc: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
+    while acc > 0xffff {
+        acc = (acc & 0xffff) + (acc >> 16);
+    }
+    !(acc as u16)
+}
+
+/// The guest's answer to `frame` (ARP request or ICMP echo for GUEST_IP).
+fn answer(frame: &[u8]) -> Option<Vec<u8>> {
+    let ethertype = u16::from_be_bytes([*frame.get(12)?, *frame.get(13)?]);
+    if ethertype == 0x0806 && frame.len() >= 42 && frame[20..22] == [0, 1] && frame[38..42] == GUEST_IP {
+        let mut r = frame[..42].to_vec();
+        r[0..6].copy_from_slice(&frame[6..12]);
+        r[6..12].copy_from_slice(&GUEST_MAC);
+        r[20..22].copy_from_slice(&[0, 2]);
+        r[22..28].copy_from_slice(&GUEST_MAC);
+        r[28..32].copy_from_slice(&GUEST_IP);
+        r[32..38].copy_from_slice(&frame[22..28]);
+        r[38..42].copy_from_slice(&frame[28..32]);
+        return Some(r);
+    }
+    if ethertype == 0x0800 && frame.len() >= 42 && frame[23] == 1 && frame[30..34] == GUEST_IP && frame[34] == 8 {
+        let ihl = usize::from(frame[14] & 0xf) * 4;
+        let mut r = frame.to_vec();
+        r[0..6].copy_from_slice(&frame[6..12]);
+        r[6..12].copy_from_slice(&GUEST_MAC);
+        r[26..30].copy_from_slice(&frame[30..34]);
+        r[30..34].copy_from_slice(&frame[26..30]);
+        let icmp = 14 + ihl;
+        r[icmp] = 0;
+        r[icmp + 2..icmp + 4].copy_from_slice(&[0, 0]);
+        let c = csum(&r[icmp..]);
+        r[icmp + 2..icmp + 4].copy_from_slice(&c.to_be_bytes());
+        return Some(r);
+    }
+    None
+}
+
+/// An Ethernet/IPv4/UDP frame from the guest to the host, its UDP checksum
+/// left blank (the backend's offload finishes it).
+fn udp_frame(host_mac: [u8; 6], payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&host_mac);
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((28 + payload.len()) as u16).to_be_bytes());
+    ip[8] = 64;
+    ip[9] = 17;
+    ip[12..16].copy_from_slice(&GUEST_IP);
+    ip[16..20].copy_from_slice(&HOST_IP);
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&4321u16.to_be_bytes());
+    f.extend_from_slice(&5555u16.to_be_bytes());
+    f.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    f.extend_from_slice(&[0, 0]);
+    f.extend_from_slice(payload);
+    f
+}
+
+fn stat(path: &std::path::Path, key: &str) -> u64 {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(' ')?.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn test_ping_udp_offload_and_malformed_tx_on_a_tap_in_a_netns() {
+    let ns = Netns::new("nb");
+    let xs = XenstoredProc::start(&[]);
+    let dir = tempdir();
+    let dom = FakeDomain::start(&dir, 4, 64, 32);
+    Netfront::create_device(&xs.socket, 4, 0, "00:16:3e:12:34:56").unwrap();
+    let (log, stats) = (dir.join("netback.log"), dir.join("netback.stats"));
+    let _netback = Proc(
+        ns.cmd(binary("xenkvm-netback").to_str().unwrap())
+            .arg("--vmm-socket")
+            .arg(&dom.socket)
+            .arg("--xenstored")
+            .arg(&xs.socket)
+            .args(["--devid", "0", "--tap", "xkt0", "--stats"])
+            .arg(&stats)
+            .arg("--log")
+            .arg(&log)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut f = Netfront::connect(dom.clone(), &xs.socket, 0, true).unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    assert_eq!(f.backend_key("feature-split-event-channels").unwrap(), "1");
+    ns.run(&["ip", "addr", "add", "10.99.0.1/24", "dev", "xkt0"]);
+    ns.run(&["ip", "link", "set", "xkt0", "up"]);
+
+    // ARP and ICMP: the host pings the guest, the guest answers.
+    let mut ping = Proc(ns.cmd("ping").args(["-c", "3", "-i", "0.2", "-W", "3", "10.99.0.2"]).stdout(Stdio::piped()).spawn().unwrap());
+    let start = Instant::now();
+    let mut host_mac = None;
+    let status = loop {
+        if let Some(st) = ping.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "ping never ended\n{}", logs());
+        for fr in f.recv(Duration::from_millis(50)) {
+            assert!(!fr.error, "{fr:?}");
+            if fr.data[12..14] == [0x08, 0x06] {
+                host_mac = Some(<[u8; 6]>::try_from(&fr.data[6..12]).unwrap());
+            }
+            if let Some(reply) = answer(&fr.data) {
+                f.send(&reply, 4096, 0, None);
+                let r = f.tx_responses(1, Duration::from_secs(5));
+                assert!(r.iter().all(|r| r.status == netif::RSP_OKAY), "{r:?}");
+            }
+        }
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(ping.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success() && out.contains("3 received"), "{out}\n{}", logs());
+    let host_mac = host_mac.expect("the host resolved the guest by ARP");
+
+    // UDP with a blank checksum, in three slots (scatter-gather), to a socket on the host.
+    let receiver = ns
+        .cmd("/usr/bin/python3")
+        .args(["-c", "import socket;s=socket.socket(2,2);s.bind(('10.99.0.1',5555));s.settimeout(10);d,a=s.recvfrom(9000);print(len(d),a[0],d[:16].decode())"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let payload: Vec<u8> = b"xenkvm-udp-test:".iter().copied().chain((0..1384).map(|i| (i % 251) as u8)).collect();
+    f.send(&udp_frame(host_mac, &payload), 600, netif::NETTXF_CSUM_BLANK, None);
+    let r = f.tx_responses(3, Duration::from_secs(5));
+    assert_eq!(r.len(), 3, "{r:?}");
+    assert!(r.iter().all(|r| r.status == netif::RSP_OKAY), "{r:?}");
+    let got = receiver.wait_with_output().unwrap();
+    let line = String::from_utf8_lossy(&got.stdout);
+    assert_eq!(line.trim(), "1400 10.99.0.2 xenkvm-udp-test:", "the host took the datagram (checksum completed)\n{}", logs());
+
+    // Malformed TX requests: each dropped, counted, every slot answered.
+    let good = f.tx_page(0, &[0u8; 64]);
+    let slot = |gref: u32, flags: u16, id: u16, size: u16| TxRequest { gref, offset: 0, flags, id, size }.as_bytes().to_vec();
+    // Fragments larger than the packet.
+    f.put_tx_slots(&[slot(good, netif::NETTXF_MORE_DATA, 100, 20), slot(good, 0, 101, 100)]);
+    // A grant never given.
+    f.put_tx_slots(&[slot(dom.unused_gref(), 0, 102, 60)]);
+    // A fragment across its page.
+    f.put_tx_slots(&[TxRequest { gref: good, offset: 4000, flags: 0, id: 103, size: 200 }.as_bytes().to_vec()]);
+    // 19 data slots.
+    let many: Vec<Vec<u8>> =
+        (0..19).map(|i| slot(good, if i < 18 { netif::NETTXF_MORE_DATA } else { 0 }, 110 + i, if i == 0 { 19 * 60 } else { 60 })).collect();
+    f.put_tx_slots(&many);
+    // An unknown extra-info type.
+    let bad_extra = ExtraInfo { ty: 7, flags: 0, u: [0; 6] };
+    f.put_tx_slots(&[slot(good, netif::NETTXF_EXTRA_INFO, 130, 60), bad_extra.as_bytes().to_vec()]);
+    let r = f.tx_responses(2 + 1 + 1 + 19 + 2, Duration::from_secs(5));
+    let statuses: Vec<(u16, i16)> = r.iter().map(|r| (r.id, r.status)).collect();
+    let mut want = vec![(100, netif::RSP_ERROR), (101, netif::RSP_ERROR), (102, netif::RSP_ERROR), (103, netif::RSP_ERROR)];
+    want.extend((0..19).map(|i| (110 + i, netif::RSP_ERROR)));
+    want.extend([(130, netif::RSP_ERROR), (0, netif::RSP_NULL)]);
+    assert_eq!(statuses, want);
+    // The ring still works: the host still answers a ping.
+    let ping = ns.cmd("ping").args(["-c", "1", "-W", "3", "10.99.0.2"]).stdout(Stdio::null()).spawn().unwrap();
+    let mut ping = Proc(ping);
+    let start = Instant::now();
+    let ok = loop {
+        if let Some(st) = ping.0.try_wait().unwrap() {
+            break st.success();
+        }
+        assert!(start.elapsed() < Duration::from_secs(20));
+        for fr in f.recv(Duration::from_millis(50)) {
+            if let Some(reply) = answer(&fr.data) {
+                f.send(&reply, 4096, 0, None);
+                f.tx_responses(1, Duration::from_secs(5));
+            }
+        }
+    };
+    assert!(ok, "ping after the malformed requests\n{}", logs());
+    // Counters (rewritten every second).
+    std::thread::sleep(Duration::from_millis(1300));
+    for (key, min) in [
+        ("tx_drop_bad_size", 2),
+        ("tx_drop_bad_grant", 1),
+        ("tx_drop_too_many_slots", 1),
+        ("tx_drop_bad_extra", 1),
+        ("tx_packets", 5),
+        ("rx_packets", 4),
+    ] {
+        assert!(stat(&stats, key) >= min, "{key} < {min}\n{}", std::fs::read_to_string(&stats).unwrap_or_default());
+    }
+    f.close().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
