@@ -274,10 +274,8 @@ pub fn run(paths: &Paths, cfg: &DomainConfig, mut ready: impl FnMut(u16)) -> any
     for w in &cfg.warnings {
         eprintln!("xenkvm: warning: {w}");
     }
-    if !cfg.vifs.is_empty() {
-        bail!("vif devices need the net backend, which this xenkvm does not have yet; remove them from the config");
-    }
     check_disks(cfg)?;
+    check_vifs(cfg)?;
     for d in ["domains", "logs"] {
         std::fs::create_dir_all(paths.run_dir.join(d))?;
     }
@@ -347,13 +345,14 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
         record.vmm_pid = vmm.id();
         record.save(paths)?;
         // Device nodes exist before their backends look.
-        if !cfg.channels.is_empty() || !cfg.disks.is_empty() {
+        if !cfg.channels.is_empty() || !cfg.disks.is_empty() || !cfg.vifs.is_empty() {
             wait_introduced(paths, cfg, domid)?;
         }
         if !cfg.channels.is_empty() {
             add_channels(paths, cfg, domid)?;
         }
         let mut blkbacks = start_disks(paths, cfg, domid)?;
+        blkbacks.extend(start_vifs(paths, cfg, domid)?);
         // Devices are in place: let the guest run (libxl's unpause).
         unpause(paths, domid).with_context(|| format!("unpausing domain {domid}; see {}", paths.log(&cfg.name, "vmm").display()))?;
         let mut consoled = Command::new(sibling("xenkvm-consoled"))
@@ -397,7 +396,7 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
             for (vdev, b) in &mut blkbacks {
                 if let Ok(Some(st)) = b.try_wait() {
                     if !st.success() {
-                        tracing::warn!(domid, vdev, status = %st, "a block backend died");
+                        tracing::warn!(domid, device = vdev, status = %st, "a device backend died");
                     }
                 }
             }
@@ -420,6 +419,9 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
                 if let Some(devid) = vdev_devid(&d.vdev) {
                     let _ = xenbus::remove_device(&mut c, "vbd", u32::from(domid), devid);
                 }
+            }
+            for devid in 0..cfg.vifs.len() as u32 {
+                let _ = xenbus::remove_device(&mut c, "vif", u32::from(domid), devid);
             }
         }
         let stopped = Stopped::from_code(status.code());
@@ -514,6 +516,140 @@ fn start_disks(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<
             .context("starting xenkvm-blkback")?;
         tracing::info!(event = "launcher.disk", domid, vdev = d.vdev, devid, target = %target.display(), format, pid = child.id());
         out.push((d.vdev.clone(), child));
+    }
+    Ok(out)
+}
+
+/// Refuses vifs the host could not give a tap, before anything starts.
+fn check_vifs(cfg: &DomainConfig) -> anyhow::Result<()> {
+    let mut names = std::collections::HashSet::new();
+    for (i, v) in cfg.vifs.iter().enumerate() {
+        if let Some(n) = &v.vifname {
+            if n.is_empty() || n.len() > 15 || n.contains('/') || n.contains(char::is_whitespace) {
+                bail!("vif {i}: vifname {n:?} is not a valid interface name (1-15 characters)");
+            }
+            if !names.insert(n.clone()) {
+                bail!("two vifs use vifname {n}");
+            }
+        }
+        if let Some(b) = &v.bridge {
+            if !Path::new("/sys/class/net").join(b).join("bridge").exists() {
+                bail!("vif {i}: bridge {b} does not exist on this host (create it first, e.g. `ip link add {b} type bridge`)");
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The vif's tap name: `vifname`, or xl's `vif<domid>.<devid>`.
+fn vif_tap_name(v: &crate::config::VifSpec, domid: u16, devid: u32) -> String {
+    v.vifname.clone().unwrap_or_else(|| format!("vif{domid}.{devid}"))
+}
+
+/// The counters file of a vif's netback.
+pub fn vif_stats_path(paths: &Paths, domid: u16, devid: u32) -> PathBuf {
+    paths.domain_dir(domid).join(format!("vif{devid}.stats"))
+}
+
+fn mac_string(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
+/// xl's default: Xen's OUI 00:16:3e and three random bytes.
+fn random_mac() -> [u8; 6] {
+    let mut r = [0u8; 3];
+    if let Ok(mut f) = std::fs::File::open("/dev/urandom") {
+        let _ = std::io::Read::read_exact(&mut f, &mut r);
+    }
+    [0x00, 0x16, 0x3e, r[0] & 0x7f, r[1], r[2]]
+}
+
+fn ip_link(args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("ip").arg("link").args(args).output().context("running ip (iproute2)")?;
+    if !out.status.success() {
+        bail!("ip link {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Creates each vif's tap (as xl's vif-bridge hotplug script would:
+/// bridged and up), writes libxl's vif nodes and starts one netback per
+/// vif, handing it the tap's queue descriptors so it needs no network
+/// privileges of its own.
+fn start_vifs(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<Vec<(String, Child)>> {
+    const QUEUES: usize = 4;
+    let mut c = xenstore::client::Client::connect(&paths.xenstored)?;
+    let mut out = Vec::new();
+    for (i, v) in cfg.vifs.iter().enumerate() {
+        let devid = i as u32;
+        let tap = vif_tap_name(v, domid, devid);
+        let mac = mac_string(v.mac.unwrap_or_else(random_mac));
+        let queues = xenkvm_net::tap::open(&tap, QUEUES).with_context(|| format!("vif {devid}: creating tap {tap}"))?;
+        if let Some(mtu) = v.mtu {
+            ip_link(&["set", "dev", &tap, "mtu", &mtu.to_string()])?;
+        }
+        if let Some(b) = &v.bridge {
+            ip_link(&["set", "dev", &tap, "master", b])?;
+        }
+        ip_link(&["set", "dev", &tap, "up"])?;
+        let mut backend = vec![
+            ("mac", mac.clone()),
+            ("handle", devid.to_string()),
+            ("type", "vif".to_string()),
+            ("vifname", tap.clone()),
+            ("script", String::new()),
+        ];
+        if let Some(b) = &v.bridge {
+            backend.push(("bridge", b.clone()));
+        }
+        if let Some(m) = v.mtu {
+            backend.push(("mtu", m.to_string()));
+        }
+        let frontend = [("mac", mac.clone()), ("handle", devid.to_string())];
+        xenbus::create_device(&mut c, "vif", u32::from(domid), devid, &backend, &frontend)?;
+        let log = paths.log(&cfg.name, &format!("netback-vif{devid}"));
+        let mut cmd = Command::new(sibling("xenkvm-netback"));
+        cmd.arg("--vmm-socket")
+            .arg(paths.vmm_socket(domid))
+            .arg("--xenstored")
+            .arg(&paths.xenstored)
+            .arg("--devid")
+            .arg(devid.to_string())
+            .arg("--stats")
+            .arg(vif_stats_path(paths, domid, devid))
+            .arg("--log")
+            .arg(&log);
+        for q in &queues {
+            q.make_inheritable()?;
+            cmd.arg("--tap-fd").arg(q.raw_fd().to_string());
+        }
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log)?)
+            .spawn()
+            .context("starting xenkvm-netback")?;
+        // Our copies close here: the tap lives as long as netback holds it.
+        drop(queues);
+        tracing::info!(event = "launcher.vif", domid, devid, tap, mac, bridge = ?v.bridge, pid = child.id());
+        out.push((format!("vif{devid}"), child));
+    }
+    Ok(out)
+}
+
+/// `xenkvm network-list`: each vif's index, MAC, tap and backend state
+/// (from xenstore), then its netback's counters.
+pub fn network_list(paths: &Paths, r: &Record) -> anyhow::Result<String> {
+    let mut c = xenstore::client::Client::connect(&paths.xenstored)?;
+    let mut out = String::new();
+    for devid in xenbus::backend_devices(&mut c, "vif", u32::from(r.domid))? {
+        let dir = format!("/local/domain/0/backend/vif/{}/{devid}", r.domid);
+        let mut key = |k: &str| c.read(0, &format!("{dir}/{k}")).map(|v| String::from_utf8_lossy(&v).into_owned()).unwrap_or_default();
+        out += &format!("vif {devid} mac {} tap {} state {}\n", key("mac"), key("vifname"), key("state"));
+        let stats = std::fs::read_to_string(vif_stats_path(paths, r.domid, devid)).unwrap_or_default();
+        for line in stats.lines() {
+            out += &format!("  {line}\n");
+        }
     }
     Ok(out)
 }

@@ -56,6 +56,12 @@ enum Cmd {
         #[arg(short = 'R', long)]
         reboot: bool,
     },
+    /// List a guest's vifs with their counters (xl's `network-list`, plus
+    /// packets, bytes and drops by reason from each netback).
+    NetworkList {
+        /// Name or domain id.
+        domain: String,
+    },
     /// Destroy a guest at once.
     Destroy {
         /// Name or domain id.
@@ -143,6 +149,11 @@ fn run(args: Args) -> anyhow::Result<i32> {
             if wait {
                 launcher::wait_gone(&paths, r.domid, Duration::from_secs(60))?;
             }
+            Ok(0)
+        }
+        Cmd::NetworkList { domain } => {
+            let r = launcher::find(&paths, &domain)?;
+            print!("{}", launcher::network_list(&paths, &r)?);
             Ok(0)
         }
         Cmd::Destroy { domain } => {

@@ -367,3 +367,33 @@ pub fn bench_field(line: &str, key: &str) -> anyhow::Result<f64> {
         line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')).with_context(|| format!("no {key} in {line:?}"))?;
     Ok(v.parse()?)
 }
+
+/// A network namespace, deleted at the end.
+pub struct Netns(pub String);
+
+impl Netns {
+    /// A fresh namespace (`xk-<tag>-<pid>`).
+    pub fn new(tag: &str) -> Netns {
+        let name = format!("xk-{tag}-{}", std::process::id());
+        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("ip (iproute2)");
+        assert!(st.success(), "ip netns add {name}: the tests need root and iproute2");
+        Netns(name)
+    }
+    /// `ip netns exec <ns> <prog>`.
+    pub fn cmd(&self, prog: &str) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.0, prog]);
+        c
+    }
+    /// Runs a command in the namespace; it must succeed.
+    pub fn run(&self, args: &[&str]) {
+        let out = self.cmd(args[0]).args(&args[1..]).output().unwrap();
+        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}

@@ -10,39 +10,12 @@ use std::time::{Duration, Instant};
 use xen_abi::netif::{self, ExtraInfo, TxRequest};
 use xenkvm_tests::blkfront::FakeDomain;
 use xenkvm_tests::netfront::Netfront;
-use xenkvm_tests::{binary, tempdir, XenstoredProc};
+use xenkvm_tests::{binary, tempdir, Netns, XenstoredProc};
 use zerocopy::IntoBytes;
 
 const GUEST_MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0x12, 0x34, 0x56];
 const GUEST_IP: [u8; 4] = [10, 99, 0, 2];
 const HOST_IP: [u8; 4] = [10, 99, 0, 1];
-
-/// A network namespace, deleted at the end.
-struct Netns(String);
-
-impl Netns {
-    fn new(tag: &str) -> Netns {
-        let name = format!("xk-{tag}-{}", std::process::id());
-        let st = Command::new("ip").args(["netns", "add", &name]).status().expect("ip (iproute2)");
-        assert!(st.success(), "ip netns add {name}: the tests need root and iproute2");
-        Netns(name)
-    }
-    fn cmd(&self, prog: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, prog]);
-        c
-    }
-    fn run(&self, args: &[&str]) {
-        let out = self.cmd(args[0]).args(&args[1..]).output().unwrap();
-        assert!(out.status.success(), "{args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    }
-}
-
-impl Drop for Netns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 struct Proc(Child);
 

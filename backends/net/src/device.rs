@@ -42,6 +42,8 @@ pub struct Peers {
     pub xenstored: PathBuf,
     /// The tap (default `vif<domid>.<devid>`, or the backend's `vifname`).
     pub tap: Option<String>,
+    /// Tap queue descriptors passed by the launcher (instead of opening `tap`).
+    pub tap_fds: Vec<std::os::fd::RawFd>,
     /// Where the counters are written (every second and at the end).
     pub stats: Option<PathBuf>,
 }
@@ -138,15 +140,23 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer) -> anyhow::Result<()> {
     let client = Client::connect(&peers.xenstored).with_context(|| format!("xenstored at {}", peers.xenstored.display()))?;
     let mut be = xenbus::Backend::open(client, "vif", domid, devid).with_context(|| format!("vif {devid} of domain {domid}"))?;
     let backend = be.paths.backend.clone();
-    let tap_name = match &peers.tap {
-        Some(t) => t.clone(),
-        None => be
-            .client
-            .read(0, &format!("{backend}/vifname"))
-            .map(|v| String::from_utf8_lossy(&v).into_owned())
-            .unwrap_or_else(|_| format!("vif{domid}.{devid}")),
+    let (tap_name, taps) = if peers.tap_fds.is_empty() {
+        let name = match &peers.tap {
+            Some(t) => t.clone(),
+            None => be
+                .client
+                .read(0, &format!("{backend}/vifname"))
+                .map(|v| String::from_utf8_lossy(&v).into_owned())
+                .unwrap_or_else(|_| format!("vif{domid}.{devid}")),
+        };
+        let taps = tap::open(&name, offer.max_queues as usize).with_context(|| format!("tap {name}"))?;
+        (name, taps)
+    } else {
+        tap::from_fds(&peers.tap_fds).context("the tap descriptors passed in")?
     };
-    let taps = tap::open(&tap_name, offer.max_queues as usize).with_context(|| format!("tap {tap_name}"))?;
+    if taps.len() < offer.max_queues as usize {
+        anyhow::bail!("{} tap queues for {} offered queues", taps.len(), offer.max_queues);
+    }
     tracing::info!(event = "netback.tap_open", devid, domid, tap = %tap_name, queues = taps.len());
     xenbus::write_keys(&mut be.client, &backend, &feature_keys(offer))?;
     let stats = Stats::default();

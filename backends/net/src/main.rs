@@ -23,9 +23,13 @@ struct Args {
     /// The tap device.
     #[arg(long)]
     tap: Option<String>,
-    /// `multi-queue-max-queues`.
-    #[arg(long, default_value_t = 4)]
-    max_queues: u32,
+    /// A tap queue descriptor passed by the launcher (repeat per queue;
+    /// `--max-queues` defaults to their number).
+    #[arg(long = "tap-fd")]
+    tap_fds: Vec<i32>,
+    /// `multi-queue-max-queues` (default 4, or the number of `--tap-fd`s).
+    #[arg(long)]
+    max_queues: Option<u32>,
     /// Counters file (`key value` lines, rewritten every second).
     #[arg(long)]
     stats: Option<PathBuf>,
@@ -48,12 +52,13 @@ fn main() -> std::process::ExitCode {
         },
         None => builder.with_writer(std::io::stderr).init(),
     }
-    if args.max_queues == 0 || args.max_queues > 16 {
+    let max_queues = args.max_queues.unwrap_or(if args.tap_fds.is_empty() { 4 } else { args.tap_fds.len() as u32 });
+    if max_queues == 0 || max_queues > 16 {
         eprintln!("xenkvm-netback: --max-queues must be 1..=16");
         return std::process::ExitCode::FAILURE;
     }
-    let peers = Peers { vmm_socket: args.vmm_socket, xenstored: args.xenstored, tap: args.tap, stats: args.stats };
-    match serve(&peers, args.devid, &Offer { max_queues: args.max_queues }) {
+    let peers = Peers { vmm_socket: args.vmm_socket, xenstored: args.xenstored, tap: args.tap, tap_fds: args.tap_fds, stats: args.stats };
+    match serve(&peers, args.devid, &Offer { max_queues }) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(event = "netback.failed", error = %format!("{e:#}"));

@@ -5,13 +5,14 @@
 //! is detached so the host sends it nothing.
 
 use std::fs::{File, OpenOptions};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
 const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
 const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
+const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;
 const IFF_VNET_HDR: libc::c_short = 0x4000;
@@ -77,7 +78,71 @@ pub fn open(name: &str, queues: usize) -> std::io::Result<Vec<TapQueue>> {
         .collect()
 }
 
+/// Takes over tap queue descriptors the launcher opened and passed down
+/// (the backend then needs no network privileges). Each must be a tap
+/// opened with `IFF_VNET_HDR`; they become non-blocking and close-on-exec.
+pub fn from_fds(fds: &[RawFd]) -> std::io::Result<(String, Vec<TapQueue>)> {
+    let mut name = String::new();
+    let mut out = Vec::new();
+    for &fd in fds {
+        if fd < 3 || out.iter().any(|q: &TapQueue| q.file.as_raw_fd() == fd) {
+            return Err(std::io::Error::other(format!("tap descriptor {fd} is not a passed descriptor")));
+        }
+        // SAFETY: F_GETFD only reads the descriptor's flags; it fails
+        // (EBADF) if `fd` is not open in this process.
+        if unsafe { libc::fcntl(fd, libc::F_GETFD) } < 0 {
+            return Err(std::io::Error::other(format!("tap descriptor {fd}: {}", std::io::Error::last_os_error())));
+        }
+        // SAFETY: `fd` is open (checked above), was passed to this process
+        // for its sole use (the launcher closed its copy), is not stdio and
+        // is taken only once (checked above), so the File owns it.
+        let file = unsafe { File::from_raw_fd(fd) };
+        let mut req = IfReq { name: [0; 16], flags: 0, _pad: [0; 22] };
+        ioctl_ptr(&file, TUNGETIFF, &mut req).map_err(|e| std::io::Error::other(format!("tap descriptor {fd} is not a tap: {e}")))?;
+        if req.flags & IFF_VNET_HDR == 0 || req.flags & IFF_TAP == 0 {
+            return Err(std::io::Error::other(format!("tap descriptor {fd} was opened without IFF_TAP|IFF_VNET_HDR")));
+        }
+        let n = req.name.iter().position(|&b| b == 0).unwrap_or(16);
+        name = String::from_utf8_lossy(&req.name[..n]).into_owned();
+        set_fd_flags(&file, true)?;
+        let mut hdr_len: libc::c_int = crate::offload::VNET_HDR_LEN as libc::c_int;
+        ioctl_ptr(&file, TUNSETVNETHDRSZ, &mut hdr_len)?;
+        out.push(TapQueue { file });
+    }
+    if out.is_empty() {
+        return Err(std::io::Error::other("no tap descriptors"));
+    }
+    Ok((name, out))
+}
+
+/// Non-blocking and close-on-exec (`own`), or inheritable by the next
+/// child (`!own`, for the launcher handing a queue to netback).
+fn set_fd_flags(file: &File, own: bool) -> std::io::Result<()> {
+    let fd = file.as_raw_fd();
+    // SAFETY: F_GETFL/F_SETFL/F_SETFD only change flags of our own open descriptor.
+    unsafe {
+        let fl = libc::fcntl(fd, libc::F_GETFL);
+        if fl < 0 || libc::fcntl(fd, libc::F_SETFL, fl | libc::O_NONBLOCK) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::fcntl(fd, libc::F_SETFD, if own { libc::FD_CLOEXEC } else { 0 }) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 impl TapQueue {
+    /// Lets the next spawned child inherit this queue's descriptor.
+    pub fn make_inheritable(&self) -> std::io::Result<()> {
+        set_fd_flags(&self.file, false)
+    }
+
+    /// The descriptor's number.
+    pub fn raw_fd(&self) -> RawFd {
+        self.file.as_raw_fd()
+    }
+
     /// Attaches or detaches this queue (a detached queue gets no frames).
     pub fn set_attached(&self, on: bool) -> std::io::Result<()> {
         let mut req = IfReq { name: [0; 16], flags: if on { IFF_ATTACH_QUEUE } else { IFF_DETACH_QUEUE }, _pad: [0; 22] };

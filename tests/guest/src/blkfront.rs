@@ -23,12 +23,11 @@ use core::sync::atomic::{fence, AtomicU32, Ordering};
 
 use xen_abi::blkif::x86_64::{Request, RequestDiscard, RequestIndirect, Response};
 use xen_abi::blkif::{Segment, OP_DISCARD, OP_FLUSH_DISKCACHE, OP_INDIRECT, OP_READ, OP_WRITE, RSP_OKAY, SRING_HEADER};
-use xen_abi::grant_table::{GrantEntryV1, GTF_PERMIT_ACCESS};
-use xen_abi::memory::{XenAddToPhysmap64, XENMAPSPACE_GRANT_TABLE, XENMEM_ADD_TO_PHYSMAP};
 use xen_abi::xenbus::state;
 
 use crate::console::println;
-use crate::hcall::{self, Page};
+use crate::grants::grant;
+use crate::hcall::Page;
 use crate::scenarios::Checks;
 use crate::xenstore::{fmt_u64, Xs};
 
@@ -44,13 +43,12 @@ const DATA_PAGES: usize = DIRECT_PAGES + 1 + BULK_PAGES;
 const PARTIAL: usize = DIRECT_PAGES;
 const BULK: usize = DIRECT_PAGES + 1;
 /// Grant refs per disk: rings, indirect pages and data of every queue.
-const REFS_PER_DISK: u32 = 240;
+const REFS_PER_DISK: u32 = 220;
 const FIRST_REF: u32 = 16;
 /// Bytes of one ring slot (the x86_64 request union).
 const SLOT: usize = 112;
 const TIMEOUT_NS: u64 = 20_000_000_000;
 
-static mut GRANT_FRAME: Page = Page([0; 4096]);
 static mut RINGS: [[Page; RING_PAGES]; MAX_QUEUES] = [const { [const { Page([0; 4096]) }; RING_PAGES] }; MAX_QUEUES];
 static mut INDIRECT: [Page; MAX_QUEUES] = [const { Page([0; 4096]) }; MAX_QUEUES];
 static mut DATA: [[Page; DATA_PAGES]; MAX_QUEUES] = [const { [const { Page([0; 4096]) }; DATA_PAGES] }; MAX_QUEUES];
@@ -101,18 +99,6 @@ fn clear(p: *mut u64) {
     for i in 0..512 {
         // SAFETY: inside the page.
         unsafe { write_volatile(p.add(i), 0) };
-    }
-}
-
-/// Grants `page` to dom0 at `gref` (frame and domid before the flags).
-fn grant(gref: u32, page: u64) {
-    let entry = (addr_of_mut!(GRANT_FRAME) as *mut GrantEntryV1).wrapping_add(gref as usize);
-    // SAFETY: grant frame 0 is mapped at GRANT_FRAME and gref < 512.
-    unsafe {
-        write_volatile(addr_of_mut!((*entry).frame), (page >> 12) as u32);
-        write_volatile(addr_of_mut!((*entry).domid), 0);
-        fence(Ordering::SeqCst);
-        write_volatile(addr_of_mut!((*entry).flags), GTF_PERMIT_ACCESS);
     }
 }
 
@@ -404,9 +390,7 @@ pub fn scenario(c: &mut Checks) {
         check!(c, "blkfront.xenstore", false, "no store ring");
         return;
     };
-    let gt = addr_of_mut!(GRANT_FRAME) as u64;
-    let x = XenAddToPhysmap64 { domid: xen_abi::DOMID_SELF, size: 0, space: XENMAPSPACE_GRANT_TABLE, idx: 0, gpfn: gt >> 12 };
-    let rm = hcall::memory_op(XENMEM_ADD_TO_PHYSMAP, &x as *const _ as u64);
+    let rm = crate::grants::map_table();
     let mut devids = [0u64; 2];
     let mut n = 0;
     if let Ok(list) = xs.directory(0, b"device/vbd") {

@@ -16,7 +16,9 @@ macro_rules! check {
 mod blkfront;
 mod console;
 mod events;
+mod grants;
 mod hcall;
+mod netfront;
 mod pvconsole;
 mod scenarios;
 mod xenstore;

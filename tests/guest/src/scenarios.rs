@@ -236,7 +236,9 @@ pub fn run(start_info: u64) -> ! {
         scenario_block(&mut c);
     }
     let want_events = ["evtchn", "timer", "gnttab"].iter().any(|s| opts.has(s))
-        || ["smp", "sipi", "gsi", "xenstore", "xenstore_garbage", "wait_shutdown", "channel", "blkfront"].iter().any(|s| opts.named(s))
+        || ["smp", "sipi", "gsi", "xenstore", "xenstore_garbage", "wait_shutdown", "channel", "blkfront", "netfront"]
+            .iter()
+            .any(|s| opts.named(s))
         || opts.num("xenstore_loop").is_some()
         || opts.num("idle").is_some()
         || opts.num("console_flood").is_some()
@@ -258,6 +260,10 @@ pub fn run(start_info: u64) -> ! {
         }
         if opts.named("xenstore_garbage") {
             crate::xenstore::scenario_garbage(&mut c);
+        }
+        if opts.named("netfront") {
+            let secs = opts.num("net_secs").unwrap_or(10);
+            crate::netfront::scenario(&mut c, opts.get("net_ip").unwrap_or("10.99.0.2"), opts.get("net_peer").unwrap_or("10.99.0.1"), secs);
         }
         if opts.named("blkfront") {
             crate::blkfront::scenario(&mut c);
