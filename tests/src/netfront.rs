@@ -55,6 +55,8 @@ pub struct Netfront {
     /// TX data pages (gfn, gref), reused round-robin.
     tx_pages: Vec<(u64, u32)>,
     next_tx_page: usize,
+    /// Responses taken while waiting for room, handed out by `tx_responses`.
+    reaped: Vec<TxResponse>,
 }
 
 const TX_SIZE: u32 = 256;
@@ -134,6 +136,7 @@ impl Netfront {
             rx_bufs: Vec::new(),
             tx_pages,
             next_tx_page: 0,
+            reaped: Vec::new(),
         };
         f.post_rx(RX_SIZE as usize);
         Ok(f)
@@ -152,17 +155,18 @@ impl Netfront {
         let _ = (&*k).write(&1u64.to_ne_bytes());
     }
 
-    /// Posts `n` more RX buffers (one fresh page each).
+    /// Posts `n` RX buffers. As Linux's netfront does, a request's id is
+    /// its ring index, so the slot a response (or an extra) used tells
+    /// which buffer is free again; each id has its own page.
     pub fn post_rx(&mut self, n: usize) {
         for _ in 0..n {
-            let id = self.rx_bufs.len() as u16 % RX_SIZE as u16;
-            let gfn = self.dom.alloc_pages(1);
-            let gref = self.dom.grant(gfn, false);
-            if self.rx_bufs.len() < RX_SIZE as usize {
+            let id = (self.rx_prod % RX_SIZE) as u16;
+            if usize::from(id) >= self.rx_bufs.len() {
+                let gfn = self.dom.alloc_pages(1);
+                let gref = self.dom.grant(gfn, false);
                 self.rx_bufs.push((gfn, gref));
-            } else {
-                self.rx_bufs[id as usize] = (gfn, gref);
             }
+            let gref = self.rx_bufs[usize::from(id)].1;
             let r = RxRequest { id, pad: 0, gref };
             let at = 64 + (self.rx_prod % RX_SIZE) as usize * netif::RX_SLOT;
             self.dom.mem(self.rx_gfn, at, netif::RX_SLOT).copy_from(r.as_bytes());
@@ -173,8 +177,16 @@ impl Netfront {
         self.kick_rx();
     }
 
-    /// Queues raw TX slots (requests or extras, 12/8 bytes) and publishes them.
+    /// Queues raw TX slots (requests or extras, 12/8 bytes) and publishes
+    /// them, first waiting until the ring (and the TX data pages, reused
+    /// round-robin) have room.
     pub fn put_tx_slots(&mut self, slots: &[Vec<u8>]) {
+        let limit = self.tx_pages.len().min(TX_SIZE as usize);
+        let start = Instant::now();
+        while self.tx_prod.wrapping_sub(self.tx_cons) as usize + slots.len() > limit && start.elapsed() < Duration::from_secs(10) {
+            let r = self.take_tx_responses(1, Duration::from_millis(100));
+            self.reaped.extend(r);
+        }
         for s in slots {
             let at = 64 + (self.tx_prod % TX_SIZE) as usize * netif::TX_SLOT;
             let mut b = [0u8; netif::TX_SLOT];
@@ -226,6 +238,13 @@ impl Netfront {
 
     /// TX responses so far (waits up to `timeout` for at least `n`).
     pub fn tx_responses(&mut self, n: usize, timeout: Duration) -> Vec<TxResponse> {
+        let mut out = std::mem::take(&mut self.reaped);
+        let more = self.take_tx_responses(n.saturating_sub(out.len()), timeout);
+        out.extend(more);
+        out
+    }
+
+    fn take_tx_responses(&mut self, n: usize, timeout: Duration) -> Vec<TxResponse> {
         let start = Instant::now();
         let mut out = Vec::new();
         loop {
@@ -299,6 +318,22 @@ impl Netfront {
             let mut b = [0u8; 8];
             let _ = (&notify).read(&mut b);
         }
+    }
+
+    /// The rings' indices, for failure messages.
+    pub fn debug_state(&self) -> String {
+        let w = |g: u64, o: usize| self.dom.word(g, o).load(Ordering::Acquire);
+        format!(
+            "tx req_prod {} rsp_prod {} cons {} | rx req_prod {} req_event {} rsp_prod {} cons {} bufs {}",
+            w(self.tx_gfn, 0),
+            w(self.tx_gfn, 8),
+            self.tx_cons,
+            w(self.rx_gfn, 0),
+            w(self.rx_gfn, 4),
+            w(self.rx_gfn, 8),
+            self.rx_cons,
+            self.rx_bufs.len()
+        )
     }
 
     /// A backend key.

@@ -220,3 +220,217 @@ fn test_ping_udp_offload_and_malformed_tx_on_a_tap_in_a_netns() {
     f.close().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A minimal TCP endpoint for the simulated guest: enough to take a bulk
+/// stream from the host (ACKing in order) and to push one to it.
+struct Tcp {
+    host_mac: [u8; 6],
+    port: u16,
+    peer_port: u16,
+    seq: u32,
+    ack: u32,
+    received: usize,
+    acked: u32,
+    fin: bool,
+}
+
+fn tcp_frame(t: &Tcp, flags: u8, payload: &[u8]) -> Vec<u8> {
+    let syn = flags & 0x02 != 0;
+    let hl = if syn { 24 } else { 20 };
+    let mut f = Vec::with_capacity(14 + 20 + hl + payload.len());
+    f.extend_from_slice(&t.host_mac);
+    f.extend_from_slice(&GUEST_MAC);
+    f.extend_from_slice(&0x0800u16.to_be_bytes());
+    let mut ip = [0u8; 20];
+    ip[0] = 0x45;
+    ip[2..4].copy_from_slice(&((20 + hl + payload.len()) as u16).to_be_bytes());
+    ip[6] = 0x40;
+    ip[8] = 64;
+    ip[9] = 6;
+    ip[12..16].copy_from_slice(&GUEST_IP);
+    ip[16..20].copy_from_slice(&HOST_IP);
+    let c = csum(&ip);
+    ip[10..12].copy_from_slice(&c.to_be_bytes());
+    f.extend_from_slice(&ip);
+    f.extend_from_slice(&t.port.to_be_bytes());
+    f.extend_from_slice(&t.peer_port.to_be_bytes());
+    f.extend_from_slice(&t.seq.to_be_bytes());
+    f.extend_from_slice(&t.ack.to_be_bytes());
+    f.push(((hl / 4) as u8) << 4);
+    f.push(flags);
+    f.extend_from_slice(&65535u16.to_be_bytes());
+    f.extend_from_slice(&[0, 0, 0, 0]);
+    if syn {
+        f.extend_from_slice(&[2, 4, 0x05, 0xb4]); // MSS 1460
+    }
+    f.extend_from_slice(payload);
+    f
+}
+
+/// (src port, dst port, seq, ack, flags, payload) of a TCP/IPv4 frame to the guest.
+fn parse_tcp(fr: &[u8]) -> Option<(u16, u16, u32, u32, u8, &[u8])> {
+    if fr.len() < 54 || fr[12..14] != [8, 0] || fr[23] != 6 || fr[30..34] != GUEST_IP {
+        return None;
+    }
+    let ihl = usize::from(fr[14] & 0xf) * 4;
+    let total = 14 + usize::from(u16::from_be_bytes([fr[16], fr[17]]));
+    let t = 14 + ihl;
+    let be16 = |i: usize| u16::from_be_bytes([fr[i], fr[i + 1]]);
+    let be32 = |i: usize| u32::from_be_bytes([fr[i], fr[i + 1], fr[i + 2], fr[i + 3]]);
+    let doff = usize::from(fr[t + 12] >> 4) * 4;
+    Some((be16(t), be16(t + 2), be32(t + 4), be32(t + 8), fr[t + 13], fr.get(t + doff..total.min(fr.len()))?))
+}
+
+/// GSO and scatter-gather both ways, with checksum offload: the host
+/// streams 1 MiB over TCP to the simulated guest (the tap hands netback
+/// TSO frames, delivered over several RX slots with a GSO extra), then the
+/// guest streams 256 KiB back in 16 KiB GSO segments of four TX slots each.
+#[test]
+fn test_tcp_bulk_with_gso_and_sg_both_ways() {
+    let ns = Netns::new("gso");
+    let xs = XenstoredProc::start(&[]);
+    let dir = tempdir();
+    let dom = FakeDomain::start(&dir, 5, 128, 32);
+    Netfront::create_device(&xs.socket, 5, 0, "00:16:3e:12:34:56").unwrap();
+    let log = dir.join("netback.log");
+    let _netback = Proc(
+        ns.cmd(binary("xenkvm-netback").to_str().unwrap())
+            .arg("--vmm-socket")
+            .arg(&dom.socket)
+            .arg("--xenstored")
+            .arg(&xs.socket)
+            .args(["--devid", "0", "--tap", "xkt1", "--log"])
+            .arg(&log)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut f = Netfront::connect(dom.clone(), &xs.socket, 0, false).unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    ns.run(&["ip", "addr", "add", "10.99.0.1/24", "dev", "xkt1"]);
+    ns.run(&["ip", "link", "set", "xkt1", "up"]);
+    const IN: usize = 1 << 20;
+    let sender = ns
+        .cmd("/usr/bin/python3")
+        .args(["-c", &format!("import socket;s=socket.create_connection(('10.99.0.2',7000),timeout=30);s.sendall(b'x'*{IN});s.shutdown(1);s.recv(1);print('sent')")])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut tcp: Option<Tcp> = None;
+    let (mut gso_frames, mut biggest) = (0, 0);
+    let start = Instant::now();
+    while !tcp.as_ref().is_some_and(|t| t.fin) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "host to guest stalled at {:?} ack {:?}: {}\n{}\n{}",
+            tcp.as_ref().map(|t| t.received),
+            tcp.as_ref().map(|t| t.ack),
+            f.debug_state(),
+            String::from_utf8_lossy(&ns.cmd("ip").args(["-s", "-d", "link", "show", "xkt1"]).output().unwrap().stdout),
+            logs()
+        );
+        for fr in f.recv(Duration::from_millis(20)) {
+            if let Some(reply) = answer(&fr.data) {
+                f.send(&reply, 4096, 0, None);
+                continue;
+            }
+            let Some((sport, dport, seq, _ack, flags, payload)) = parse_tcp(&fr.data) else { continue };
+            if dport != 7000 {
+                continue;
+            }
+            if fr.gso.is_some() {
+                gso_frames += 1;
+            }
+            biggest = biggest.max(fr.data.len());
+            let host_mac = <[u8; 6]>::try_from(&fr.data[6..12]).unwrap();
+            let t = tcp.get_or_insert(Tcp { host_mac, port: 7000, peer_port: sport, seq: 5000, ack: 0, received: 0, acked: 0, fin: false });
+            let reply = if flags & 0x02 != 0 {
+                t.ack = seq.wrapping_add(1);
+                let r = tcp_frame(t, 0x12, &[]);
+                t.seq = t.seq.wrapping_add(1);
+                r
+            } else {
+                // In order, or a retransmission overlapping what we have:
+                // take the new part.
+                let skip = t.ack.wrapping_sub(seq) as usize;
+                if skip <= payload.len() && (t.ack.wrapping_sub(seq) as i32) >= 0 {
+                    let fresh = payload.len() - skip;
+                    t.ack = t.ack.wrapping_add(fresh as u32);
+                    t.received += fresh;
+                    if flags & 0x01 != 0 {
+                        t.ack = t.ack.wrapping_add(1);
+                        t.fin = true;
+                    }
+                }
+                tcp_frame(t, if t.fin { 0x11 } else { 0x10 }, &[])
+            };
+            f.send(&reply, 4096, netif::NETTXF_CSUM_BLANK, None);
+        }
+        f.tx_responses(0, Duration::ZERO);
+    }
+    let out = sender.wait_with_output().unwrap();
+    assert_eq!(tcp.as_ref().unwrap().received, IN, "{}", logs());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sent"));
+    assert!(gso_frames > 0 && biggest > 4096, "the host sent TSO frames over several slots: {gso_frames} GSO, biggest {biggest}");
+
+    // Guest to host: 16 KiB segments with a GSO extra, four slots each.
+    const OUT: usize = 256 << 10;
+    let receiver = ns
+        .cmd("/usr/bin/python3")
+        .args(["-c", "import socket;l=socket.socket();l.setsockopt(1,2,1);l.bind(('10.99.0.1',7001));l.listen(1);c,a=l.accept();n=0\nwhile True:\n d=c.recv(65536)\n if not d: break\n n+=len(d)\nprint(n)"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let host_mac = tcp.as_ref().unwrap().host_mac;
+    let mut t = Tcp { host_mac, port: 40000, peer_port: 7001, seq: 90000, ack: 0, received: 0, acked: 90000, fin: false };
+    f.send(&tcp_frame(&t, 0x02, &[]), 4096, netif::NETTXF_CSUM_BLANK, None);
+    t.seq += 1;
+    let isn = t.seq;
+    let mut sent = 0usize;
+    let mut established = false;
+    let start = Instant::now();
+    while t.acked != isn.wrapping_add(OUT as u32).wrapping_add(1) {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "guest to host stalled: sent {sent}, acked {}\n{}",
+            t.acked.wrapping_sub(isn),
+            logs()
+        );
+        for fr in f.recv(Duration::from_millis(10)) {
+            if let Some(reply) = answer(&fr.data) {
+                f.send(&reply, 4096, 0, None);
+                continue;
+            }
+            let Some((_, dport, seq, ack, flags, _)) = parse_tcp(&fr.data) else { continue };
+            if dport != 40000 {
+                continue;
+            }
+            if flags & 0x12 == 0x12 && !established {
+                established = true;
+                t.ack = seq.wrapping_add(1);
+                f.send(&tcp_frame(&t, 0x10, &[]), 4096, netif::NETTXF_CSUM_BLANK, None);
+            }
+            if flags & 0x10 != 0 && ack.wrapping_sub(t.acked) as i32 > 0 {
+                t.acked = ack;
+            }
+        }
+        while established && sent < OUT && t.seq.wrapping_sub(t.acked) < 48 << 10 {
+            let chunk: Vec<u8> = (0..16384).map(|i| ((sent + i) % 253) as u8).collect();
+            let seg = tcp_frame(&t, 0x18, &chunk);
+            f.send(&seg, 4096, netif::NETTXF_CSUM_BLANK, Some(ExtraInfo::gso(1448, netif::GSO_TYPE_TCPV4)));
+            t.seq = t.seq.wrapping_add(chunk.len() as u32);
+            sent += chunk.len();
+            if sent == OUT {
+                f.send(&tcp_frame(&t, 0x11, &[]), 4096, netif::NETTXF_CSUM_BLANK, None);
+                t.seq = t.seq.wrapping_add(1);
+            }
+        }
+        let r = f.tx_responses(0, Duration::ZERO);
+        assert!(r.iter().all(|r| r.status == netif::RSP_OKAY || r.status == netif::RSP_NULL), "{r:?}\n{}", logs());
+    }
+    let got = receiver.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), OUT.to_string(), "{}", logs());
+    f.close().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
