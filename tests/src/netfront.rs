@@ -32,7 +32,7 @@ pub struct RxFrame {
     pub error: bool,
 }
 
-/// The frontend.
+/// The frontend: its xenstore side and its queues. It derefs to queue 0.
 pub struct Netfront {
     dom: Arc<FakeDomain>,
     /// Dom0 xenstore connection.
@@ -41,6 +41,13 @@ pub struct Netfront {
     pub frontend: String,
     /// Backend dir.
     pub backend: String,
+    /// The queues.
+    pub queues: Vec<NetQueue>,
+}
+
+/// One queue: its TX and RX rings, event channels and buffers.
+pub struct NetQueue {
+    dom: Arc<FakeDomain>,
     tx_gfn: u64,
     rx_gfn: u64,
     tx_prod: u32,
@@ -57,6 +64,19 @@ pub struct Netfront {
     next_tx_page: usize,
     /// Responses taken while waiting for room, handed out by `tx_responses`.
     reaped: Vec<TxResponse>,
+}
+
+impl std::ops::Deref for Netfront {
+    type Target = NetQueue;
+    fn deref(&self) -> &NetQueue {
+        &self.queues[0]
+    }
+}
+
+impl std::ops::DerefMut for Netfront {
+    fn deref_mut(&mut self) -> &mut NetQueue {
+        &mut self.queues[0]
+    }
 }
 
 const TX_SIZE: u32 = 256;
@@ -77,6 +97,11 @@ impl Netfront {
     /// Publishes one queue's rings (split event channels when `split`),
     /// goes Connected and waits for the backend to be.
     pub fn connect(dom: Arc<FakeDomain>, xs: &Path, devid: u32, split: bool) -> anyhow::Result<Netfront> {
+        Netfront::connect_queues(dom, xs, devid, 1, split)
+    }
+
+    /// As [`Netfront::connect`], with `queues` queues (`queue-N/` keys).
+    pub fn connect_queues(dom: Arc<FakeDomain>, xs: &Path, devid: u32, queues: u32, split: bool) -> anyhow::Result<Netfront> {
         let p = xenbus::DevicePaths::new("vif", u32::from(dom.domid), devid);
         let mut xs = Client::connect(xs)?;
         let be_state = format!("{}/state", p.backend);
@@ -89,59 +114,92 @@ impl Netfront {
             Ok(())
         };
         wait(&mut xs, "2")?;
-        let tx_gfn = dom.alloc_pages(1);
-        let rx_gfn = dom.alloc_pages(1);
-        for g in [tx_gfn, rx_gfn] {
-            dom.mem(g, 0, 64).copy_from(&[0u8; 64]);
-            dom.mem(g, 4, 4).copy_from(&1u32.to_le_bytes());
-            dom.mem(g, 12, 4).copy_from(&1u32.to_le_bytes());
-        }
-        let (tx_ref, rx_ref) = (dom.grant(tx_gfn, false), dom.grant(rx_gfn, false));
-        let mut keys = vec![
-            ("tx-ring-ref", tx_ref.to_string()),
-            ("rx-ring-ref", rx_ref.to_string()),
-            ("request-rx-copy", "1".into()),
-            ("feature-rx-notify", "1".into()),
-            ("feature-sg", "1".into()),
-            ("feature-gso-tcpv4", "1".into()),
+        let mut keys: Vec<(String, String)> = vec![
+            ("request-rx-copy".into(), "1".into()),
+            ("feature-rx-notify".into(), "1".into()),
+            ("feature-sg".into(), "1".into()),
+            ("feature-gso-tcpv4".into(), "1".into()),
         ];
-        let (tx_port, rx_port) = (40 + devid, 41 + devid);
-        if split {
-            keys.push(("event-channel-tx", tx_port.to_string()));
-            keys.push(("event-channel-rx", rx_port.to_string()));
-        } else {
-            keys.push(("event-channel", tx_port.to_string()));
+        if queues > 1 {
+            keys.push(("multi-queue-num-queues".into(), queues.to_string()));
+        }
+        let mut rings = Vec::new();
+        for q in 0..queues {
+            let dir = if queues == 1 { String::new() } else { format!("queue-{q}/") };
+            let tx_gfn = dom.alloc_pages(1);
+            let rx_gfn = dom.alloc_pages(1);
+            for g in [tx_gfn, rx_gfn] {
+                dom.mem(g, 0, 64).copy_from(&[0u8; 64]);
+                dom.mem(g, 4, 4).copy_from(&1u32.to_le_bytes());
+                dom.mem(g, 12, 4).copy_from(&1u32.to_le_bytes());
+            }
+            let (tx_ref, rx_ref) = (dom.grant(tx_gfn, false), dom.grant(rx_gfn, false));
+            keys.push((format!("{dir}tx-ring-ref"), tx_ref.to_string()));
+            keys.push((format!("{dir}rx-ring-ref"), rx_ref.to_string()));
+            let (tx_port, rx_port) = (40 + devid * 16 + q * 2, 41 + devid * 16 + q * 2);
+            if split {
+                keys.push((format!("{dir}event-channel-tx"), tx_port.to_string()));
+                keys.push((format!("{dir}event-channel-rx"), rx_port.to_string()));
+            } else {
+                keys.push((format!("{dir}event-channel"), tx_port.to_string()));
+            }
+            rings.push((tx_gfn, rx_gfn, tx_port, rx_port));
         }
         for (k, v) in &keys {
             xs.write(0, &format!("{}/{k}", p.frontend), v.as_bytes())?;
         }
         xs.write(0, &format!("{}/state", p.frontend), b"4")?;
         wait(&mut xs, "4")?;
-        let tx_ev = dom.wait_bound(tx_port, Duration::from_secs(5))?;
-        let rx_ev = if split { Some(dom.wait_bound(rx_port, Duration::from_secs(5))?) } else { None };
-        let tx_pages = (0..64).map(|_| dom.alloc_pages(1)).map(|g| (g, dom.grant(g, true))).collect();
-        let mut f = Netfront {
-            dom,
-            xs,
-            frontend: p.frontend,
-            backend: p.backend,
-            tx_gfn,
-            rx_gfn,
-            tx_prod: 0,
-            tx_cons: 0,
-            rx_prod: 0,
-            rx_cons: 0,
-            tx_ev,
-            rx_ev,
-            rx_bufs: Vec::new(),
-            tx_pages,
-            next_tx_page: 0,
-            reaped: Vec::new(),
-        };
-        f.post_rx(RX_SIZE as usize);
-        Ok(f)
+        let mut qs = Vec::new();
+        for (tx_gfn, rx_gfn, tx_port, rx_port) in rings {
+            let tx_ev = dom.wait_bound(tx_port, Duration::from_secs(5))?;
+            let rx_ev = if split { Some(dom.wait_bound(rx_port, Duration::from_secs(5))?) } else { None };
+            let tx_pages = (0..64).map(|_| dom.alloc_pages(1)).map(|g| (g, dom.grant(g, true))).collect();
+            let mut q = NetQueue {
+                dom: dom.clone(),
+                tx_gfn,
+                rx_gfn,
+                tx_prod: 0,
+                tx_cons: 0,
+                rx_prod: 0,
+                rx_cons: 0,
+                tx_ev,
+                rx_ev,
+                rx_bufs: Vec::new(),
+                tx_pages,
+                next_tx_page: 0,
+                reaped: Vec::new(),
+            };
+            q.post_rx(RX_SIZE as usize);
+            qs.push(q);
+        }
+        Ok(Netfront { dom, xs, frontend: p.frontend, backend: p.backend, queues: qs })
     }
 
+    /// A backend key.
+    pub fn backend_key(&mut self, key: &str) -> anyhow::Result<String> {
+        Ok(String::from_utf8(self.xs.read(0, &format!("{}/{key}", self.backend)).context(key.to_string())?)?)
+    }
+
+    /// Closes (Closing, then Closed once the backend is Closing).
+    pub fn close(&mut self) -> anyhow::Result<()> {
+        self.xs.write(0, &format!("{}/state", self.frontend), b"5")?;
+        let start = Instant::now();
+        while self.xs.read(0, &format!("{}/state", self.backend)).ok().as_deref() != Some(b"5") {
+            anyhow::ensure!(start.elapsed() < Duration::from_secs(10), "backend never went Closing");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.xs.write(0, &format!("{}/state", self.frontend), b"6")?;
+        Ok(())
+    }
+
+    /// The fake domain.
+    pub fn domain(&self) -> &Arc<FakeDomain> {
+        &self.dom
+    }
+}
+
+impl NetQueue {
     fn word(&self, gfn: u64, off: usize) -> &AtomicU32 {
         self.dom.word(gfn, off)
     }
@@ -334,22 +392,5 @@ impl Netfront {
             self.rx_cons,
             self.rx_bufs.len()
         )
-    }
-
-    /// A backend key.
-    pub fn backend_key(&mut self, key: &str) -> anyhow::Result<String> {
-        Ok(String::from_utf8(self.xs.read(0, &format!("{}/{key}", self.backend)).context(key.to_string())?)?)
-    }
-
-    /// Closes (Closing, then Closed once the backend is Closing).
-    pub fn close(&mut self) -> anyhow::Result<()> {
-        self.xs.write(0, &format!("{}/state", self.frontend), b"5")?;
-        let start = Instant::now();
-        while self.xs.read(0, &format!("{}/state", self.backend)).ok().as_deref() != Some(b"5") {
-            anyhow::ensure!(start.elapsed() < Duration::from_secs(10), "backend never went Closing");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        self.xs.write(0, &format!("{}/state", self.frontend), b"6")?;
-        Ok(())
     }
 }

@@ -4,7 +4,7 @@
 //! scatter-gather to a host socket, and malformed TX requests dropped,
 //! counted and answered without breaking the ring.
 
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
 use xen_abi::netif::{self, ExtraInfo, TxRequest};
@@ -431,6 +431,117 @@ fn test_tcp_bulk_with_gso_and_sg_both_ways() {
     }
     let got = receiver.wait_with_output().unwrap();
     assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), OUT.to_string(), "{}", logs());
+    f.close().unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok()).unwrap_or(0)
+}
+
+/// Two queues on a multi-queue tap: the host's flows spread over both,
+/// each queue sends, and a queue flooded with TX does not starve the other
+/// (the host still pings through it) nor grow netback's memory.
+#[test]
+fn test_multi_queue_spread_and_a_flooding_queue_starves_nobody() {
+    let ns = Netns::new("mq");
+    let xs = XenstoredProc::start(&[]);
+    let dir = tempdir();
+    let dom = FakeDomain::start(&dir, 6, 128, 32);
+    Netfront::create_device(&xs.socket, 6, 0, "00:16:3e:12:34:56").unwrap();
+    let (log, stats) = (dir.join("netback.log"), dir.join("netback.stats"));
+    let netback = Proc(
+        ns.cmd(binary("xenkvm-netback").to_str().unwrap())
+            .arg("--vmm-socket")
+            .arg(&dom.socket)
+            .arg("--xenstored")
+            .arg(&xs.socket)
+            .args(["--devid", "0", "--tap", "xkt2", "--max-queues", "2", "--stats"])
+            .arg(&stats)
+            .arg("--log")
+            .arg(&log)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let logs = || std::fs::read_to_string(&log).unwrap_or_default();
+    let mut f = Netfront::connect_queues(dom.clone(), &xs.socket, 0, 2, false).unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
+    assert_eq!(f.backend_key("multi-queue-max-queues").unwrap(), "2");
+    ns.run(&["ip", "addr", "add", "10.99.0.1/24", "dev", "xkt2"]);
+    ns.run(&["ip", "link", "set", "xkt2", "up"]);
+    // 64 flows from the host: the tap spreads them by flow hash.
+    let sender = ns
+        .cmd("/usr/bin/python3")
+        .args(["-c", "import socket,time\nfor r in range(40):\n for p in range(64):\n  s=socket.socket(2,2);s.bind(('10.99.0.1',20000+p));s.sendto(b'flow',('10.99.0.2',9000));s.close()\n time.sleep(0.05)"])
+        .spawn()
+        .unwrap();
+    let mut per_queue = [0usize; 2];
+    let mut host_mac = None;
+    let start = Instant::now();
+    while per_queue.iter().any(|&n| n == 0) && start.elapsed() < Duration::from_secs(20) {
+        for q in 0..2 {
+            for fr in f.queues[q].recv(Duration::from_millis(10)) {
+                if let Some(reply) = answer(&fr.data) {
+                    host_mac = Some(<[u8; 6]>::try_from(&fr.data[6..12]).unwrap());
+                    f.queues[q].send(&reply, 4096, 0, None);
+                } else if fr.data.len() > 42 && fr.data[23] == 17 && fr.data[36..38] == 9000u16.to_be_bytes() {
+                    per_queue[q] += 1;
+                }
+            }
+            f.queues[q].tx_responses(0, Duration::ZERO);
+        }
+    }
+    let _ = Proc(sender);
+    assert!(per_queue.iter().all(|&n| n > 0), "flows on both queues: {per_queue:?}\n{}", logs());
+    // Queue 1 sends too.
+    let receiver = ns
+        .cmd("/usr/bin/python3")
+        .args([
+            "-c",
+            "import socket;s=socket.socket(2,2);s.bind(('10.99.0.1',5555));s.settimeout(10);d,a=s.recvfrom(9000);print(a[0],d.decode())",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    let host_mac = host_mac.expect("ARP went through");
+    f.queues[1].send(&udp_frame(host_mac, b"from queue 1"), 4096, netif::NETTXF_CSUM_BLANK, None);
+    let got = receiver.wait_with_output().unwrap();
+    assert_eq!(String::from_utf8_lossy(&got.stdout).trim(), "10.99.0.2 from queue 1");
+
+    // Queue 0 floods (frames to an address nobody has) while the host
+    // pings through queue 1's flows.
+    let rss_before = rss_kib(netback.0.id());
+    let mut ping = Proc(ns.cmd("ping").args(["-c", "5", "-i", "0.2", "-W", "5", "10.99.0.2"]).stdout(Stdio::piped()).spawn().unwrap());
+    let mut flood = udp_frame([0x02, 0, 0, 0, 0, 0x77], &[0x55; 1000]);
+    flood[30..34].copy_from_slice(&[10, 99, 0, 77]);
+    let mut flooded = 0u64;
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = ping.0.try_wait().unwrap() {
+            break st;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "ping never ended\n{}", logs());
+        for _ in 0..32 {
+            f.queues[0].send(&flood, 4096, 0, None);
+            flooded += 1;
+        }
+        f.queues[0].tx_responses(0, Duration::ZERO);
+        for q in 0..2 {
+            for fr in f.queues[q].recv(Duration::ZERO) {
+                if let Some(reply) = answer(&fr.data) {
+                    f.queues[q].send(&reply, 4096, 0, None);
+                }
+            }
+        }
+    };
+    let mut out = String::new();
+    std::io::Read::read_to_string(ping.0.stdout.as_mut().unwrap(), &mut out).unwrap();
+    assert!(status.success() && out.contains("5 received"), "ping during a flood of {flooded} frames:\n{out}\n{}", logs());
+    let rss_after = rss_kib(netback.0.id());
+    assert!(flooded > 1000, "the flood ran ({flooded} frames)");
+    assert!(rss_after < rss_before + 16 * 1024, "netback grew from {rss_before} KiB to {rss_after} KiB during the flood");
     f.close().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }
