@@ -230,9 +230,14 @@ impl NetQueue {
             self.dom.mem(self.rx_gfn, at, netif::RX_SLOT).copy_from(r.as_bytes());
             self.rx_prod = self.rx_prod.wrapping_add(1);
         }
+        let old = self.word(self.rx_gfn, 0).load(Ordering::Acquire);
         fence(Ordering::SeqCst);
         self.word(self.rx_gfn, 0).store(self.rx_prod, Ordering::Release);
-        self.kick_rx();
+        fence(Ordering::SeqCst);
+        let event = self.word(self.rx_gfn, 4).load(Ordering::Acquire);
+        if self.rx_prod.wrapping_sub(event) < self.rx_prod.wrapping_sub(old) {
+            self.kick_rx();
+        }
     }
 
     /// Queues raw TX slots (requests or extras, 12/8 bytes) and publishes
@@ -252,9 +257,16 @@ impl NetQueue {
             self.dom.mem(self.tx_gfn, at, netif::TX_SLOT).copy_from(&b);
             self.tx_prod = self.tx_prod.wrapping_add(1);
         }
+        // RING_PUSH_REQUESTS_AND_CHECK_NOTIFY: kick only when the backend
+        // asked (it sleeps after setting req_event).
+        let old = self.word(self.tx_gfn, 0).load(Ordering::Acquire);
         fence(Ordering::SeqCst);
         self.word(self.tx_gfn, 0).store(self.tx_prod, Ordering::Release);
-        self.kick_tx();
+        fence(Ordering::SeqCst);
+        let event = self.word(self.tx_gfn, 4).load(Ordering::Acquire);
+        if self.tx_prod.wrapping_sub(event) < self.tx_prod.wrapping_sub(old) {
+            self.kick_tx();
+        }
     }
 
     /// A granted page holding `data` (at offset `off`): (gref).

@@ -33,3 +33,54 @@ pub fn poll_in(f: &File, timeout: Duration) -> bool {
     let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
     r > 0
 }
+
+/// Moves this process into a fresh network namespace (needs root); the
+/// benchmarks that make taps run there and leave nothing on the host.
+pub fn unshare_net() -> std::io::Result<()> {
+    // SAFETY: unshare only changes this process's namespace membership.
+    if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// A raw packet socket bound to interface `ifname` (frames sent on it go
+/// out through that interface), with a `virtio_net_hdr` before each frame
+/// when `vnet_hdr`.
+pub fn packet_socket(ifname: &str, vnet_hdr: bool) -> std::io::Result<File> {
+    let name = std::ffi::CString::new(ifname).map_err(std::io::Error::other)?;
+    // SAFETY: if_nametoindex reads the NUL-terminated name only.
+    let ifindex = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if ifindex == 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let proto = (libc::ETH_P_ALL as u16).to_be();
+    // SAFETY: plain socket creation.
+    let fd = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, i32::from(proto)) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: `fd` was just created and is owned by the File from here on.
+    let f = unsafe { File::from_raw_fd(fd) };
+    if vnet_hdr {
+        let one: libc::c_int = 1;
+        // SAFETY: PACKET_VNET_HDR reads one int from `one`, which lives across the call.
+        let r = unsafe {
+            libc::setsockopt(fd, libc::SOL_PACKET, 15, &one as *const libc::c_int as *const libc::c_void, size_of::<libc::c_int>() as u32)
+        };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: bind reads a sockaddr_ll of the given size from `sll`.
+    let r = unsafe { libc::bind(fd, &sll as *const libc::sockaddr_ll as *const libc::sockaddr, size_of::<libc::sockaddr_ll>() as u32) };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(f)
+}

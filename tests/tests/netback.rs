@@ -345,9 +345,11 @@ fn test_tcp_bulk_with_gso_and_sg_both_ways() {
             let host_mac = <[u8; 6]>::try_from(&fr.data[6..12]).unwrap();
             let t = tcp.get_or_insert(Tcp { host_mac, port: 7000, peer_port: sport, seq: 5000, ack: 0, received: 0, acked: 0, fin: false });
             let reply = if flags & 0x02 != 0 {
+                // A SYN (or its retransmission): SYN-ACK from our ISN, 5000.
                 t.ack = seq.wrapping_add(1);
+                t.seq = 5000;
                 let r = tcp_frame(t, 0x12, &[]);
-                t.seq = t.seq.wrapping_add(1);
+                t.seq = 5001;
                 r
             } else {
                 // In order, or a retransmission overlapping what we have:

@@ -1,0 +1,225 @@
+//! Benchmark: the network backend process against direct tap I/O.
+//!
+//! A host-side netfront (no VM: guest memory in a memfd, the real grant
+//! table and netif rings, eventfds) drives `xenkvm-netback` on one tap; in
+//! the same run a second tap is driven directly (a `virtio_net_hdr` and a
+//! frame per write or read) as the baseline. Both run in a network
+//! namespace the benchmark makes for itself.
+//! - TX (guest to host): 64- and 1500-byte frames, and 64 KiB TCP frames
+//!   with GSO; the host drops them (they are for another MAC address).
+//! - RX (host to guest): a packet socket sends the same frames out of the
+//!   tap (64 KiB ones as GSO with `PACKET_VNET_HDR`); the guest side
+//!   counts what arrives.
+//!
+//! Each case alternates short slices of both sides and prints the median
+//! ratio of packets/s (Gbit/s for GSO). Target ≥ 0.8.
+//!
+//! Usage: bench-netback [--seconds S] [--rounds N] [--case NAME-PART]
+
+use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use xen_abi::netif::{self, ExtraInfo};
+use xenkvm_net::offload::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
+use xenkvm_net::tap::{self, TapQueue};
+use xenkvm_tests::blkfront::FakeDomain;
+use xenkvm_tests::netfront::Netfront;
+use xenkvm_tests::sys::{packet_socket, poll_in, unshare_net};
+use xenkvm_tests::{binary, tempdir, XenstoredProc};
+
+#[derive(Clone, Copy)]
+struct Case {
+    name: &'static str,
+    rx: bool,
+    size: usize,
+    gso: bool,
+}
+
+const CASES: [Case; 6] = [
+    Case { name: "tx-64", rx: false, size: 64, gso: false },
+    Case { name: "tx-1500", rx: false, size: 1514, gso: false },
+    Case { name: "tx-gso-64k", rx: false, size: 65000, gso: true },
+    Case { name: "rx-64", rx: true, size: 64, gso: false },
+    Case { name: "rx-1500", rx: true, size: 1514, gso: false },
+    Case { name: "rx-gso-64k", rx: true, size: 65000, gso: true },
+];
+
+/// An Ethernet/IPv4/TCP frame of `size` bytes to a MAC nobody has.
+fn frame(size: usize) -> Vec<u8> {
+    let mut f = vec![0u8; size.max(54)];
+    f[0..6].copy_from_slice(&[0x02, 0, 0, 0, 0, 0x99]);
+    f[6..12].copy_from_slice(&[0x00, 0x16, 0x3e, 0x12, 0x34, 0x56]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    let ip_len = (f.len() - 14) as u16;
+    f[16..18].copy_from_slice(&ip_len.to_be_bytes());
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&[10, 98, 0, 2]);
+    f[30..34].copy_from_slice(&[10, 98, 0, 99]);
+    f[34..36].copy_from_slice(&4000u16.to_be_bytes());
+    f[36..38].copy_from_slice(&5000u16.to_be_bytes());
+    f[46] = 0x50;
+    f[47] = 0x10;
+    f
+}
+
+fn gso_hdr() -> VnetHdr {
+    VnetHdr { flags: F_NEEDS_CSUM, gso_type: GSO_TCPV4, hdr_len: 54, gso_size: 1448, csum_start: 34, csum_offset: 16 }
+}
+
+/// Guest to host through netback: frames per second.
+fn tx_ours(f: &mut Netfront, c: &Case, secs: f64) -> f64 {
+    let fr = frame(c.size);
+    let (flags, gso) = if c.gso { (netif::NETTXF_CSUM_BLANK, Some(ExtraInfo::gso(1448, netif::GSO_TYPE_TCPV4))) } else { (0, None) };
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut done = 0u64;
+    while Instant::now() < stop {
+        for _ in 0..16 {
+            f.send(&fr, 4096, flags, gso);
+        }
+        done += f.tx_responses(0, Duration::ZERO).iter().filter(|r| r.status == netif::RSP_OKAY).count() as u64;
+    }
+    done += f.tx_responses(usize::MAX, Duration::from_millis(200)).iter().filter(|r| r.status == netif::RSP_OKAY).count() as u64;
+    // Every data slot of a frame is answered OKAY: count frames.
+    let slots = fr.len().div_ceil(4096) as u64;
+    (done / slots) as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Guest to host written straight to a tap.
+fn tx_direct(t: &TapQueue, c: &Case, secs: f64) -> f64 {
+    let fr = frame(c.size);
+    let hdr = if c.gso { gso_hdr() } else { VnetHdr::default() }.to_bytes();
+    let stop = Instant::now() + Duration::from_secs_f64(secs);
+    let start = Instant::now();
+    let mut done = 0u64;
+    while Instant::now() < stop {
+        for _ in 0..16 {
+            if t.write_frame(&hdr, &fr).is_ok() {
+                done += 1;
+            }
+        }
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
+/// Sends frames out of `ifname` from a packet socket until `stop`.
+fn generator(ifname: &str, c: Case, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<()> {
+    let ifname = ifname.to_string();
+    std::thread::spawn(move || {
+        let mut s = packet_socket(&ifname, c.gso).expect("packet socket (the benchmark needs root)");
+        let mut buf = Vec::new();
+        if c.gso {
+            buf.extend_from_slice(&gso_hdr().to_bytes());
+        }
+        buf.extend_from_slice(&frame(c.size));
+        while !stop.load(Ordering::Relaxed) {
+            for _ in 0..16 {
+                let _ = s.write(&buf);
+            }
+        }
+    })
+}
+
+/// Host to guest through netback: frames per second reaching the guest.
+fn rx_ours(f: &mut Netfront, c: &Case, secs: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let g = generator("xkb0", *c, stop.clone());
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut n = 0u64;
+    while Instant::now() < end {
+        n += f.recv(Duration::from_millis(5)).iter().filter(|fr| !fr.error).count() as u64;
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = g.join();
+    while !f.recv(Duration::from_millis(50)).is_empty() {}
+    rate
+}
+
+/// Host to guest read straight from a tap.
+fn rx_direct(t: &TapQueue, c: &Case, secs: f64) -> f64 {
+    let stop = Arc::new(AtomicBool::new(false));
+    let g = generator("xkb1", *c, stop.clone());
+    let mut buf = vec![0u8; 70000];
+    let start = Instant::now();
+    let end = start + Duration::from_secs_f64(secs);
+    let mut n = 0u64;
+    let file = t.file.try_clone().expect("dup");
+    while Instant::now() < end {
+        match t.read_frame(&mut buf) {
+            Ok(Some(_)) => n += 1,
+            Ok(None) => {
+                poll_in(&file, Duration::from_millis(5));
+            }
+            Err(_) => break,
+        }
+    }
+    let rate = n as f64 / start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let _ = g.join();
+    while let Ok(Some(_)) = t.read_frame(&mut buf) {}
+    rate
+}
+
+fn ip(args: &[&str]) -> anyhow::Result<()> {
+    let st = std::process::Command::new("ip").args(args).status()?;
+    anyhow::ensure!(st.success(), "ip {}", args.join(" "));
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().collect();
+    let get = |k: &str| args.iter().position(|a| a == k).and_then(|i| args.get(i + 1)).cloned();
+    let secs: f64 = get("--seconds").map(|s| s.parse()).transpose()?.unwrap_or(2.0);
+    let rounds: usize = get("--rounds").map(|s| s.parse()).transpose()?.unwrap_or(5).max(1);
+    let case_filter = get("--case");
+    unshare_net().map_err(|e| anyhow::anyhow!("a network namespace of our own (needs root): {e}"))?;
+    ip(&["link", "set", "lo", "up"])?;
+    let dir = tempdir();
+    let xs = XenstoredProc::start(&[]);
+    let dom = FakeDomain::start(&dir, 7, 512, 64);
+    Netfront::create_device(&xs.socket, 7, 0, "00:16:3e:12:34:56")?;
+    let mut netback = std::process::Command::new(binary("xenkvm-netback"))
+        .arg("--vmm-socket")
+        .arg(&dom.socket)
+        .arg("--xenstored")
+        .arg(&xs.socket)
+        .args(["--devid", "0", "--tap", "xkb0", "--max-queues", "1", "--log"])
+        .arg(dir.join("netback.log"))
+        .spawn()?;
+    let mut f = Netfront::connect(dom.clone(), &xs.socket, 0, false)?;
+    let direct = tap::open("xkb1", 1)?.remove(0);
+    direct.set_offload(tap::TUN_F_CSUM | tap::TUN_F_TSO4)?;
+    for t in ["xkb0", "xkb1"] {
+        ip(&["link", "set", t, "up"])?;
+    }
+    println!("# bench-netback: one queue, {secs} s per case and side in {rounds} alternating slices (median ratio)");
+    let mut worst = f64::MAX;
+    for c in CASES {
+        if case_filter.as_deref().is_some_and(|p| !c.name.contains(p)) {
+            continue;
+        }
+        let slice = secs / rounds as f64;
+        let mut pairs = Vec::new();
+        for _ in 0..rounds {
+            let (o, b) = if c.rx { (rx_ours(&mut f, &c, slice), rx_direct(&direct, &c, slice)) } else { (tx_ours(&mut f, &c, slice), tx_direct(&direct, &c, slice)) };
+            pairs.push((o, b, o / b.max(1.0)));
+        }
+        pairs.sort_by(|x, y| x.2.total_cmp(&y.2));
+        let (ours, base, ratio) = pairs[pairs.len() / 2];
+        let unit = |pps: f64| if c.gso { format!("{:.2}Gbit/s", pps * c.size as f64 * 8.0 / 1e9) } else { format!("{pps:.0}pps") };
+        println!("BENCH case={} netback={} direct={} ratio={ratio:.2} target=0.80", c.name, unit(ours), unit(base));
+        worst = worst.min(ratio);
+    }
+    println!("# lowest ratio: {worst:.2}");
+    f.close()?;
+    let _ = netback.kill();
+    let _ = netback.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
