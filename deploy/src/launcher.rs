@@ -374,6 +374,7 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
             .context("starting xenkvm-consoled")?;
         tracing::info!(event = "launcher.started", domid, name = cfg.name, vmm = vmm.id(), consoled = consoled.id());
         let mut announced = false;
+        let mut reported = std::collections::HashSet::new();
         let status = loop {
             if let Some(st) = vmm.try_wait()? {
                 break st;
@@ -393,10 +394,10 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
                     tracing::warn!(domid, status = %st, "the console backend died");
                 }
             }
-            for (vdev, b) in &mut blkbacks {
+            for (device, b) in &mut blkbacks {
                 if let Ok(Some(st)) = b.try_wait() {
-                    if !st.success() {
-                        tracing::warn!(domid, device = vdev, status = %st, "a device backend died");
+                    if !st.success() && reported.insert(device.clone()) {
+                        report_backend_death(&cfg.name, domid, device, &st, paths);
                     }
                 }
             }
@@ -437,6 +438,29 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
             continue;
         }
         return Ok(stopped.exit_code());
+    }
+}
+
+/// Tells the user a device backend died, and how: a seccomp kill (a
+/// syscall outside its allow-list) is named as such.
+fn report_backend_death(name: &str, domid: u16, device: &str, st: &std::process::ExitStatus, paths: &Paths) {
+    let kind = if device.starts_with("vif") { "netback" } else { "blkback" };
+    let log = paths.log(name, &format!("{kind}-{device}"));
+    if xenkvm_sandbox::killed_by_seccomp(st) {
+        tracing::error!(
+            event = "launcher.backend_killed",
+            domid,
+            device,
+            "xenkvm-{kind} for {device} was killed by its seccomp filter (a syscall outside its allow-list); see {}",
+            log.display()
+        );
+        let _ = writeln!(
+            std::io::stderr(),
+            "xenkvm: xenkvm-{kind} for {device} was killed by its seccomp filter (SIGSYS: a syscall outside its allow-list); see {}",
+            log.display()
+        );
+    } else {
+        tracing::warn!(event = "launcher.backend_died", domid, device, status = %st, "a device backend died; see {}", log.display());
     }
 }
 

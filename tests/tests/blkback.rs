@@ -191,6 +191,11 @@ fn raw_disk_one_queue(extra: &[&str], engine: &str) {
     assert_eq!(std::fs::read(&image).unwrap(), expect, "the image holds exactly what was written");
     let log = r.blkback.log_text();
     assert!(log.contains("blkback.connected") && log.contains(&format!("engine=\"{engine}\"")), "{log}");
+    // It ran jailed, every step applied.
+    let jailed = log.lines().find(|l| l.contains("sandbox.entered")).unwrap_or_default();
+    for step in ["namespaces, empty root", "rlimits", "no capabilities", "landlock", "seccomp"] {
+        assert!(jailed.contains(step), "{step} missing: {jailed}");
+    }
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&r.dir);
 }

@@ -411,3 +411,46 @@ fn test_guest_netfront_ping_and_udp_through_the_launcher() {
     let gone = ns.cmd("ip").args(["link", "show", "xkg0"]).output().unwrap();
     assert!(!gone.status.success(), "the tap goes with the guest");
 }
+
+/// Every backend runs jailed, and one that makes a syscall outside its
+/// seccomp allow-list (the test-only trigger) is killed at once; the
+/// launcher names the seccomp kill. The guest itself is unharmed.
+#[test]
+fn test_a_backend_making_a_forbidden_syscall_is_killed_and_reported() {
+    let rd = RunDir::new();
+    let ns = Netns::new("sc");
+    let disk = rd.0.join("sc.raw");
+    std::fs::File::create(&disk).unwrap().set_len(1 << 20).unwrap();
+    for (kind, device) in [("xenkvm-blkback", "xvda"), ("xenkvm-netback", "vif0")] {
+        let name = format!("sc{}", &kind[7..10]);
+        let extra = format!("disk = [ \"format=raw, vdev=xvda, access=rw, target={}\" ]\nvif = [ \"vifname=xks0\" ]\n", disk.display());
+        let cfg = rd.config(&name, &guest_config(&name, "wait_shutdown", &extra));
+        let err_path = rd.0.join(format!("{name}.stderr"));
+        let mut launcher = Fg(ns
+            .cmd(binary("xenkvm").to_str().unwrap())
+            .env("XENKVM_SELFTEST_FORBIDDEN_SYSCALL", kind)
+            .arg("--run-dir")
+            .arg(&rd.0)
+            .args(["create", "-F", cfg.to_str().unwrap()])
+            .stderr(std::fs::File::create(&err_path).unwrap())
+            .spawn()
+            .unwrap());
+        let killed = format!("{kind} for {device} was killed by its seccomp filter");
+        wait_for("the seccomp kill report", || std::fs::read_to_string(&err_path).unwrap_or_default().contains(&killed));
+        // The other backend is jailed and alive.
+        let other = if kind == "xenkvm-blkback" { format!("{name}.netback-vif0") } else { format!("{name}.blkback-xvda") };
+        let other_log = || std::fs::read_to_string(rd.0.join("logs").join(format!("{other}.log"))).unwrap_or_default();
+        wait_for("the other backend jailed", || other_log().contains("sandbox.entered"));
+        assert!(other_log().contains("\"seccomp\""), "{}", other_log());
+        let dead_log = std::fs::read_to_string(
+            rd.0.join("logs").join(format!("{name}.{}.log", if kind == "xenkvm-blkback" { "blkback-xvda" } else { "netback-vif0" })),
+        )
+        .unwrap();
+        assert!(dead_log.contains("sandbox.selftest") && !dead_log.contains("selftest_survived"), "{dead_log}");
+        let out = rd.xenkvm(&["shutdown", &name]);
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let st = launcher.0.wait().unwrap();
+        assert!(st.success(), "the guest shut down normally: {st:?}\n{}", rd.log(&name, "serial"));
+        rd.assert_clean();
+    }
+}

@@ -217,6 +217,10 @@ fn test_ping_udp_offload_and_malformed_tx_on_a_tap_in_a_netns() {
     ] {
         assert!(stat(&stats, key) >= min, "{key} < {min}\n{}", std::fs::read_to_string(&stats).unwrap_or_default());
     }
+    let jailed = logs().lines().find(|l| l.contains("sandbox.entered")).unwrap_or_default().to_string();
+    for step in ["user+mount+net namespaces, empty root", "rlimits", "no capabilities", "landlock", "seccomp"] {
+        assert!(jailed.contains(step), "{step} missing: {jailed}");
+    }
     f.close().unwrap();
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -162,7 +162,15 @@ fn connect_keys(image: &Image, cdrom: bool) -> Vec<(&'static str, String)> {
 
 /// Serves vbd `devid` of the vmm's guest until the device is removed or
 /// the guest is gone.
-pub fn serve(peers: &Peers, devid: u32, offer: &Offer, direct_override: Option<bool>) -> anyhow::Result<()> {
+/// `jail` is called once set-up is done (the image open, the features
+/// published), before the first guest byte is read.
+pub fn serve(
+    peers: &Peers,
+    devid: u32,
+    offer: &Offer,
+    direct_override: Option<bool>,
+    jail: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let ipc = connect_vmm(&peers.vmm_socket)?;
     let domid = u32::from(ipc_vmm::hello(&ipc, &format!("blkback {devid}"))?);
     let client = Client::connect(&peers.xenstored).with_context(|| format!("xenstored at {}", peers.xenstored.display()))?;
@@ -185,6 +193,7 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer, direct_override: Option<b
     tracing::info!(event = "blkback.image_open", devid, domid, path = %spec.path.display(), format = ?spec.format,
         size = image.size(), readonly = image.readonly(), direct);
     write_keys(&mut be, &feature_keys(&image, offer))?;
+    jail()?;
     let gone = || vmm_gone(&ipc);
     be.run("vbd", &gone, |be| {
         // The guest's memory first: its bitness is the default protocol.

@@ -20,4 +20,5 @@ pub mod io;
 pub mod queue;
 pub mod request;
 pub mod ring;
+pub mod seccomp;
 pub mod uring;

@@ -45,6 +45,9 @@ struct Args {
     /// Open the image with O_DIRECT (default: the `direct-io-safe` node).
     #[arg(long)]
     direct: Option<bool>,
+    /// Run without the jail (namespaces, empty root, seccomp): for debugging.
+    #[arg(long)]
+    no_sandbox: bool,
     /// Log file (default: stderr).
     #[arg(long)]
     log: Option<PathBuf>,
@@ -78,7 +81,18 @@ fn main() -> std::process::ExitCode {
         uring_entries: args.uring_entries,
     };
     let peers = Peers { vmm_socket: args.vmm_socket, xenstored: args.xenstored };
-    match serve(&peers, args.devid, &offer, args.direct) {
+    let no_sandbox = args.no_sandbox;
+    let jail = move || -> anyhow::Result<()> {
+        if no_sandbox {
+            tracing::warn!(event = "sandbox.disabled", "running without the jail (--no-sandbox)");
+            return Ok(());
+        }
+        let policy =
+            xenkvm_sandbox::Policy { name: "xenkvm-blkback", rules: xenkvm_block::seccomp::rules(), host_net: false, max_files: 1024 };
+        xenkvm_sandbox::enter(policy)?;
+        Ok(())
+    };
+    match serve(&peers, args.devid, &offer, args.direct, jail) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(event = "blkback.failed", error = %format!("{e:#}"));

@@ -6,7 +6,7 @@
 //! to Initialising is served again.
 
 use std::os::fd::AsRawFd;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -133,7 +133,9 @@ fn vmm_gone(ipc: &Channel) -> bool {
 
 /// Serves vif `devid` of the vmm's guest until the device is removed or
 /// the guest is gone.
-pub fn serve(peers: &Peers, devid: u32, offer: &Offer) -> anyhow::Result<()> {
+/// `jail` is called once set-up is done (the tap and the counters file
+/// open, the features published), before the first guest byte is read.
+pub fn serve(peers: &Peers, devid: u32, offer: &Offer, jail: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
     let ipc = ipc_vmm::connect(&peers.vmm_socket, Duration::from_secs(10))
         .with_context(|| format!("connecting to the vmm at {}", peers.vmm_socket.display()))?;
     let domid = u32::from(ipc_vmm::hello(&ipc, &format!("netback {devid}"))?);
@@ -159,24 +161,39 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer) -> anyhow::Result<()> {
     }
     tracing::info!(event = "netback.tap_open", devid, domid, tap = %tap_name, queues = taps.len());
     xenbus::write_keys(&mut be.client, &backend, &feature_keys(offer))?;
+    let stats_file = match &peers.stats {
+        Some(p) => Some(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .write(true)
+                .truncate(true)
+                .open(p)
+                .with_context(|| format!("counters file {}", p.display()))?,
+        ),
+        None => None,
+    };
+    jail()?;
+    let peers_stats = stats_file.as_ref();
     let stats = Stats::default();
     let gone = || vmm_gone(&ipc);
     let r = be.run("vif", &gone, |be| {
         match ipc_vmm::attach(&ipc).map_err(|e| e.to_string()).and_then(|m| read_frontend(be, offer).map(|f| (m, f))) {
             Err(e) => Disconnect::Broken(e),
-            Ok(((memory, files), fe)) => connect_and_serve(be, &ipc, &taps, &fe, devid, (memory, files), &stats, peers.stats.as_deref()),
+            Ok(((memory, files), fe)) => connect_and_serve(be, &ipc, &taps, &fe, devid, (memory, files), &stats, peers_stats),
         }
     });
-    write_stats(peers.stats.as_deref(), &stats);
+    write_stats(peers_stats, &stats);
     r?;
     Ok(())
 }
 
-fn write_stats(path: Option<&Path>, stats: &Stats) {
-    if let Some(p) = path {
-        let tmp = p.with_extension("tmp");
-        if std::fs::write(&tmp, stats.render()).and_then(|_| std::fs::rename(&tmp, p)).is_err() {
-            tracing::warn!(event = "netback.stats_write", path = %p.display());
+/// Rewrites the counters file in place (it was opened before the jail).
+fn write_stats(file: Option<&std::fs::File>, stats: &Stats) {
+    use std::os::unix::fs::FileExt;
+    if let Some(f) = file {
+        let text = stats.render();
+        if f.write_all_at(text.as_bytes(), 0).and_then(|_| f.set_len(text.len() as u64)).is_err() {
+            tracing::warn!(event = "netback.stats_write");
         }
     }
 }
@@ -190,7 +207,7 @@ fn connect_and_serve(
     devid: u32,
     (memory, files): (ipc_vmm::DomainMemory, Vec<std::fs::File>),
     stats: &Stats,
-    stats_path: Option<&Path>,
+    stats_path: Option<&std::fs::File>,
 ) -> Disconnect {
     let (ram, table) = match map_domain(&memory, &files) {
         Ok(m) => m,

@@ -19,6 +19,7 @@ pub mod device;
 pub mod offload;
 pub mod queue;
 pub mod rx;
+pub mod seccomp;
 pub mod stats;
 pub mod tap;
 pub mod tx;

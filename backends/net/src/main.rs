@@ -33,6 +33,9 @@ struct Args {
     /// Counters file (`key value` lines, rewritten every second).
     #[arg(long)]
     stats: Option<PathBuf>,
+    /// Run without the jail (namespaces, empty root, seccomp): for debugging.
+    #[arg(long)]
+    no_sandbox: bool,
     /// Log file (default: stderr).
     #[arg(long)]
     log: Option<PathBuf>,
@@ -58,7 +61,18 @@ fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     let peers = Peers { vmm_socket: args.vmm_socket, xenstored: args.xenstored, tap: args.tap, tap_fds: args.tap_fds, stats: args.stats };
-    match serve(&peers, args.devid, &Offer { max_queues }) {
+    let no_sandbox = args.no_sandbox;
+    let jail = move || -> anyhow::Result<()> {
+        if no_sandbox {
+            tracing::warn!(event = "sandbox.disabled", "running without the jail (--no-sandbox)");
+            return Ok(());
+        }
+        let policy =
+            xenkvm_sandbox::Policy { name: "xenkvm-netback", rules: xenkvm_net::seccomp::rules(), host_net: false, max_files: 256 };
+        xenkvm_sandbox::enter(policy)?;
+        Ok(())
+    };
+    match serve(&peers, args.devid, &Offer { max_queues }, jail) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(event = "netback.failed", error = %format!("{e:#}"));

@@ -207,7 +207,11 @@ fn main() -> anyhow::Result<()> {
         let slice = secs / rounds as f64;
         let mut pairs = Vec::new();
         for _ in 0..rounds {
-            let (o, b) = if c.rx { (rx_ours(&mut f, &c, slice), rx_direct(&direct, &c, slice)) } else { (tx_ours(&mut f, &c, slice), tx_direct(&direct, &c, slice)) };
+            let (o, b) = if c.rx {
+                (rx_ours(&mut f, &c, slice), rx_direct(&direct, &c, slice))
+            } else {
+                (tx_ours(&mut f, &c, slice), tx_direct(&direct, &c, slice))
+            };
             pairs.push((o, b, o / b.max(1.0)));
         }
         pairs.sort_by(|x, y| x.2.total_cmp(&y.2));

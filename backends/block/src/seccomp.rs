@@ -1,0 +1,44 @@
+//! The block backend's seccomp allow-list: the common rules plus file I/O
+//! on the image it already holds (positional and vectored reads and
+//! writes, syncs, hole punching, growing a qcow2), its io_uring, and the
+//! one ioctl a block device needs at run time.
+
+use xenkvm_sandbox::{allow, allow_arg, common_rules, Rules};
+
+/// `BLKDISCARD`: discards on a block device.
+const BLKDISCARD: u64 = 0x1277;
+
+/// The filter's rules.
+pub fn rules() -> Rules {
+    let mut r = common_rules();
+    allow(
+        &mut r,
+        &[
+            libc::SYS_pread64,
+            libc::SYS_pwrite64,
+            libc::SYS_preadv,
+            libc::SYS_pwritev,
+            libc::SYS_preadv2,
+            libc::SYS_pwritev2,
+            libc::SYS_fsync,
+            libc::SYS_fdatasync,
+            // Punching holes for discards; imago growing a qcow2 file.
+            libc::SYS_fallocate,
+            libc::SYS_ftruncate,
+            libc::SYS_fstatfs,
+            libc::SYS_io_uring_setup,
+            libc::SYS_io_uring_enter,
+            libc::SYS_io_uring_register,
+        ],
+    );
+    allow_arg(&mut r, libc::SYS_ioctl, 1, &[BLKDISCARD]);
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn test_the_filter_builds() {
+        assert!(xenkvm_sandbox::compile(super::rules()).is_ok());
+    }
+}
