@@ -271,8 +271,11 @@ fn tcp_frame(t: &Tcp, flags: u8, payload: &[u8]) -> Vec<u8> {
     f
 }
 
-/// (src port, dst port, seq, ack, flags, payload) of a TCP/IPv4 frame to the guest.
-fn parse_tcp(fr: &[u8]) -> Option<(u16, u16, u32, u32, u8, &[u8])> {
+/// (src port, dst port, seq, ack, flags, payload) of a TCP segment.
+type TcpSegment<'a> = (u16, u16, u32, u32, u8, &'a [u8]);
+
+/// The TCP segment in a TCP/IPv4 frame to the guest.
+fn parse_tcp(fr: &[u8]) -> Option<TcpSegment<'_>> {
     if fr.len() < 54 || fr[12..14] != [8, 0] || fr[23] != 6 || fr[30..34] != GUEST_IP {
         return None;
     }
@@ -485,14 +488,14 @@ fn test_multi_queue_spread_and_a_flooding_queue_starves_nobody() {
     let mut per_queue = [0usize; 2];
     let mut host_mac = None;
     let start = Instant::now();
-    while per_queue.iter().any(|&n| n == 0) && start.elapsed() < Duration::from_secs(20) {
-        for q in 0..2 {
+    while per_queue.contains(&0) && start.elapsed() < Duration::from_secs(20) {
+        for (q, seen) in per_queue.iter_mut().enumerate() {
             for fr in f.queues[q].recv(Duration::from_millis(10)) {
                 if let Some(reply) = answer(&fr.data) {
                     host_mac = Some(<[u8; 6]>::try_from(&fr.data[6..12]).unwrap());
                     f.queues[q].send(&reply, 4096, 0, None);
                 } else if fr.data.len() > 42 && fr.data[23] == 17 && fr.data[36..38] == 9000u16.to_be_bytes() {
-                    per_queue[q] += 1;
+                    *seen += 1;
                 }
             }
             f.queues[q].tx_responses(0, Duration::ZERO);

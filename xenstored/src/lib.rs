@@ -15,3 +15,4 @@ pub mod store;
 pub mod transaction;
 pub mod watch;
 pub mod wire;
+pub mod seccomp;

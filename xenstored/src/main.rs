@@ -42,6 +42,9 @@ struct Args {
     /// Write the daemon's pid here once it listens.
     #[arg(long)]
     pid_file: Option<PathBuf>,
+    /// Run without the jail (namespaces, empty root, seccomp): for debugging.
+    #[arg(long)]
+    no_sandbox: bool,
     /// Log filter (tracing syntax; also XENKVM_LOG).
     #[arg(long)]
     log: Option<String>,
@@ -65,12 +68,27 @@ fn main() -> anyhow::Result<()> {
         outstanding: args.quota_outstanding.max(1),
     };
     std::fs::create_dir_all(&args.run_dir)?;
+    let run_dir = std::fs::canonicalize(&args.run_dir)?;
     let state_file = args.state_file.unwrap_or_else(|| args.run_dir.join("xenstored.state"));
+    let state_dir = std::fs::canonicalize(state_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new(".")))?;
     let _span = tracing::info_span!("xenstored", process = "xenstored").entered();
     let mut daemon = Daemon::new(Config { socket: args.socket.clone(), run_dir: args.run_dir, state_file, quota })?;
     if let Some(p) = &args.pid_file {
         std::fs::write(p, format!("{}\n", std::process::id()))?;
     }
     tracing::info!(event = "xenstored.listening", socket = %args.socket.display());
+    // Set up (socket bound, state restored): into the jail. It keeps the
+    // run directory (the vmm sockets of guests introduced later) and the
+    // state file's directory.
+    if args.no_sandbox {
+        tracing::warn!(event = "sandbox.disabled", "running without the jail (--no-sandbox)");
+    } else {
+        let mut writable_dirs = vec![run_dir];
+        if !writable_dirs.contains(&state_dir) {
+            writable_dirs.push(state_dir);
+        }
+        let policy = xenkvm_sandbox::Policy { name: "xenkvm-xenstored", rules: xenstore::seccomp::rules(), host_net: false, max_files: 65536, writable_dirs };
+        xenkvm_sandbox::enter(policy)?;
+    }
     daemon.run()
 }

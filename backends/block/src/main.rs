@@ -88,7 +88,7 @@ fn main() -> std::process::ExitCode {
             return Ok(());
         }
         let policy =
-            xenkvm_sandbox::Policy { name: "xenkvm-blkback", rules: xenkvm_block::seccomp::rules(), host_net: false, max_files: 1024 };
+            xenkvm_sandbox::Policy { name: "xenkvm-blkback", rules: xenkvm_block::seccomp::rules(), host_net: false, max_files: 1024, writable_dirs: vec![] };
         xenkvm_sandbox::enter(policy)?;
         Ok(())
     };

@@ -68,7 +68,7 @@ fn main() -> std::process::ExitCode {
             return Ok(());
         }
         let policy =
-            xenkvm_sandbox::Policy { name: "xenkvm-netback", rules: xenkvm_net::seccomp::rules(), host_net: false, max_files: 256 };
+            xenkvm_sandbox::Policy { name: "xenkvm-netback", rules: xenkvm_net::seccomp::rules(), host_net: false, max_files: 256, writable_dirs: vec![] };
         xenkvm_sandbox::enter(policy)?;
         Ok(())
     };

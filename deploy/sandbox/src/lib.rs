@@ -36,6 +36,10 @@ pub struct Policy {
     pub host_net: bool,
     /// Highest number of open files.
     pub max_files: u64,
+    /// Directories the process keeps, read-write (bind-mounted into the
+    /// empty root at the same path, and allowed by Landlock): a log or
+    /// state directory, where the sockets of peers it connects to later are.
+    pub writable_dirs: Vec<std::path::PathBuf>,
 }
 
 /// What [`enter`] did.
@@ -187,8 +191,9 @@ fn write_file(path: &str, data: &str) -> Result<(), String> {
     std::fs::write(path, data).map_err(|e| format!("{path}: {e}"))
 }
 
-/// Own user, mount (and network) namespaces, root pivoted to an empty tmpfs.
-fn namespaces(host_net: bool) -> Result<(), String> {
+/// Own user, mount (and network) namespaces, root pivoted to an empty tmpfs
+/// holding only bind mounts of `keep`.
+fn namespaces(host_net: bool, keep: &[std::path::PathBuf]) -> Result<(), String> {
     // SAFETY: getuid/getgid only read the caller's ids.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let mut flags = libc::CLONE_NEWUSER | libc::CLONE_NEWNS;
@@ -204,6 +209,12 @@ fn namespaces(host_net: bool) -> Result<(), String> {
     write_file("/proc/self/uid_map", &format!("0 {uid} 1"))?;
     write_file("/proc/self/gid_map", &format!("0 {gid} 1"))?;
     let c = |s: &str| CString::new(s).expect("no NUL");
+    // Hold the kept directories open: the empty root is mounted over /tmp,
+    // which may be where they are.
+    let kept: Vec<(std::fs::File, &std::path::PathBuf)> = keep
+        .iter()
+        .map(|d| std::fs::File::open(d).map(|f| (f, d)).map_err(|e| format!("{}: {e}", d.display())))
+        .collect::<Result<_, _>>()?;
     let (root, tmp, old, tmpfs) = (c("/"), c("/tmp"), c("/tmp/.old-root"), c("tmpfs"));
     // SAFETY: the mount calls take NUL-terminated strings that live across
     // them; they change only this process's private mount namespace.
@@ -225,6 +236,15 @@ fn namespaces(host_net: bool) -> Result<(), String> {
         if libc::mkdir(old.as_ptr(), 0o700) != 0 {
             return Err(format!("mkdir in the empty root: {}", errno()));
         }
+        for (fd, dir) in &kept {
+            let inside = std::path::Path::new("/tmp").join(dir.strip_prefix("/").unwrap_or(dir));
+            std::fs::create_dir_all(&inside).map_err(|e| format!("{}: {e}", inside.display()))?;
+            let src = c(&format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(fd)));
+            let dst = c(&inside.to_string_lossy());
+            if libc::mount(src.as_ptr(), dst.as_ptr(), std::ptr::null(), libc::MS_BIND | libc::MS_REC, std::ptr::null()) != 0 {
+                return Err(format!("bind-mounting {}: {}", dir.display(), errno()));
+            }
+        }
         if libc::syscall(libc::SYS_pivot_root, tmp.as_ptr(), old.as_ptr()) != 0 {
             return Err(format!("pivot_root: {}", errno()));
         }
@@ -244,20 +264,39 @@ fn namespaces(host_net: bool) -> Result<(), String> {
     Ok(())
 }
 
-/// Landlock (ABI 1): every filesystem access handled, none allowed.
-fn landlock() -> Result<(), String> {
+/// Landlock (ABI 1): every filesystem access handled; allowed only beneath `keep`.
+fn landlock(keep: &[std::path::PathBuf]) -> Result<(), String> {
     #[repr(C)]
     struct RulesetAttr {
         handled_access_fs: u64,
     }
+    #[repr(C, packed)]
+    struct PathBeneath {
+        allowed_access: u64,
+        parent_fd: i32,
+    }
     const LANDLOCK_CREATE_RULESET: libc::c_long = 444;
+    const LANDLOCK_ADD_RULE: libc::c_long = 445;
     const LANDLOCK_RESTRICT_SELF: libc::c_long = 446;
-    let attr = RulesetAttr { handled_access_fs: (1 << 13) - 1 };
+    const ALL: u64 = (1 << 13) - 1;
+    let attr = RulesetAttr { handled_access_fs: ALL };
     // SAFETY: landlock_create_ruleset reads `size_of::<RulesetAttr>()` bytes
     // from `attr`, which lives across the call; it returns a new fd.
     let fd = unsafe { libc::syscall(LANDLOCK_CREATE_RULESET, &attr as *const RulesetAttr, size_of::<RulesetAttr>(), 0u32) };
     if fd < 0 {
         return Err(format!("landlock_create_ruleset: {}", errno()));
+    }
+    for dir in keep {
+        let dir_fd = match std::fs::File::open(dir) {
+            Ok(f) => f,
+            Err(e) => return Err(format!("{}: {e}", dir.display())),
+        };
+        let rule = PathBeneath { allowed_access: ALL, parent_fd: std::os::fd::AsRawFd::as_raw_fd(&dir_fd) };
+        // SAFETY: landlock_add_rule reads one packed path-beneath struct
+        // from `rule`, which lives across the call.
+        if unsafe { libc::syscall(LANDLOCK_ADD_RULE, fd as libc::c_int, 1u32, &rule as *const PathBeneath, 0u32) } != 0 {
+            return Err(format!("landlock_add_rule {}: {}", dir.display(), errno()));
+        }
     }
     // SAFETY: restricts this thread (and threads it creates later) with the
     // ruleset `fd`, then closes our own descriptor.
@@ -282,7 +321,11 @@ fn rlimits(max_files: u64) -> Result<(), String> {
         Ok(())
     };
     set(libc::RLIMIT_CORE, 0)?;
-    set(libc::RLIMIT_NOFILE, max_files)
+    // Never above the hard limit we were given (raising it needs privilege).
+    let mut cur = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit writes one rlimit into `cur`.
+    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut cur) };
+    set(libc::RLIMIT_NOFILE, max_files.min(cur.rlim_max))
 }
 
 /// `no_new_privs` and every capability gone.
@@ -331,11 +374,11 @@ pub fn enter(policy: Policy) -> Result<Report, Error> {
     };
     step(
         if policy.host_net { "user+mount namespaces, empty root" } else { "user+mount+net namespaces, empty root" },
-        namespaces(policy.host_net),
+        namespaces(policy.host_net, &policy.writable_dirs),
     );
     step("rlimits", rlimits(policy.max_files));
     step("no_new_privs, no capabilities", drop_privileges());
-    step("landlock", landlock());
+    step("landlock", landlock(&policy.writable_dirs));
     seccompiler::apply_filter_all_threads(&filter).map_err(|e| Error::InstallFilter(e.to_string()))?;
     report.applied.push("seccomp");
     for (what, why) in &report.skipped {
