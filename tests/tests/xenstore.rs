@@ -271,3 +271,34 @@ fn test_kill_9_restarts_keep_store_domains_watches_and_rings() {
     assert!(xs.alive());
     assert!(xs.log_text().matches("xenstored.reattached").count() >= 3, "{}", xs.log_text());
 }
+
+/// xenstored runs jailed (every step applied), and a syscall outside its
+/// seccomp allow-list (the test-only trigger) kills it with SIGSYS.
+#[test]
+fn test_xenstored_is_jailed_and_killed_by_a_forbidden_syscall() {
+    use std::os::unix::process::ExitStatusExt;
+    let xs = XenstoredProc::start(&[]);
+    let start = std::time::Instant::now();
+    while !xs.log_text().contains("sandbox.entered") && start.elapsed() < std::time::Duration::from_secs(10) {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    let log = xs.log_text();
+    let jailed = log.lines().find(|l| l.contains("sandbox.entered")).unwrap_or_default().to_string();
+    for step in ["user+mount+net namespaces, empty root", "rlimits", "no capabilities", "landlock", "seccomp"] {
+        assert!(jailed.contains(step), "{step} missing: {log}");
+    }
+    let dir = xenkvm_tests::tempdir();
+    let st = std::process::Command::new(xenkvm_tests::binary("xenkvm-xenstored"))
+        .env("XENKVM_SELFTEST_FORBIDDEN_SYSCALL", "xenkvm-xenstored")
+        .arg("--socket")
+        .arg(dir.join("s"))
+        .arg("--run-dir")
+        .arg(&dir)
+        .stderr(std::fs::File::create(dir.join("log")).unwrap())
+        .status()
+        .unwrap();
+    let log = std::fs::read_to_string(dir.join("log")).unwrap();
+    assert_eq!(st.signal(), Some(libc::SIGSYS), "{st:?}\n{log}");
+    assert!(log.contains("sandbox.selftest") && !log.contains("selftest_survived"), "{log}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
