@@ -390,8 +390,8 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
                 ready(domid);
             }
             if let Ok(Some(st)) = consoled.try_wait() {
-                if !st.success() {
-                    tracing::warn!(domid, status = %st, "the console backend died");
+                if !st.success() && reported.insert("console".to_string()) {
+                    report_backend_death(&cfg.name, domid, "console", &st, paths);
                 }
             }
             for (device, b) in &mut blkbacks {
@@ -444,8 +444,11 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
 /// Tells the user a device backend died, and how: a seccomp kill (a
 /// syscall outside its allow-list) is named as such.
 fn report_backend_death(name: &str, domid: u16, device: &str, st: &std::process::ExitStatus, paths: &Paths) {
-    let kind = if device.starts_with("vif") { "netback" } else { "blkback" };
-    let log = paths.log(name, &format!("{kind}-{device}"));
+    let (kind, log) = match device {
+        "console" => ("consoled", paths.log(name, "consoled")),
+        d if d.starts_with("vif") => ("netback", paths.log(name, &format!("netback-{d}"))),
+        d => ("blkback", paths.log(name, &format!("blkback-{d}"))),
+    };
     if xenkvm_sandbox::killed_by_seccomp(st) {
         tracing::error!(
             event = "launcher.backend_killed",

@@ -204,6 +204,12 @@ fn test_channel_is_a_further_console_through_xenbus_and_a_grant() {
     for check in ["PASS channel.device", "PASS channel.connected", "PASS channel.closed"] {
         assert!(serial.contains(check), "{check}\n{serial}\n{}", rd.log("ch", "consoled"));
     }
+    // consoled ran jailed, and served the channel from inside the jail.
+    let consoled = rd.log("ch", "consoled");
+    let jailed = consoled.lines().find(|l| l.contains("sandbox.entered")).unwrap_or_default();
+    for step in ["user+mount+net namespaces, empty root", "rlimits", "no capabilities", "landlock", "seccomp"] {
+        assert!(jailed.contains(step), "{step} missing: {consoled}");
+    }
     let channel = std::fs::read_to_string(rd.0.join("logs/org.xenkvm.test.log")).unwrap_or_default();
     assert_eq!(channel, "hello from channel 1\n");
     // The device's nodes are gone with the guest.
@@ -421,7 +427,7 @@ fn test_a_backend_making_a_forbidden_syscall_is_killed_and_reported() {
     let ns = Netns::new("sc");
     let disk = rd.0.join("sc.raw");
     std::fs::File::create(&disk).unwrap().set_len(1 << 20).unwrap();
-    for (kind, device) in [("xenkvm-blkback", "xvda"), ("xenkvm-netback", "vif0")] {
+    for (kind, device) in [("xenkvm-blkback", "xvda"), ("xenkvm-netback", "vif0"), ("xenkvm-consoled", "console")] {
         let name = format!("sc{}", &kind[7..10]);
         let extra = format!("disk = [ \"format=raw, vdev=xvda, access=rw, target={}\" ]\nvif = [ \"vifname=xks0\" ]\n", disk.display());
         let cfg = rd.config(&name, &guest_config(&name, "wait_shutdown", &extra));
@@ -442,10 +448,12 @@ fn test_a_backend_making_a_forbidden_syscall_is_killed_and_reported() {
         let other_log = || std::fs::read_to_string(rd.0.join("logs").join(format!("{other}.log"))).unwrap_or_default();
         wait_for("the other backend jailed", || other_log().contains("sandbox.entered"));
         assert!(other_log().contains("\"seccomp\""), "{}", other_log());
-        let dead_log = std::fs::read_to_string(
-            rd.0.join("logs").join(format!("{name}.{}.log", if kind == "xenkvm-blkback" { "blkback-xvda" } else { "netback-vif0" })),
-        )
-        .unwrap();
+        let dead = match kind {
+            "xenkvm-blkback" => "blkback-xvda",
+            "xenkvm-netback" => "netback-vif0",
+            _ => "consoled",
+        };
+        let dead_log = std::fs::read_to_string(rd.0.join("logs").join(format!("{name}.{dead}.log"))).unwrap();
         assert!(dead_log.contains("sandbox.selftest") && !dead_log.contains("selftest_survived"), "{dead_log}");
         let out = rd.xenkvm(&["shutdown", &name]);
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

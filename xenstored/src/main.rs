@@ -87,7 +87,13 @@ fn main() -> anyhow::Result<()> {
         if !writable_dirs.contains(&state_dir) {
             writable_dirs.push(state_dir);
         }
-        let policy = xenkvm_sandbox::Policy { name: "xenkvm-xenstored", rules: xenstore::seccomp::rules(), host_net: false, max_files: 65536, writable_dirs };
+        let policy = xenkvm_sandbox::Policy {
+            name: "xenkvm-xenstored",
+            rules: xenstore::seccomp::rules(),
+            host_net: false,
+            max_files: 65536,
+            writable_dirs,
+        };
         xenkvm_sandbox::enter(policy)?;
     }
     daemon.run()

@@ -87,8 +87,13 @@ fn main() -> std::process::ExitCode {
             tracing::warn!(event = "sandbox.disabled", "running without the jail (--no-sandbox)");
             return Ok(());
         }
-        let policy =
-            xenkvm_sandbox::Policy { name: "xenkvm-blkback", rules: xenkvm_block::seccomp::rules(), host_net: false, max_files: 1024, writable_dirs: vec![] };
+        let policy = xenkvm_sandbox::Policy {
+            name: "xenkvm-blkback",
+            rules: xenkvm_block::seccomp::rules(),
+            host_net: false,
+            max_files: 1024,
+            writable_dirs: vec![],
+        };
         xenkvm_sandbox::enter(policy)?;
         Ok(())
     };

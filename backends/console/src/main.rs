@@ -6,6 +6,7 @@
 mod channel;
 mod log;
 mod ring;
+mod seccomp;
 mod terminal;
 
 use std::io::{Read, Write};
@@ -55,6 +56,9 @@ enum Cmd {
         /// Where each further console's output goes (`<name>.log`).
         #[arg(long)]
         channel_log_dir: Option<PathBuf>,
+        /// Run without the jail (namespaces, empty root, seccomp): for debugging.
+        #[arg(long)]
+        no_sandbox: bool,
     },
     /// Connect this terminal to a console (Ctrl-] detaches).
     Attach {
@@ -79,11 +83,40 @@ fn main() -> anyhow::Result<()> {
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("XENKVM_LOG").unwrap_or_else(|_| "info".into()))
         .init();
     match Args::parse().cmd {
-        Cmd::Serve { vmm_socket, log, log_max_bytes, attach_socket, xenstored, channel_log_dir } => {
-            if let (Some(xs), Some(dir)) = (xenstored, channel_log_dir) {
-                channel::start_all(&vmm_socket, &xs, &dir, log_max_bytes)?;
+        Cmd::Serve { vmm_socket, log, log_max_bytes, attach_socket, xenstored, channel_log_dir, no_sandbox } => {
+            // The jail keeps the directories of the logs it writes and of
+            // the sockets channels connect to later.
+            let mut keep: Vec<PathBuf> = Vec::new();
+            for p in [Some(&log), Some(&vmm_socket), xenstored.as_ref()].into_iter().flatten() {
+                if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()).and_then(|d| std::fs::canonicalize(d).ok()) {
+                    keep.push(d);
+                }
             }
-            serve(&vmm_socket, &log, log_max_bytes, attach_socket.as_deref())
+            if let Some(d) = channel_log_dir.as_ref().and_then(|d| std::fs::canonicalize(d).ok()) {
+                keep.push(d);
+            }
+            keep.sort();
+            keep.dedup();
+            let jail = move || -> anyhow::Result<()> {
+                if no_sandbox {
+                    tracing::warn!(event = "sandbox.disabled", "running without the jail (--no-sandbox)");
+                    return Ok(());
+                }
+                let policy = xenkvm_sandbox::Policy {
+                    name: "xenkvm-consoled",
+                    rules: seccomp::rules(),
+                    host_net: false,
+                    max_files: 1024,
+                    writable_dirs: keep,
+                };
+                xenkvm_sandbox::enter(policy)?;
+                Ok(())
+            };
+            let channels = || match (xenstored, channel_log_dir) {
+                (Some(xs), Some(dir)) => channel::start_all(&vmm_socket, &xs, &dir, log_max_bytes),
+                _ => Ok(()),
+            };
+            serve(&vmm_socket, &log, log_max_bytes, attach_socket.as_deref(), jail, channels)
         }
         Cmd::Attach { socket } => terminal::attach(&socket),
     }
@@ -93,7 +126,16 @@ pub(crate) fn connect(path: &Path) -> anyhow::Result<Channel> {
     xenkvm_ipc::vmm::connect(path, Duration::from_secs(10)).with_context(|| format!("connecting to the vmm at {}", path.display()))
 }
 
-fn serve(vmm_socket: &Path, log_path: &Path, log_max: u64, attach: Option<&Path>) -> anyhow::Result<()> {
+/// Serves the primary console; `jail` runs once set up (before the first
+/// guest byte), then `channels` starts the further consoles' threads.
+fn serve(
+    vmm_socket: &Path,
+    log_path: &Path,
+    log_max: u64,
+    attach: Option<&Path>,
+    jail: impl FnOnce() -> anyhow::Result<()>,
+    channels: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let ipc = connect(vmm_socket)?;
     let domid = ipc_vmm::hello(&ipc, "console")?;
     let att = ipc_vmm::attach_ring(&ipc, |m| m.console)?;
@@ -116,6 +158,8 @@ fn serve(vmm_socket: &Path, log_path: &Path, log_max: u64, attach: Option<&Path>
         }
         None => None,
     };
+    jail()?;
+    channels()?;
     let mut client: Option<UnixStream> = None;
     let mut to_guest: Vec<u8> = Vec::new();
     let mut to_client: Vec<u8> = Vec::new();

@@ -67,8 +67,13 @@ fn main() -> std::process::ExitCode {
             tracing::warn!(event = "sandbox.disabled", "running without the jail (--no-sandbox)");
             return Ok(());
         }
-        let policy =
-            xenkvm_sandbox::Policy { name: "xenkvm-netback", rules: xenkvm_net::seccomp::rules(), host_net: false, max_files: 256, writable_dirs: vec![] };
+        let policy = xenkvm_sandbox::Policy {
+            name: "xenkvm-netback",
+            rules: xenkvm_net::seccomp::rules(),
+            host_net: false,
+            max_files: 256,
+            writable_dirs: vec![],
+        };
         xenkvm_sandbox::enter(policy)?;
         Ok(())
     };
