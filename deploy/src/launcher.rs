@@ -425,6 +425,15 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
                 let _ = xenbus::remove_device(&mut c, "vif", u32::from(domid), devid);
             }
         }
+        if xenkvm_sandbox::killed_by_seccomp(&status) {
+            tracing::error!(event = "launcher.vmm_killed", domid, "xenkvm-vmm was killed by its seccomp filter");
+            let _ = writeln!(
+                std::io::stderr(),
+                "xenkvm: xenkvm-vmm for {} was killed by its seccomp filter (SIGSYS: a syscall outside its allow-list); see {}",
+                cfg.name,
+                paths.log(&cfg.name, "vmm").display()
+            );
+        }
         let stopped = Stopped::from_code(status.code());
         let action = match stopped {
             Stopped::Poweroff => cfg.on_poweroff,

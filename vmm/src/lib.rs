@@ -12,6 +12,7 @@ pub mod kvm;
 pub mod layout;
 pub mod memory;
 pub mod platform;
+pub mod seccomp;
 pub mod vcpu;
 pub mod xen;
 pub mod xenstore_domain;
@@ -89,6 +90,9 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// The jail could not be entered.
+    #[error("Cannot enter the sandbox: {0}")]
+    Sandbox(String),
     /// A vCPU thread could not be started.
     #[error("Cannot start vCPU thread")]
     Thread(#[source] std::io::Error),
@@ -139,6 +143,9 @@ pub struct VmConfig {
     pub xenstored: Option<PathBuf>,
     /// Start paused: the vCPUs run once an ipc peer sends `Unpause`.
     pub paused: bool,
+    /// Enter the jail (namespaces, empty root, per-thread seccomp filters)
+    /// once set up; the binary does, in-process tests do not.
+    pub sandbox: bool,
 }
 
 impl VmConfig {
@@ -160,6 +167,7 @@ impl VmConfig {
             ipc_socket: None,
             xenstored: None,
             paused: false,
+            sandbox: false,
         }
     }
 }
@@ -249,10 +257,40 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
         .as_ref()
         .map(|p| ipc_server::IpcServer::bind(p).map_err(|source| Error::Ipc { path: p.clone(), source }))
         .transpose()?;
+    // Set up (KVM, memory, vCPUs, the ipc socket): into the jail before any
+    // thread starts, keeping only the directories of the sockets used
+    // later (the ipc socket's, to remove it; xenstored's, to release).
+    let sandboxed = config.sandbox;
+    if sandboxed {
+        let mut keep: Vec<PathBuf> = Vec::new();
+        for p in [config.ipc_socket.as_ref(), config.xenstored.as_ref()].into_iter().flatten() {
+            if let Some(d) = p.parent().filter(|d| !d.as_os_str().is_empty()).and_then(|d| std::fs::canonicalize(d).ok()) {
+                if !keep.contains(&d) {
+                    keep.push(d);
+                }
+            }
+        }
+        let policy = xenkvm_sandbox::Policy {
+            name: "xenkvm-vmm",
+            rules: seccomp::rules(seccomp::Thread::Control),
+            host_net: false,
+            max_files: 4096,
+            writable_dirs: keep,
+        };
+        xenkvm_sandbox::enter(policy).map_err(|e| Error::Sandbox(e.to_string()))?;
+    }
     let mut threads = Vec::new();
     if let Some(server) = ipc {
         let d = domain.clone();
-        threads.push(std::thread::Builder::new().name("ipc".into()).spawn(move || server.run(&d)).map_err(Error::Thread)?);
+        threads.push(
+            std::thread::Builder::new()
+                .name("ipc".into())
+                .spawn(move || {
+                    seccomp::enter_thread(seccomp::Thread::Ipc, sandboxed);
+                    server.run(&d)
+                })
+                .map_err(Error::Thread)?,
+        );
     }
     if let Some(xs) = &config.xenstored {
         if let Err(e) = xenstore_domain::introduce(xs, &domain) {
@@ -263,10 +301,14 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
             return Err(Error::Xenstore { path: xs.clone(), source: e });
         }
     }
-    let helpers: [(&str, fn(&xen::Domain)); 2] = [("timers", xen::timer::run), ("events", |d| d.events.run(d))];
-    for (name, f) in helpers {
+    let helpers: [(&str, seccomp::Thread, fn(&xen::Domain)); 2] =
+        [("timers", seccomp::Thread::Timers, xen::timer::run), ("events", seccomp::Thread::Events, |d| d.events.run(d))];
+    for (name, kind, f) in helpers {
         let d = domain.clone();
-        match std::thread::Builder::new().name(name.into()).spawn(move || f(&d)) {
+        match std::thread::Builder::new().name(name.into()).spawn(move || {
+            seccomp::enter_thread(kind, sandboxed);
+            f(&d)
+        }) {
             Ok(t) => threads.push(t),
             Err(e) => {
                 domain.request_stop(StopReason::Fault(format!("{name} thread start failed")));
@@ -286,7 +328,10 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
     }
     for v in vcpus {
         let name = format!("vcpu{}", v.id);
-        match std::thread::Builder::new().name(name).spawn(move || v.run()) {
+        match std::thread::Builder::new().name(name).spawn(move || {
+            seccomp::enter_thread(seccomp::Thread::Vcpu, sandboxed);
+            v.run()
+        }) {
             Ok(t) => threads.push(t),
             Err(e) => {
                 domain.request_stop(StopReason::Fault("vCPU thread start failed".into()));

@@ -72,6 +72,9 @@ struct Args {
     /// are in place).
     #[arg(long, requires = "ipc_socket")]
     paused: bool,
+    /// Run without the jail (namespaces, empty root, seccomp): for debugging.
+    #[arg(long)]
+    no_sandbox: bool,
 }
 
 fn exit_code(reason: &StopReason) -> u8 {
@@ -108,6 +111,8 @@ fn main() -> ExitCode {
     config.ipc_socket = args.ipc_socket;
     config.xenstored = args.xenstored;
     config.paused = args.paused;
+    config.sandbox = !args.no_sandbox;
+    config.sandbox = !args.no_sandbox;
     if let Some(p) = args.console_log {
         config.console = ConsoleTarget::File(p);
     }

@@ -389,10 +389,17 @@ pub fn enter(policy: Policy) -> Result<Report, Error> {
     Ok(report)
 }
 
+/// Narrows the calling thread (only) to `rules`, on top of the process's
+/// filter: for processes whose thread types need different allow-lists.
+pub fn install_thread_filter(rules: Rules) -> Result<(), Error> {
+    let filter = compile(rules)?;
+    seccompiler::apply_filter(&filter).map_err(|e| Error::InstallFilter(e.to_string()))
+}
+
 /// Test-only: when `XENKVM_SELFTEST_FORBIDDEN_SYSCALL` names this process
-/// type, make a syscall no filter allows (`socket(AF_INET)`), which must
-/// kill the process.
-fn selftest(name: &str) {
+/// (or thread) type, make a syscall no filter allows (`socket(AF_INET)`),
+/// which must kill the process.
+pub fn selftest(name: &str) {
     if std::env::var("XENKVM_SELFTEST_FORBIDDEN_SYSCALL").is_ok_and(|v| v == name) {
         tracing::warn!(event = "sandbox.selftest", process = name, "making a forbidden syscall");
         // SAFETY: a plain socket call; the filter kills the process first.
