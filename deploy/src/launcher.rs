@@ -394,12 +394,8 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
                     report_backend_death(&cfg.name, domid, "console", &st, paths);
                 }
             }
-            for (device, b) in &mut blkbacks {
-                if let Ok(Some(st)) = b.try_wait() {
-                    if !st.success() && reported.insert(device.clone()) {
-                        report_backend_death(&cfg.name, domid, device, &st, paths);
-                    }
-                }
+            for b in &mut blkbacks {
+                b.supervise(&cfg.name, domid, paths);
             }
             std::thread::sleep(Duration::from_millis(20));
         };
@@ -408,8 +404,8 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
         reap(&mut consoled, deadline);
         // Block backends leave when the guest is gone, their data synced.
         let deadline = Instant::now() + Duration::from_secs(10);
-        for (_, b) in &mut blkbacks {
-            reap(b, deadline);
+        for b in &mut blkbacks {
+            reap(&mut b.child, deadline);
         }
         let _ = std::fs::remove_file(paths.console_socket(domid));
         if let Ok(mut c) = xenstore::client::Client::connect(&paths.xenstored) {
@@ -447,6 +443,108 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
             continue;
         }
         return Ok(stopped.exit_code());
+    }
+}
+
+/// A device backend the launcher keeps alive: restarted when it dies (not
+/// when it leaves on its own, nor when its seccomp filter killed it), after
+/// a backoff that doubles while it keeps dying young, up to a limit.
+pub struct Supervised {
+    device: String,
+    binary: &'static str,
+    /// The running process.
+    pub child: Child,
+    spawn: Box<dyn FnMut() -> anyhow::Result<Child>>,
+    started: Instant,
+    restarts: Vec<Instant>,
+    due: Option<Instant>,
+    backoff: Duration,
+    done: bool,
+}
+
+/// First wait before a restart (the guest waits meanwhile).
+const RESTART_BACKOFF: Duration = Duration::from_millis(10);
+/// A backend dying sooner than this after its start is crash-looping.
+const CRASH_LOOP: Duration = Duration::from_millis(250);
+/// Restarts allowed within [`RESTART_WINDOW`].
+const MAX_RESTARTS: usize = 100;
+const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+impl Supervised {
+    fn start(device: String, binary: &'static str, mut spawn: Box<dyn FnMut() -> anyhow::Result<Child>>) -> anyhow::Result<Supervised> {
+        let child = spawn()?;
+        Ok(Supervised {
+            device,
+            binary,
+            child,
+            spawn,
+            started: Instant::now(),
+            restarts: Vec::new(),
+            due: None,
+            backoff: RESTART_BACKOFF,
+            done: false,
+        })
+    }
+
+    /// Checks the process; restarts it when due.
+    fn supervise(&mut self, name: &str, domid: u16, paths: &Paths) {
+        if self.done {
+            return;
+        }
+        if let Some(due) = self.due {
+            if Instant::now() < due {
+                return;
+            }
+            self.due = None;
+            match (self.spawn)() {
+                Ok(c) => {
+                    tracing::info!(
+                        event = "launcher.backend_restarted",
+                        domid,
+                        device = self.device,
+                        pid = c.id(),
+                        restarts = self.restarts.len()
+                    );
+                    self.child = c;
+                    self.started = Instant::now();
+                }
+                Err(e) => {
+                    tracing::error!(event = "launcher.restart_failed", domid, device = self.device, error = %format!("{e:#}"));
+                    self.due = Some(Instant::now() + self.backoff);
+                }
+            }
+            return;
+        }
+        let Ok(Some(st)) = self.child.try_wait() else { return };
+        if st.success() {
+            self.done = true;
+            return;
+        }
+        report_backend_death(name, domid, &self.device, &st, paths);
+        if xenkvm_sandbox::killed_by_seccomp(&st) {
+            self.done = true;
+            return;
+        }
+        let now = Instant::now();
+        self.restarts.retain(|t| now.duration_since(*t) < RESTART_WINDOW);
+        if self.restarts.len() >= MAX_RESTARTS {
+            tracing::error!(
+                event = "launcher.restart_limit",
+                domid,
+                device = self.device,
+                "not restarting: {MAX_RESTARTS} restarts in a minute"
+            );
+            let _ = writeln!(std::io::stderr(), "xenkvm: {} for {} keeps dying; not restarting it", self.binary, self.device);
+            self.done = true;
+            return;
+        }
+        // Dying young (a crash loop at start-up) doubles the wait; one that
+        // had been running comes back at once.
+        self.backoff =
+            if now.duration_since(self.started) < CRASH_LOOP { (self.backoff * 2).min(Duration::from_secs(2)) } else { RESTART_BACKOFF };
+        let wait = if self.restarts.is_empty() { RESTART_BACKOFF } else { self.backoff };
+        self.restarts.push(now);
+        self.due = Some(now + wait);
     }
 }
 
@@ -513,7 +611,7 @@ fn check_disks(cfg: &DomainConfig) -> anyhow::Result<()> {
 
 /// Writes each disk's vbd nodes, as libxl does for a qdisk backend, and
 /// starts one `xenkvm-blkback` per disk.
-fn start_disks(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<Vec<(String, Child)>> {
+fn start_disks(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<Vec<Supervised>> {
     let mut c = xenstore::client::Client::connect(&paths.xenstored)?;
     let mut out = Vec::new();
     for d in &cfg.disks {
@@ -536,22 +634,26 @@ fn start_disks(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<
         let frontend = [("virtual-device", devid.to_string()), ("device-type", devtype.to_string())];
         xenbus::create_device(&mut c, "vbd", u32::from(domid), devid, &backend, &frontend)?;
         let log = paths.log(&cfg.name, &format!("blkback-{}", d.vdev));
-        let child = Command::new(sibling("xenkvm-blkback"))
-            .arg("--vmm-socket")
-            .arg(paths.vmm_socket(domid))
-            .arg("--xenstored")
-            .arg(&paths.xenstored)
-            .arg("--devid")
-            .arg(devid.to_string())
-            .arg("--log")
-            .arg(&log)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log)?)
-            .spawn()
-            .context("starting xenkvm-blkback")?;
-        tracing::info!(event = "launcher.disk", domid, vdev = d.vdev, devid, target = %target.display(), format, pid = child.id());
-        out.push((d.vdev.clone(), child));
+        let (vmm_socket, xenstored) = (paths.vmm_socket(domid), paths.xenstored.clone());
+        let spawn = move || -> anyhow::Result<Child> {
+            Command::new(sibling("xenkvm-blkback"))
+                .arg("--vmm-socket")
+                .arg(&vmm_socket)
+                .arg("--xenstored")
+                .arg(&xenstored)
+                .arg("--devid")
+                .arg(devid.to_string())
+                .arg("--log")
+                .arg(&log)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log)?)
+                .spawn()
+                .context("starting xenkvm-blkback")
+        };
+        let s = Supervised::start(d.vdev.clone(), "xenkvm-blkback", Box::new(spawn))?;
+        tracing::info!(event = "launcher.disk", domid, vdev = d.vdev, devid, target = %target.display(), format, pid = s.child.id());
+        out.push(s);
     }
     Ok(out)
 }
@@ -612,7 +714,7 @@ fn ip_link(args: &[&str]) -> anyhow::Result<()> {
 /// bridged and up), writes libxl's vif nodes and starts one netback per
 /// vif, handing it the tap's queue descriptors so it needs no network
 /// privileges of its own.
-fn start_vifs(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<Vec<(String, Child)>> {
+fn start_vifs(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<Vec<Supervised>> {
     const QUEUES: usize = 4;
     let mut c = xenstore::client::Client::connect(&paths.xenstored)?;
     let mut out = Vec::new();
@@ -644,31 +746,38 @@ fn start_vifs(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<V
         let frontend = [("mac", mac.clone()), ("handle", devid.to_string())];
         xenbus::create_device(&mut c, "vif", u32::from(domid), devid, &backend, &frontend)?;
         let log = paths.log(&cfg.name, &format!("netback-vif{devid}"));
-        let mut cmd = Command::new(sibling("xenkvm-netback"));
-        cmd.arg("--vmm-socket")
-            .arg(paths.vmm_socket(domid))
-            .arg("--xenstored")
-            .arg(&paths.xenstored)
-            .arg("--devid")
-            .arg(devid.to_string())
-            .arg("--stats")
-            .arg(vif_stats_path(paths, domid, devid))
-            .arg("--log")
-            .arg(&log);
-        for q in &queues {
-            q.make_inheritable()?;
-            cmd.arg("--tap-fd").arg(q.raw_fd().to_string());
-        }
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log)?)
-            .spawn()
-            .context("starting xenkvm-netback")?;
-        // Our copies close here: the tap lives as long as netback holds it.
-        drop(queues);
-        tracing::info!(event = "launcher.vif", domid, devid, tap, mac, bridge = ?v.bridge, pid = child.id());
-        out.push((format!("vif{devid}"), child));
+        let (vmm_socket, xenstored, stats) = (paths.vmm_socket(domid), paths.xenstored.clone(), vif_stats_path(paths, domid, devid));
+        // The launcher keeps the tap's queues: a restarted netback gets them again.
+        let spawn = move || -> anyhow::Result<Child> {
+            let mut cmd = Command::new(sibling("xenkvm-netback"));
+            cmd.arg("--vmm-socket")
+                .arg(&vmm_socket)
+                .arg("--xenstored")
+                .arg(&xenstored)
+                .arg("--devid")
+                .arg(devid.to_string())
+                .arg("--stats")
+                .arg(&stats)
+                .arg("--log")
+                .arg(&log);
+            for q in &queues {
+                q.set_inheritable(true)?;
+                cmd.arg("--tap-fd").arg(q.raw_fd().to_string());
+            }
+            let child = cmd
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log)?)
+                .spawn()
+                .context("starting xenkvm-netback");
+            for q in &queues {
+                q.set_inheritable(false)?;
+            }
+            child
+        };
+        let s = Supervised::start(format!("vif{devid}"), "xenkvm-netback", Box::new(spawn))?;
+        tracing::info!(event = "launcher.vif", domid, devid, tap, mac, bridge = ?v.bridge, pid = s.child.id());
+        out.push(s);
     }
     Ok(out)
 }

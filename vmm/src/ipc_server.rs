@@ -29,6 +29,8 @@ struct Peer {
 pub struct IpcServer {
     listener: Listener,
     path: PathBuf,
+    /// Our uid, read at bind time (the jail hides /proc later).
+    uid: u32,
 }
 
 impl IpcServer {
@@ -36,7 +38,8 @@ impl IpcServer {
     pub fn bind(path: &Path) -> xenkvm_ipc::Result<IpcServer> {
         let listener = Listener::bind(path)?;
         listener.set_nonblocking(true)?;
-        Ok(IpcServer { listener, path: path.to_path_buf() })
+        let uid = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).map_err(xenkvm_ipc::Error::Io)?;
+        Ok(IpcServer { listener, path: path.to_path_buf(), uid })
     }
 
     /// Serves until the domain stops.
@@ -60,7 +63,7 @@ impl IpcServer {
             for ev in &events[..n] {
                 if ev.data() == LISTENER {
                     while let Ok(ch) = self.listener.accept() {
-                        match admit(&ch) {
+                        match admit(&ch, self.uid) {
                             Ok(()) => {
                                 next_id += 1;
                                 if epoll.ctl(ControlOperation::Add, ch.as_raw_fd(), EpollEvent::new(EventSet::IN, next_id)).is_ok() {
@@ -91,9 +94,8 @@ impl IpcServer {
 }
 
 /// Only the vmm's own user (or root) may attach: it gets the guest's memory.
-fn admit(ch: &Channel) -> Result<(), String> {
+fn admit(ch: &Channel, me: u32) -> Result<(), String> {
     let cred = ch.peer_credentials().map_err(|e| format!("no peer credentials: {e}"))?;
-    let me = std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m)).unwrap_or(0);
     if cred.uid != me && cred.uid != 0 {
         return Err(format!("uid {} (pid {:?}) is neither ours ({me}) nor root", cred.uid, cred.pid));
     }

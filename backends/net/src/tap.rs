@@ -133,9 +133,10 @@ fn set_fd_flags(file: &File, own: bool) -> std::io::Result<()> {
 }
 
 impl TapQueue {
-    /// Lets the next spawned child inherit this queue's descriptor.
-    pub fn make_inheritable(&self) -> std::io::Result<()> {
-        set_fd_flags(&self.file, false)
+    /// Lets the next spawned child inherit this queue's descriptor (`on`),
+    /// or not.
+    pub fn set_inheritable(&self, on: bool) -> std::io::Result<()> {
+        set_fd_flags(&self.file, !on)
     }
 
     /// The descriptor's number.

@@ -226,8 +226,17 @@ impl Backend {
     ) -> Result<(), ClientError> {
         let state_path = format!("{}/state", self.paths.frontend);
         self.client.watch(&state_path, "fe-state")?;
+        // A backend restarted while connected picks the connection up where
+        // the last process left it: the frontend is not involved.
+        let own = self.client.read(0, &format!("{}/state", self.paths.backend)).ok();
+        let mut resume = own.as_deref() == Some(b"4") && matches!(self.frontend_state(), state::INITIALISED | state::CONNECTED);
+        if resume {
+            tracing::info!(event = "xenbus.resume", kind, backend = %self.paths.backend);
+        }
         loop {
-            self.set_state(state::INIT_WAIT)?;
+            if !std::mem::take(&mut resume) {
+                self.set_state(state::INIT_WAIT)?;
+            }
             let fe = self.wait_state(gone, |s| s == state::INITIALISED || s == state::CONNECTED || s == state::UNKNOWN)?;
             let Some(fe) = fe else { return Ok(()) };
             if fe == state::UNKNOWN {

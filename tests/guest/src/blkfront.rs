@@ -240,7 +240,8 @@ struct Layout {
 }
 
 struct Disk {
-    devid: u64,
+    /// What the pattern is made of this round (devid + round).
+    tag: u64,
     layout: Layout,
     rings: [Ring; MAX_QUEUES],
     first_ref: u32,
@@ -347,12 +348,12 @@ impl Disk {
         for q in 0..self.layout.queues {
             let base = q as u64 * REGION;
             for k in 0..DIRECT_PAGES {
-                fill(page_ptr(q, k), 0, 8, self.devid, base + 8 * k as u64);
+                fill(page_ptr(q, k), 0, 8, self.tag, base + 8 * k as u64);
             }
             clear(page_ptr(q, PARTIAL));
-            fill(page_ptr(q, PARTIAL), 2, 4, self.devid, base + 64);
+            fill(page_ptr(q, PARTIAL), 2, 4, self.tag, base + 64);
             for k in 0..BULK_PAGES {
-                fill(page_ptr(q, BULK + k), 0, 8, self.devid, base + 128 + 8 * k as u64);
+                fill(page_ptr(q, BULK + k), 0, 8, self.tag, base + 128 + 8 * k as u64);
             }
         }
     }
@@ -370,14 +371,14 @@ impl Disk {
         let discarded = (self.layout.discard / 512) as usize;
         (0..self.layout.queues).all(|q| {
             let base = q as u64 * REGION;
-            (0..DIRECT_PAGES).all(|k| holds(page_ptr(q, k), 0, 8, self.devid, base + 8 * k as u64, false))
-                && holds(page_ptr(q, PARTIAL), 0, 2, self.devid, 0, true)
-                && holds(page_ptr(q, PARTIAL), 2, 4, self.devid, base + 64, false)
-                && holds(page_ptr(q, PARTIAL), 6, 2, self.devid, 0, true)
+            (0..DIRECT_PAGES).all(|k| holds(page_ptr(q, k), 0, 8, self.tag, base + 8 * k as u64, false))
+                && holds(page_ptr(q, PARTIAL), 0, 2, self.tag, 0, true)
+                && holds(page_ptr(q, PARTIAL), 2, 4, self.tag, base + 64, false)
+                && holds(page_ptr(q, PARTIAL), 6, 2, self.tag, 0, true)
                 && (0..BULK_PAGES).all(|k| {
                     (0..8).all(|s| {
                         let sector = 8 * k + s;
-                        holds(page_ptr(q, BULK + k), s, 1, self.devid, base + 128 + sector as u64, sector < discarded)
+                        holds(page_ptr(q, BULK + k), s, 1, self.tag, base + 128 + sector as u64, sector < discarded)
                     })
                 })
         })
@@ -385,7 +386,7 @@ impl Disk {
 }
 
 /// Runs the scenario on the first two disks in `device/vbd`.
-pub fn scenario(c: &mut Checks) {
+pub fn scenario(c: &mut Checks, rounds: u64) {
     let Some(mut xs) = Xs::open() else {
         check!(c, "blkfront.xenstore", false, "no store ring");
         return;
@@ -404,11 +405,11 @@ pub fn scenario(c: &mut Checks) {
     devids[..n].sort_unstable();
     check!(c, "blkfront.found", rm == 0 && n > 0, "grant table map {rm}, {n} vbd devices");
     for (i, &devid) in devids[..n].iter().enumerate() {
-        one_disk(c, &mut xs, devid, i == 1, FIRST_REF + i as u32 * REFS_PER_DISK);
+        one_disk(c, &mut xs, devid, i == 1, FIRST_REF + i as u32 * REFS_PER_DISK, rounds.max(1));
     }
 }
 
-fn one_disk(c: &mut Checks, xs: &mut Xs, devid: u64, rich: bool, first_ref: u32) {
+fn one_disk(c: &mut Checks, xs: &mut Xs, devid: u64, rich: bool, first_ref: u32, rounds: u64) {
     let fe = {
         let mut p = Path::new(b"device/vbd/");
         p.num(devid);
@@ -452,7 +453,7 @@ fn one_disk(c: &mut Checks, xs: &mut Xs, devid: u64, rich: bool, first_ref: u32)
         }
     };
     let mut disk = Disk {
-        devid,
+        tag: devid,
         rings: [const { Ring { base: core::ptr::null_mut(), size: 0, req_prod: 0, rsp_cons: 0, port: 0 } }; MAX_QUEUES],
         layout,
         first_ref,
@@ -521,7 +522,7 @@ fn one_disk(c: &mut Checks, xs: &mut Xs, devid: u64, rich: bool, first_ref: u32)
         disk.layout.sectors
     );
     println!(
-        "INFO blkfront {devid} queues={} ring-order={} indirect={} persistent={} discard={}",
+        "INFO blkfront {devid} queues={} ring-order={} indirect={} persistent={} discard={} rounds={rounds}",
         disk.layout.queues,
         disk.layout.order,
         u8::from(disk.layout.indirect),
@@ -532,32 +533,46 @@ fn one_disk(c: &mut Checks, xs: &mut Xs, devid: u64, rich: bool, first_ref: u32)
         return;
     }
 
+    // Each round writes the pattern of tag devid + round, flushes,
+    // discards, reads back and verifies (the host checks the last round's).
     let mut detail = 0;
-    disk.fill_pages();
-    for q in 0..disk.layout.queues {
-        disk.queue_io(q, OP_WRITE);
+    let (mut wrote, mut flushed, mut discarded, mut read, mut verified) = (true, true, true, true, true);
+    for round in 0..rounds {
+        disk.tag = devid + round;
+        disk.fill_pages();
+        for q in 0..disk.layout.queues {
+            disk.queue_io(q, OP_WRITE);
+        }
+        wrote &= disk.run_all(&mut detail);
+        for q in 0..disk.layout.queues {
+            disk.queue_plain(q, OP_FLUSH_DISKCACHE);
+        }
+        flushed &= disk.run_all(&mut detail);
+        if disk.layout.discard > 0 {
+            for q in 0..disk.layout.queues {
+                disk.queue_plain(q, OP_DISCARD);
+            }
+            discarded &= disk.run_all(&mut detail);
+        }
+        disk.clear_pages();
+        for q in 0..disk.layout.queues {
+            disk.queue_io(q, OP_READ);
+        }
+        let r = disk.run_all(&mut detail);
+        read &= r;
+        verified &= r && disk.verify_pages();
+        if !(wrote && flushed && discarded && read && verified) {
+            println!("INFO blkfront {devid} round {round} failed");
+            break;
+        }
     }
-    let wrote = disk.run_all(&mut detail);
     check!(c, "blkfront.write", wrote, "vbd {devid}: id<<16|status {detail:#x}");
-    for q in 0..disk.layout.queues {
-        disk.queue_plain(q, OP_FLUSH_DISKCACHE);
-    }
-    let flushed = disk.run_all(&mut detail);
     check!(c, "blkfront.flush", flushed, "vbd {devid}: id<<16|status {detail:#x}");
     if disk.layout.discard > 0 {
-        for q in 0..disk.layout.queues {
-            disk.queue_plain(q, OP_DISCARD);
-        }
-        let discarded = disk.run_all(&mut detail);
         check!(c, "blkfront.discard", discarded, "vbd {devid}: id<<16|status {detail:#x}");
     }
-    disk.clear_pages();
-    for q in 0..disk.layout.queues {
-        disk.queue_io(q, OP_READ);
-    }
-    let read = disk.run_all(&mut detail);
     check!(c, "blkfront.read", read, "vbd {devid}: id<<16|status {detail:#x}");
-    check!(c, "blkfront.verify", read && disk.verify_pages(), "vbd {devid}: data read back differs");
+    check!(c, "blkfront.verify", verified, "vbd {devid}: data read back differs");
 
     // Close as Linux does: Closing; the backend's Closing; Closed; its Closed.
     let closing = write_num(xs, &fe.at(b"state"), u64::from(state::CLOSING))

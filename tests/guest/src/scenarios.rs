@@ -266,7 +266,7 @@ pub fn run(start_info: u64) -> ! {
             crate::netfront::scenario(&mut c, opts.get("net_ip").unwrap_or("10.99.0.2"), opts.get("net_peer").unwrap_or("10.99.0.1"), secs);
         }
         if opts.named("blkfront") {
-            crate::blkfront::scenario(&mut c);
+            crate::blkfront::scenario(&mut c, opts.num("blk_rounds").unwrap_or(1));
         }
         if opts.named("channel") {
             crate::xenstore::scenario_channel(&mut c);
