@@ -355,26 +355,36 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
         blkbacks.extend(start_vifs(paths, cfg, domid)?);
         // Devices are in place: let the guest run (libxl's unpause).
         unpause(paths, domid).with_context(|| format!("unpausing domain {domid}; see {}", paths.log(&cfg.name, "vmm").display()))?;
-        let mut consoled = Command::new(sibling("xenkvm-consoled"))
-            .arg("serve")
-            .arg("--xenstored")
-            .arg(&paths.xenstored)
-            .arg("--channel-log-dir")
-            .arg(paths.run_dir.join("logs"))
-            .arg("--vmm-socket")
-            .arg(paths.vmm_socket(domid))
-            .arg("--log")
-            .arg(paths.log(&cfg.name, "console"))
-            .arg("--attach-socket")
-            .arg(paths.console_socket(domid))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(paths.log(&cfg.name, "consoled"))?)
-            .spawn()
-            .context("starting xenkvm-consoled")?;
-        tracing::info!(event = "launcher.started", domid, name = cfg.name, vmm = vmm.id(), consoled = consoled.id());
+        let (xenstored, logs, vmm_socket, console_log, console_socket, consoled_log) = (
+            paths.xenstored.clone(),
+            paths.run_dir.join("logs"),
+            paths.vmm_socket(domid),
+            paths.log(&cfg.name, "console"),
+            paths.console_socket(domid),
+            paths.log(&cfg.name, "consoled"),
+        );
+        let spawn_consoled = move || -> anyhow::Result<Child> {
+            Command::new(sibling("xenkvm-consoled"))
+                .arg("serve")
+                .arg("--xenstored")
+                .arg(&xenstored)
+                .arg("--channel-log-dir")
+                .arg(&logs)
+                .arg("--vmm-socket")
+                .arg(&vmm_socket)
+                .arg("--log")
+                .arg(&console_log)
+                .arg("--attach-socket")
+                .arg(&console_socket)
+                .stdin(Stdio::null())
+                .stdout(Stdio::null())
+                .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&consoled_log)?)
+                .spawn()
+                .context("starting xenkvm-consoled")
+        };
+        let mut consoled = Supervised::start("console".into(), "xenkvm-consoled", Box::new(spawn_consoled))?;
+        tracing::info!(event = "launcher.started", domid, name = cfg.name, vmm = vmm.id(), consoled = consoled.child.id());
         let mut announced = false;
-        let mut reported = std::collections::HashSet::new();
         let status = loop {
             if let Some(st) = vmm.try_wait()? {
                 break st;
@@ -389,11 +399,7 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
                 tracing::info!(event = "launcher.console_up", domid, after_ms = t0.elapsed().as_millis() as u64);
                 ready(domid);
             }
-            if let Ok(Some(st)) = consoled.try_wait() {
-                if !st.success() && reported.insert("console".to_string()) {
-                    report_backend_death(&cfg.name, domid, "console", &st, paths);
-                }
-            }
+            consoled.supervise(&cfg.name, domid, paths);
             for b in &mut blkbacks {
                 b.supervise(&cfg.name, domid, paths);
             }
@@ -401,7 +407,7 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
         };
         // The console backend leaves when the vmm's socket closes; make sure.
         let deadline = Instant::now() + Duration::from_secs(3);
-        reap(&mut consoled, deadline);
+        reap(&mut consoled.child, deadline);
         // Block backends leave when the guest is gone, their data synced.
         let deadline = Instant::now() + Duration::from_secs(10);
         for b in &mut blkbacks {

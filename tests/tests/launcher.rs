@@ -600,3 +600,62 @@ fn test_netback_killed_20_times_during_pings_recovers_every_time() {
     );
     rd.assert_clean();
 }
+
+/// kill -9 of consoled, 20 times, while the guest floods its PV console
+/// with numbered lines: the launcher restarts it each time, and every line
+/// reaches the console log (output is freed from the ring only once it is
+/// written, so a kill repeats a little output at worst and never loses any).
+#[test]
+fn test_consoled_killed_20_times_during_console_output_loses_nothing() {
+    let rd = RunDir::new();
+    let kib = 1400u64;
+    let cfg = rd.config("cr", &guest_config("cr", &format!("console_flood={kib}"), ""));
+    let mut launcher = create_foreground(&rd, &cfg);
+    let consoled_log = || rd.log("cr", "consoled");
+    wait_for("consoled attached", || consoled_log().contains("console.attached"));
+    let run_dir = rd.0.to_string_lossy().to_string();
+    let mut kills = 0;
+    let mut latencies = Vec::new();
+    while kills < 20 {
+        std::thread::sleep(Duration::from_millis(300));
+        if launcher.0.try_wait().unwrap().is_some() {
+            break;
+        }
+        let Some(&pid) = pids_with(&["xenkvm-consoled", "serve", &run_dir]).first() else { continue };
+        let before = consoled_log().matches("console.attached").count();
+        let t0 = Instant::now();
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        kills += 1;
+        wait_for("the restarted consoled attached", || consoled_log().matches("console.attached").count() > before);
+        latencies.push(t0.elapsed());
+    }
+    let st = launcher.0.wait().unwrap();
+    assert_eq!(kills, 20, "the guest finished before 20 kills");
+    assert!(st.success(), "{st:?}");
+    let old = std::fs::read_to_string(rd.0.join("logs/cr.console.log.old")).unwrap_or_default();
+    let text = old + &rd.log("cr", "console");
+    let serial = rd.log("cr", "serial");
+    assert!(serial.contains("PASS console.flood") && text.contains("FLOOD DONE"), "{serial}\n{}", &text[text.len().saturating_sub(2000)..]);
+    // Every numbered line is there, in order (a repeat right after a kill is allowed).
+    let numbers: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix("flood ")?.get(..6)?.parse().ok()).collect();
+    let mut next = 0u64;
+    for n in &numbers {
+        assert!(*n <= next, "line {next} is missing (found {n})");
+        if *n == next {
+            next += 1;
+        }
+    }
+    let line_len = text.lines().find(|l| l.starts_with("flood ")).map_or(1, |l| l.len() as u64 + 1);
+    let expected = kib * 1024 / line_len + 1;
+    assert!(next >= expected, "{next} of {expected} lines");
+    latencies.sort();
+    eprintln!(
+        "consoled restart (kill to attached again): median {:?}, worst {:?} over {} kills; {} lines, {} repeated",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        latencies.len(),
+        next,
+        numbers.len() as u64 - next
+    );
+    rd.assert_clean();
+}

@@ -91,9 +91,10 @@ fn connect_and_run(be: &mut xenbus::Backend, vmm_socket: &Path, log_dir: &Path, 
                 return Ok(());
             }
         }
-        match ring.take_output() {
-            Ok(out) if !out.is_empty() => {
+        match ring.peek_output() {
+            Ok((out, prod)) if !out.is_empty() => {
                 log.write(&out)?;
+                ring.consume_output(prod);
                 let _ = (&notify).write(&1u64.to_ne_bytes());
             }
             Ok(_) => {}

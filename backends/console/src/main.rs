@@ -240,13 +240,15 @@ fn serve(
             }
         }
         let mut notify = false;
-        match ring.take_output() {
-            Ok(out) if !out.is_empty() => {
+        match ring.peek_output() {
+            Ok((out, prod)) if !out.is_empty() => {
                 idle_rounds = 0;
                 notify = true;
                 if let Err(e) = log.write(&out) {
                     tracing::warn!(error = %e, "console log write failed; output dropped");
                 }
+                // Freed only once logged: a kill before this leaves it for the next process.
+                ring.consume_output(prod);
                 if client.is_some() {
                     let room = MAX_PENDING_OUTPUT.saturating_sub(to_client.len());
                     to_client.extend_from_slice(&out[..out.len().min(room)]);

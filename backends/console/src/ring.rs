@@ -41,7 +41,19 @@ impl<'p> ConsoleRing<'p> {
     }
 
     /// Takes all pending output (at most the ring's size).
+    /// All output waiting, consumed at once (see [`ConsoleRing::peek_output`]).
+    #[cfg(test)]
     pub fn take_output(&self) -> Result<Vec<u8>, BadIndex> {
+        let (out, prod) = self.peek_output()?;
+        self.consume_output(prod);
+        Ok(out)
+    }
+
+    /// The output waiting, and the producer index to pass to
+    /// [`ConsoleRing::consume_output`] once it is safely written: a backend
+    /// killed in between leaves it in the ring for the next one (shown
+    /// twice at worst, never lost).
+    pub fn peek_output(&self) -> Result<(Vec<u8>, u32), BadIndex> {
         let cons = self.word(OUT_CONS).load(Ordering::Acquire);
         let prod = self.word(OUT_PROD).load(Ordering::Acquire);
         let n = prod.wrapping_sub(cons);
@@ -57,8 +69,12 @@ impl<'p> ConsoleRing<'p> {
             let rest = out.len() - first;
             buf.get_slice(0, rest).expect("inside").copy_to(&mut out[first..]);
         }
+        Ok((out, prod))
+    }
+
+    /// Frees the output up to `prod` (from [`ConsoleRing::peek_output`]).
+    pub fn consume_output(&self, prod: u32) {
         self.word(OUT_CONS).store(prod, Ordering::Release);
-        Ok(out)
     }
 
     /// Puts as much input as fits; returns how much did.
