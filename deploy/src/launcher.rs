@@ -385,9 +385,29 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
         let mut consoled = Supervised::start("console".into(), "xenkvm-consoled", Box::new(spawn_consoled))?;
         tracing::info!(event = "launcher.started", domid, name = cfg.name, vmm = vmm.id(), consoled = consoled.child.id());
         let mut announced = false;
+        let mut xenstored_checked = Instant::now();
         let status = loop {
             if let Some(st) = vmm.try_wait()? {
                 break st;
+            }
+            // xenstored is shared by every guest: whichever launcher sees
+            // it gone restarts it (under the run lock); the new daemon
+            // takes its state, domains and rings back from its state file.
+            if xenstored_checked.elapsed() >= Duration::from_millis(50) {
+                xenstored_checked = Instant::now();
+                if std::os::unix::net::UnixStream::connect(&paths.xenstored).is_err() {
+                    let t0 = Instant::now();
+                    let restarted = RunLock::take(paths).and_then(|_lock| ensure_xenstored(paths));
+                    match restarted {
+                        Ok(()) => tracing::warn!(
+                            event = "launcher.xenstored_restarted",
+                            domid,
+                            after_ms = t0.elapsed().as_millis() as u64,
+                            "xenstored was gone; restarted"
+                        ),
+                        Err(e) => tracing::error!(event = "launcher.xenstored_restart_failed", domid, error = %format!("{e:#}")),
+                    }
+                }
             }
             if STOP.load(Ordering::SeqCst) {
                 tracing::info!(event = "launcher.stopping", domid, "signal received: destroying the guest");

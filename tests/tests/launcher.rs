@@ -557,9 +557,19 @@ fn test_netback_killed_20_times_during_pings_recovers_every_time() {
     let ns = Netns::new("nr");
     let cfg = rd.config(
         "nr",
-        &guest_config("nr", "netfront net_ip=10.99.2.2 net_peer=10.99.2.1 net_secs=20", "vif = [ \"mac=00:16:3e:12:34:57, vifname=xkr0\" ]\n"),
+        &guest_config(
+            "nr",
+            "netfront net_ip=10.99.2.2 net_peer=10.99.2.1 net_secs=20",
+            "vif = [ \"mac=00:16:3e:12:34:57, vifname=xkr0\" ]\n",
+        ),
     );
-    let mut launcher = Fg(ns.cmd(binary("xenkvm").to_str().unwrap()).arg("--run-dir").arg(&rd.0).args(["create", "-F", cfg.to_str().unwrap()]).spawn().unwrap());
+    let mut launcher = Fg(ns
+        .cmd(binary("xenkvm").to_str().unwrap())
+        .arg("--run-dir")
+        .arg(&rd.0)
+        .args(["create", "-F", cfg.to_str().unwrap()])
+        .spawn()
+        .unwrap());
     wait_for("the tap", || ns.cmd("ip").args(["link", "show", "xkr0"]).output().is_ok_and(|o| o.status.success()));
     ns.run(&["ip", "addr", "add", "10.99.2.1/24", "dev", "xkr0"]);
     let log = || rd.log("nr", "netback-vif0");
@@ -656,6 +666,50 @@ fn test_consoled_killed_20_times_during_console_output_loses_nothing() {
         latencies.len(),
         next,
         numbers.len() as u64 - next
+    );
+    rd.assert_clean();
+}
+
+/// kill -9 of xenstored, 20 times, while the guest runs a watch and
+/// transaction loop on its ring: the launcher sees it gone and restarts it,
+/// the new daemon takes the store, the domain, its watches and its ring
+/// position back from its state file, and the guest's loop passes.
+#[test]
+fn test_xenstored_killed_20_times_during_a_guest_watch_loop_recovers_every_time() {
+    let rd = RunDir::new();
+    let cfg = rd.config("xr", &guest_config("xr", "xenstore_loop=700", ""));
+    let mut launcher = create_foreground(&rd, &cfg);
+    let serial = || rd.log("xr", "serial");
+    wait_for("the guest's loop", || serial().contains("XSLOOP 5 "));
+    let run_dir = rd.0.to_string_lossy().to_string();
+    let mut kills = 0;
+    let mut latencies = Vec::new();
+    while kills < 20 {
+        std::thread::sleep(Duration::from_millis(300));
+        if launcher.0.try_wait().unwrap().is_some() {
+            break;
+        }
+        let Some(&pid) = pids_with(&["xenkvm-xenstored", &run_dir]).first() else { continue };
+        let t0 = Instant::now();
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        kills += 1;
+        wait_for("the restarted xenstored", || {
+            pids_with(&["xenkvm-xenstored", &run_dir]).iter().any(|&p| p != pid)
+                && std::os::unix::net::UnixStream::connect(rd.0.join("xenstored.sock")).is_ok()
+        });
+        latencies.push(t0.elapsed());
+    }
+    let st = launcher.0.wait().unwrap();
+    let serial = serial();
+    assert_eq!(kills, 20, "the guest finished before 20 kills\n{serial}");
+    assert!(st.success(), "{st:?}\n{serial}");
+    assert!(serial.contains("PASS xs.loop") && serial.contains("XSLOOP 699 ok=true"), "{serial}");
+    latencies.sort();
+    eprintln!(
+        "xenstored restart (kill to accepting again): median {:?}, worst {:?} over {} kills",
+        latencies[latencies.len() / 2],
+        latencies[latencies.len() - 1],
+        latencies.len()
     );
     rd.assert_clean();
 }
