@@ -187,9 +187,18 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
     let mut in_pool = 0usize;
     let mut held: std::collections::VecDeque<Job> = Default::default();
     let limits = ctx.limits;
-    let notify_frontend = |ring: &mut Ring| {
+    // The first response this process publishes is logged: after a
+    // restart it marks the device serving again.
+    let mut first_response = true;
+    let index = ctx.index;
+    let start_rsp = ring.rsp_prod();
+    let mut notify_frontend = |ring: &mut Ring| {
         if ring.push_responses() {
             let _ = (&notify).write(&1u64.to_ne_bytes());
+        }
+        if first_response && ring.rsp_prod() != start_rsp {
+            first_response = false;
+            tracing::info!(event = "blkback.first_response", queue = index);
         }
     };
     let end = loop {

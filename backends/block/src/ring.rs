@@ -217,6 +217,11 @@ impl<'t, 'a> Ring<'t, 'a> {
     pub fn in_flight(&self) -> u32 {
         self.shared.in_flight()
     }
+
+    /// Our response producer.
+    pub fn rsp_prod(&self) -> u32 {
+        self.shared.rsp_prod()
+    }
 }
 
 #[cfg(test)]

@@ -176,6 +176,11 @@ impl<'t, 'a> SharedRing<'t, 'a> {
         req_prod != self.req_cons && self.req_cons.wrapping_sub(self.rsp_prod_pvt) < self.size
     }
 
+    /// Our response producer (responses queued so far, wrapping).
+    pub fn rsp_prod(&self) -> u32 {
+        self.rsp_prod_pvt
+    }
+
     /// Requests taken but not yet answered.
     pub fn in_flight(&self) -> u32 {
         self.req_cons.wrapping_sub(self.rsp_prod_pvt)
