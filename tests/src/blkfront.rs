@@ -578,6 +578,17 @@ impl Blkfront {
     pub fn domain(&self) -> &Arc<FakeDomain> {
         &self.dom
     }
+
+    /// Picks up each queue's event channel again after the backend was
+    /// replaced (a restarted backend binds the guest ports anew).
+    pub fn rebind(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        for q in &mut self.queues {
+            let (kick, notify) = self.dom.wait_bound(q.port, timeout)?;
+            q.kick = kick;
+            q.notify = notify;
+        }
+        Ok(())
+    }
 }
 
 /// Segments covering `pages` whole pages (fresh, granted; `readonly`
