@@ -55,6 +55,15 @@ impl Channel {
         Ok(self.conn.set_nonblocking(on)?)
     }
 
+    /// Whether the peer hung up (or sent what a client never expects
+    /// unasked): for a backend, the vmm and its guest are gone.
+    pub fn peer_closed(&self) -> bool {
+        let mut pfd = libc::pollfd { fd: self.conn.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        // SAFETY: one pollfd that lives across the call, zero timeout.
+        let r = unsafe { libc::poll(&mut pfd, 1, 0) };
+        r > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLIN) != 0
+    }
+
     /// Sends one message with `fds` attached.
     pub fn send<T: Serialize>(&self, msg: &T, fds: &[BorrowedFd<'_>]) -> Result<()> {
         if fds.len() > MAX_FDS {

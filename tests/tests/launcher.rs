@@ -359,6 +359,21 @@ fn test_guest_blkfront_one_and_several_queues_raw_and_qcow2() {
     }
 }
 
+/// Starts guest `name` (the test guest with `cmdline`) in the foreground
+/// inside `ns`, with one vif (`mac`, tap `tap`); returns once the tap exists.
+fn launch_with_vif(rd: &RunDir, ns: &Netns, name: &str, cmdline: &str, mac: &str, tap: &str) -> Fg {
+    let cfg = rd.config(name, &guest_config(name, cmdline, &format!("vif = [ \"mac={mac}, vifname={tap}\" ]\n")));
+    let launcher = Fg(ns
+        .cmd(binary("xenkvm").to_str().unwrap())
+        .arg("--run-dir")
+        .arg(&rd.0)
+        .args(["create", "-F", cfg.to_str().unwrap()])
+        .spawn()
+        .unwrap());
+    wait_for("the tap", || ns.cmd("ip").args(["link", "show", tap]).output().is_ok_and(|o| o.status.success()));
+    launcher
+}
+
 /// A vif end to end, in a network namespace made by the test: the launcher
 /// creates the tap (up, as the hotplug script would), hands its queues to
 /// one netback, and the test guest's netfront resolves its peer by ARP,
@@ -368,22 +383,8 @@ fn test_guest_blkfront_one_and_several_queues_raw_and_qcow2() {
 fn test_guest_netfront_ping_and_udp_through_the_launcher() {
     let rd = RunDir::new();
     let ns = Netns::new("lv");
-    let cfg = rd.config(
-        "net",
-        &guest_config(
-            "net",
-            "netfront net_ip=10.99.1.2 net_peer=10.99.1.1 net_secs=15",
-            "vif = [ \"mac=00:16:3e:12:34:56, vifname=xkg0\" ]\n",
-        ),
-    );
-    let mut launcher = Fg(ns
-        .cmd(binary("xenkvm").to_str().unwrap())
-        .arg("--run-dir")
-        .arg(&rd.0)
-        .args(["create", "-F", cfg.to_str().unwrap()])
-        .spawn()
-        .unwrap());
-    wait_for("the tap", || ns.cmd("ip").args(["link", "show", "xkg0"]).output().is_ok_and(|o| o.status.success()));
+    let mut launcher =
+        launch_with_vif(&rd, &ns, "net", "netfront net_ip=10.99.1.2 net_peer=10.99.1.1 net_secs=15", "00:16:3e:12:34:56", "xkg0");
     let receiver = ns
         .cmd("/usr/bin/python3")
         .args([
@@ -567,22 +568,8 @@ fn test_blkback_killed_20_times_during_guest_io_recovers_every_time() {
 fn test_netback_killed_20_times_during_pings_recovers_every_time() {
     let rd = RunDir::new();
     let ns = Netns::new("nr");
-    let cfg = rd.config(
-        "nr",
-        &guest_config(
-            "nr",
-            "netfront net_ip=10.99.2.2 net_peer=10.99.2.1 net_secs=20",
-            "vif = [ \"mac=00:16:3e:12:34:57, vifname=xkr0\" ]\n",
-        ),
-    );
-    let mut launcher = Fg(ns
-        .cmd(binary("xenkvm").to_str().unwrap())
-        .arg("--run-dir")
-        .arg(&rd.0)
-        .args(["create", "-F", cfg.to_str().unwrap()])
-        .spawn()
-        .unwrap());
-    wait_for("the tap", || ns.cmd("ip").args(["link", "show", "xkr0"]).output().is_ok_and(|o| o.status.success()));
+    let mut launcher =
+        launch_with_vif(&rd, &ns, "nr", "netfront net_ip=10.99.2.2 net_peer=10.99.2.1 net_secs=20", "00:16:3e:12:34:57", "xkr0");
     ns.run(&["ip", "addr", "add", "10.99.2.1/24", "dev", "xkr0"]);
     let log = || rd.log("nr", "netback-vif0");
     wait_for("the vif connected", || log().contains("netback.connected"));

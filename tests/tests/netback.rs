@@ -26,6 +26,28 @@ impl Drop for Proc {
     }
 }
 
+/// Starts netback for vif 0 of `dom` inside `ns` on tap `tap` (extra
+/// arguments after), logging to `dir/netback.log`, counters in
+/// `dir/netback.stats`.
+fn start_netback(ns: &Netns, dom: &FakeDomain, xs: &XenstoredProc, tap: &str, extra: &[&str], dir: &std::path::Path) -> Proc {
+    Proc(
+        ns.cmd(binary("xenkvm-netback").to_str().unwrap())
+            .arg("--vmm-socket")
+            .arg(&dom.socket)
+            .arg("--xenstored")
+            .arg(&xs.socket)
+            .args(["--devid", "0", "--tap", tap])
+            .args(extra)
+            .arg("--stats")
+            .arg(dir.join("netback.stats"))
+            .arg("--log")
+            .arg(dir.join("netback.log"))
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
+}
+
 fn csum(data: &[u8]) -> u16 {
     let mut acc: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while acc > 0xffff {
@@ -103,20 +125,7 @@ fn test_ping_udp_offload_and_malformed_tx_on_a_tap_in_a_netns() {
     let dom = FakeDomain::start(&dir, 4, 64, 32);
     Netfront::create_device(&xs.socket, 4, 0, "00:16:3e:12:34:56").unwrap();
     let (log, stats) = (dir.join("netback.log"), dir.join("netback.stats"));
-    let _netback = Proc(
-        ns.cmd(binary("xenkvm-netback").to_str().unwrap())
-            .arg("--vmm-socket")
-            .arg(&dom.socket)
-            .arg("--xenstored")
-            .arg(&xs.socket)
-            .args(["--devid", "0", "--tap", "xkt0", "--stats"])
-            .arg(&stats)
-            .arg("--log")
-            .arg(&log)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _netback = start_netback(&ns, &dom, &xs, "xkt0", &[], &dir);
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut f = Netfront::connect(dom.clone(), &xs.socket, 0, true).unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
     assert_eq!(f.backend_key("feature-split-event-channels").unwrap(), "1");
@@ -300,18 +309,7 @@ fn test_tcp_bulk_with_gso_and_sg_both_ways() {
     let dom = FakeDomain::start(&dir, 5, 128, 32);
     Netfront::create_device(&xs.socket, 5, 0, "00:16:3e:12:34:56").unwrap();
     let log = dir.join("netback.log");
-    let _netback = Proc(
-        ns.cmd(binary("xenkvm-netback").to_str().unwrap())
-            .arg("--vmm-socket")
-            .arg(&dom.socket)
-            .arg("--xenstored")
-            .arg(&xs.socket)
-            .args(["--devid", "0", "--tap", "xkt1", "--log"])
-            .arg(&log)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let _netback = start_netback(&ns, &dom, &xs, "xkt1", &[], &dir);
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut f = Netfront::connect(dom.clone(), &xs.socket, 0, false).unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
     ns.run(&["ip", "addr", "add", "10.99.0.1/24", "dev", "xkt1"]);
@@ -459,21 +457,8 @@ fn test_multi_queue_spread_and_a_flooding_queue_starves_nobody() {
     let dir = tempdir();
     let dom = FakeDomain::start(&dir, 6, 128, 32);
     Netfront::create_device(&xs.socket, 6, 0, "00:16:3e:12:34:56").unwrap();
-    let (log, stats) = (dir.join("netback.log"), dir.join("netback.stats"));
-    let netback = Proc(
-        ns.cmd(binary("xenkvm-netback").to_str().unwrap())
-            .arg("--vmm-socket")
-            .arg(&dom.socket)
-            .arg("--xenstored")
-            .arg(&xs.socket)
-            .args(["--devid", "0", "--tap", "xkt2", "--max-queues", "2", "--stats"])
-            .arg(&stats)
-            .arg("--log")
-            .arg(&log)
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
+    let log = dir.join("netback.log");
+    let netback = start_netback(&ns, &dom, &xs, "xkt2", &["--max-queues", "2"], &dir);
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     let mut f = Netfront::connect_queues(dom.clone(), &xs.socket, 0, 2, false).unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
     assert_eq!(f.backend_key("multi-queue-max-queues").unwrap(), "2");

@@ -80,21 +80,17 @@ fn main() -> anyhow::Result<()> {
     // Set up (socket bound, state restored): into the jail. It keeps the
     // run directory (the vmm sockets of guests introduced later) and the
     // state file's directory.
-    if args.no_sandbox {
-        tracing::warn!(event = "sandbox.disabled", "running without the jail (--no-sandbox)");
-    } else {
-        let mut writable_dirs = vec![run_dir];
-        if !writable_dirs.contains(&state_dir) {
-            writable_dirs.push(state_dir);
-        }
-        let policy = xenkvm_sandbox::Policy {
-            name: "xenkvm-xenstored",
-            rules: xenstore::seccomp::rules(),
-            host_net: false,
-            max_files: 65536,
-            writable_dirs,
-        };
-        xenkvm_sandbox::enter(policy)?;
+    let mut writable_dirs = vec![run_dir];
+    if !writable_dirs.contains(&state_dir) {
+        writable_dirs.push(state_dir);
     }
+    let policy = xenkvm_sandbox::Policy {
+        name: "xenkvm-xenstored",
+        rules: xenstore::seccomp::rules(),
+        host_net: false,
+        max_files: 65536,
+        writable_dirs,
+    };
+    xenkvm_sandbox::enter_unless_disabled(args.no_sandbox, policy)?;
     daemon.run()
 }

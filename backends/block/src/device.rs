@@ -5,7 +5,6 @@
 //! comes back to Initialising gets InitWait again. A broken ring closes
 //! the device with the reason in its `error` node.
 
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -194,7 +193,7 @@ pub fn serve(
         size = image.size(), readonly = image.readonly(), direct);
     write_keys(&mut be, &feature_keys(&image, offer))?;
     jail()?;
-    let gone = || vmm_gone(&ipc);
+    let gone = || ipc.peer_closed();
     be.run("vbd", &gone, |be| {
         // The guest's memory first: its bitness is the default protocol.
         let end = match ipc_vmm::attach(&ipc) {
@@ -217,13 +216,6 @@ pub fn serve(
 
 fn connect_vmm(path: &Path) -> anyhow::Result<Channel> {
     ipc_vmm::connect(path, Duration::from_secs(10)).with_context(|| format!("connecting to the vmm at {}", path.display()))
-}
-
-fn vmm_gone(ipc: &Channel) -> bool {
-    let mut pfd = libc::pollfd { fd: ipc.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one pollfd that lives across the call, zero timeout.
-    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
-    r > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLIN) != 0
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -309,22 +301,7 @@ fn connect_and_serve(
             );
         }
         drop(pool_tx);
-        let end = loop {
-            if let Some(why) = broken.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-                break Disconnect::Broken(why);
-            }
-            let fe = be.frontend_state();
-            if fe == state::UNKNOWN {
-                break Disconnect::Removed;
-            }
-            if fe >= state::CLOSING || fe == state::INITIALISING {
-                break Disconnect::FrontendClosing;
-            }
-            if vmm_gone(ipc) {
-                break Disconnect::GuestGone;
-            }
-            let _ = be.client.next_event(Duration::from_millis(100));
-        };
+        let end = be.watch_connection(&|| ipc.peer_closed(), &|| broken.lock().unwrap_or_else(|e| e.into_inner()).clone(), || {});
         stop.store(true, Ordering::Relaxed);
         for h in handles {
             let _ = h.join();

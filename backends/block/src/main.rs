@@ -55,17 +55,9 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("XENKVM_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
-    match &args.log {
-        Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            Ok(f) => builder.with_writer(std::sync::Mutex::new(f)).init(),
-            Err(e) => {
-                eprintln!("xenkvm-blkback: log {}: {e}", path.display());
-                return std::process::ExitCode::FAILURE;
-            }
-        },
-        None => builder.with_writer(std::io::stderr).init(),
+    if let Err(e) = xenkvm_sandbox::init_logging("xenkvm-blkback", args.log.as_deref()) {
+        eprintln!("{e}");
+        return std::process::ExitCode::FAILURE;
     }
     if args.max_ring_page_order > 8 || args.max_queues == 0 || args.max_indirect_segments > 4096 || args.uring_entries > 4096 {
         eprintln!("xenkvm-blkback: limits out of range (order ≤ 8, queues ≥ 1, indirect segments ≤ 4096, io_uring entries ≤ 4096)");
@@ -83,10 +75,6 @@ fn main() -> std::process::ExitCode {
     let peers = Peers { vmm_socket: args.vmm_socket, xenstored: args.xenstored };
     let no_sandbox = args.no_sandbox;
     let jail = move || -> anyhow::Result<()> {
-        if no_sandbox {
-            tracing::warn!(event = "sandbox.disabled", "running without the jail (--no-sandbox)");
-            return Ok(());
-        }
         let policy = xenkvm_sandbox::Policy {
             name: "xenkvm-blkback",
             rules: xenkvm_block::seccomp::rules(),
@@ -94,8 +82,7 @@ fn main() -> std::process::ExitCode {
             max_files: 1024,
             writable_dirs: vec![],
         };
-        xenkvm_sandbox::enter(policy)?;
-        Ok(())
+        Ok(xenkvm_sandbox::enter_unless_disabled(no_sandbox, policy)?)
     };
     match serve(&peers, args.devid, &offer, args.direct, jail) {
         Ok(()) => std::process::ExitCode::SUCCESS,

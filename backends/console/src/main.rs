@@ -98,10 +98,6 @@ fn main() -> anyhow::Result<()> {
             keep.sort();
             keep.dedup();
             let jail = move || -> anyhow::Result<()> {
-                if no_sandbox {
-                    tracing::warn!(event = "sandbox.disabled", "running without the jail (--no-sandbox)");
-                    return Ok(());
-                }
                 let policy = xenkvm_sandbox::Policy {
                     name: "xenkvm-consoled",
                     rules: seccomp::rules(),
@@ -109,8 +105,7 @@ fn main() -> anyhow::Result<()> {
                     max_files: 1024,
                     writable_dirs: keep,
                 };
-                xenkvm_sandbox::enter(policy)?;
-                Ok(())
+                Ok(xenkvm_sandbox::enter_unless_disabled(no_sandbox, policy)?)
             };
             let channels = || match (xenstored, channel_log_dir) {
                 (Some(xs), Some(dir)) => channel::start_all(&vmm_socket, &xs, &dir, log_max_bytes),

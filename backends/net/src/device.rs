@@ -5,7 +5,6 @@
 //! tap queue; Closing tears the connection down; a frontend that returns
 //! to Initialising is served again.
 
-use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
@@ -124,13 +123,6 @@ fn feature_keys(offer: &Offer) -> Vec<(&'static str, String)> {
     ]
 }
 
-fn vmm_gone(ipc: &Channel) -> bool {
-    let mut pfd = libc::pollfd { fd: ipc.as_raw_fd(), events: libc::POLLIN, revents: 0 };
-    // SAFETY: one pollfd that lives across the call, zero timeout.
-    let r = unsafe { libc::poll(&mut pfd, 1, 0) };
-    r > 0 && pfd.revents & (libc::POLLHUP | libc::POLLERR | libc::POLLIN) != 0
-}
-
 /// Serves vif `devid` of the vmm's guest until the device is removed or
 /// the guest is gone.
 /// `jail` is called once set-up is done (the tap and the counters file
@@ -175,7 +167,7 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer, jail: impl FnOnce() -> an
     jail()?;
     let peers_stats = stats_file.as_ref();
     let stats = Stats::default();
-    let gone = || vmm_gone(&ipc);
+    let gone = || ipc.peer_closed();
     let r = be.run("vif", &gone, |be| {
         match ipc_vmm::attach(&ipc).map_err(|e| e.to_string()).and_then(|m| read_frontend(be, offer).map(|f| (m, f))) {
             Err(e) => Disconnect::Broken(e),
@@ -290,26 +282,13 @@ fn connect_and_serve(
             );
         }
         let mut last_stats = Instant::now();
-        let end = loop {
-            if let Some(why) = broken.lock().unwrap_or_else(|e| e.into_inner()).clone() {
-                break Disconnect::Broken(why);
-            }
-            let fe_state = be.frontend_state();
-            if fe_state == xen_abi::xenbus::state::UNKNOWN {
-                break Disconnect::Removed;
-            }
-            if fe_state >= xen_abi::xenbus::state::CLOSING || fe_state == xen_abi::xenbus::state::INITIALISING {
-                break Disconnect::FrontendClosing;
-            }
-            if vmm_gone(ipc) {
-                break Disconnect::GuestGone;
-            }
+        let tick = || {
             if last_stats.elapsed() >= Duration::from_secs(1) {
                 write_stats(stats_path, stats);
                 last_stats = Instant::now();
             }
-            let _ = be.client.next_event(Duration::from_millis(100));
         };
+        let end = be.watch_connection(&|| ipc.peer_closed(), &|| broken.lock().unwrap_or_else(|e| e.into_inner()).clone(), tick);
         stop.store(true, Ordering::Relaxed);
         for h in handles {
             let _ = h.join();

@@ -43,17 +43,9 @@ struct Args {
 
 fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("XENKVM_LOG").unwrap_or_else(|_| "info".into());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
-    match &args.log {
-        Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
-            Ok(f) => builder.with_writer(std::sync::Mutex::new(f)).init(),
-            Err(e) => {
-                eprintln!("xenkvm-netback: log {}: {e}", path.display());
-                return std::process::ExitCode::FAILURE;
-            }
-        },
-        None => builder.with_writer(std::io::stderr).init(),
+    if let Err(e) = xenkvm_sandbox::init_logging("xenkvm-netback", args.log.as_deref()) {
+        eprintln!("{e}");
+        return std::process::ExitCode::FAILURE;
     }
     let max_queues = args.max_queues.unwrap_or(if args.tap_fds.is_empty() { 4 } else { args.tap_fds.len() as u32 });
     if max_queues == 0 || max_queues > 16 {
@@ -63,10 +55,6 @@ fn main() -> std::process::ExitCode {
     let peers = Peers { vmm_socket: args.vmm_socket, xenstored: args.xenstored, tap: args.tap, tap_fds: args.tap_fds, stats: args.stats };
     let no_sandbox = args.no_sandbox;
     let jail = move || -> anyhow::Result<()> {
-        if no_sandbox {
-            tracing::warn!(event = "sandbox.disabled", "running without the jail (--no-sandbox)");
-            return Ok(());
-        }
         let policy = xenkvm_sandbox::Policy {
             name: "xenkvm-netback",
             rules: xenkvm_net::seccomp::rules(),
@@ -74,8 +62,7 @@ fn main() -> std::process::ExitCode {
             max_files: 256,
             writable_dirs: vec![],
         };
-        xenkvm_sandbox::enter(policy)?;
-        Ok(())
+        Ok(xenkvm_sandbox::enter_unless_disabled(no_sandbox, policy)?)
     };
     match serve(&peers, args.devid, &Offer { max_queues }, jail) {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -212,6 +212,30 @@ impl Backend {
         }
     }
 
+    /// Watches a connection being served until it ends: `broken` reports a
+    /// reason from the queues, the device may be removed, the frontend may
+    /// close or start over, the guest may go. `tick` runs about every
+    /// 100 ms meanwhile.
+    pub fn watch_connection(&mut self, gone: &dyn Fn() -> bool, broken: &dyn Fn() -> Option<String>, mut tick: impl FnMut()) -> Disconnect {
+        loop {
+            if let Some(why) = broken() {
+                return Disconnect::Broken(why);
+            }
+            let fe = self.frontend_state();
+            if fe == state::UNKNOWN {
+                return Disconnect::Removed;
+            }
+            if fe >= state::CLOSING || fe == state::INITIALISING {
+                return Disconnect::FrontendClosing;
+            }
+            if gone() {
+                return Disconnect::GuestGone;
+            }
+            tick();
+            let _ = self.client.next_event(Duration::from_millis(100));
+        }
+    }
+
     /// A backend's whole life, as Linux's backends run it: InitWait; at
     /// the frontend's Initialised (or Connected) `serve` connects and
     /// runs until the connection ends; then Closing, Closed once the

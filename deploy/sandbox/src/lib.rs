@@ -408,6 +408,30 @@ pub fn selftest(name: &str) {
     }
 }
 
+/// Enters the jail unless `disabled` (`--no-sandbox`, for debugging),
+/// which is logged.
+pub fn enter_unless_disabled(disabled: bool, policy: Policy) -> Result<(), Error> {
+    if disabled {
+        tracing::warn!(event = "sandbox.disabled", process = policy.name, "running without the jail (--no-sandbox)");
+        return Ok(());
+    }
+    enter(policy).map(|_| ())
+}
+
+/// A backend's logging: `XENKVM_LOG` (default info) to `log`, or stderr.
+pub fn init_logging(binary: &str, log: Option<&std::path::Path>) -> Result<(), String> {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("XENKVM_LOG").unwrap_or_else(|_| "info".into());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false);
+    match log {
+        Some(path) => match std::fs::OpenOptions::new().create(true).append(true).open(path) {
+            Ok(f) => builder.with_writer(std::sync::Mutex::new(f)).init(),
+            Err(e) => return Err(format!("{binary}: log {}: {e}", path.display())),
+        },
+        None => builder.with_writer(std::io::stderr).init(),
+    }
+    Ok(())
+}
+
 /// Whether a child's exit status means its seccomp filter killed it.
 pub fn killed_by_seccomp(status: &std::process::ExitStatus) -> bool {
     use std::os::unix::process::ExitStatusExt;
