@@ -301,7 +301,8 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
             return Err(Error::Xenstore { path: xs.clone(), source: e });
         }
     }
-    let helpers: [(&str, seccomp::Thread, fn(&xen::Domain)); 2] =
+    type Helper = (&'static str, seccomp::Thread, fn(&xen::Domain));
+    let helpers: [Helper; 2] =
         [("timers", seccomp::Thread::Timers, xen::timer::run), ("events", seccomp::Thread::Events, |d| d.events.run(d))];
     for (name, kind, f) in helpers {
         let d = domain.clone();
