@@ -162,12 +162,14 @@ impl RunLock {
     }
 }
 
-/// Starts xenstored unless one answers on the socket.
-pub fn ensure_xenstored(paths: &Paths) -> anyhow::Result<()> {
+/// Starts xenstored unless one answers on the socket; the child when this
+/// launcher started it (so that it can see how it ends).
+pub fn ensure_xenstored(paths: &Paths) -> anyhow::Result<Option<Child>> {
     if std::os::unix::net::UnixStream::connect(&paths.xenstored).is_ok() {
-        return Ok(());
+        return Ok(None);
     }
-    let log = std::fs::OpenOptions::new().create(true).append(true).open(paths.run_dir.join("logs").join("xenstored.log"))?;
+    let log_path = paths.run_dir.join("logs").join("xenstored.log");
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(&log_path)?;
     let mut cmd = Command::new(sibling("xenkvm-xenstored"));
     let pid_file = paths.run_dir.join("xenstored.pid");
     cmd.arg("--socket")
@@ -179,32 +181,38 @@ pub fn ensure_xenstored(paths: &Paths) -> anyhow::Result<()> {
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(log);
-    // A daemon of its own, as a host service that outlives this guest: a
-    // new session, and a double fork so that it is not our child.
-    // SAFETY: only async-signal-safe calls (fork, _exit, setsid) between
-    // fork and exec, touching nothing but the child.
+    // A host service that outlives this guest: a session of its own (our
+    // signals do not reach it). It stays our child while we run, so we see
+    // how it ends; then init adopts it.
+    // SAFETY: setsid is async-signal-safe and touches only the child.
     unsafe {
         cmd.pre_exec(|| {
-            match libc::fork() {
-                -1 => return Err(std::io::Error::last_os_error()),
-                0 => {}
-                _ => libc::_exit(0),
-            }
             libc::setsid();
             Ok(())
         });
     }
     let mut child = cmd.spawn().context("starting xenkvm-xenstored")?;
-    let _ = child.wait();
     let start = Instant::now();
-    while std::os::unix::net::UnixStream::connect(&paths.xenstored).is_err() {
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            if xenkvm_sandbox::killed_by_seccomp(&st) {
+                bail!(
+                    "xenkvm-xenstored was killed by its seccomp filter (SIGSYS: a syscall outside its allow-list); see {}",
+                    log_path.display()
+                );
+            }
+            bail!("xenkvm-xenstored exited ({st}); see {}", log_path.display());
+        }
+        if std::os::unix::net::UnixStream::connect(&paths.xenstored).is_ok() {
+            break;
+        }
         if start.elapsed() > Duration::from_secs(10) {
-            bail!("xenstored did not come up; see {}", paths.run_dir.join("logs/xenstored.log").display());
+            bail!("xenstored did not come up; see {}", log_path.display());
         }
         std::thread::sleep(Duration::from_millis(10));
     }
-    tracing::info!(event = "launcher.xenstored_started", pid = std::fs::read_to_string(&pid_file).unwrap_or_default().trim());
-    Ok(())
+    tracing::info!(event = "launcher.xenstored_started", pid = child.id());
+    Ok(Some(child))
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -281,7 +289,7 @@ pub fn run(paths: &Paths, cfg: &DomainConfig, mut ready: impl FnMut(u16)) -> any
     }
     install_signal_handlers();
     let lock = RunLock::take(paths)?;
-    ensure_xenstored(paths)?;
+    let mut xenstored_child = ensure_xenstored(paths)?;
     let running = domains(paths);
     if running.iter().any(|r| r.name == cfg.name) {
         bail!("a domain named {:?} is already running", cfg.name);
@@ -301,13 +309,22 @@ pub fn run(paths: &Paths, cfg: &DomainConfig, mut ready: impl FnMut(u16)) -> any
     };
     record.save(paths)?;
     drop(lock);
-    let result = supervise(paths, cfg, &mut record, &mut ready);
+    let result = supervise(paths, cfg, &mut record, &mut ready, &mut xenstored_child);
     let _ = std::fs::remove_dir_all(paths.domain_dir(domid));
     let _ = std::fs::remove_file(paths.vmm_socket(domid));
     result
 }
 
-fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut impl FnMut(u16)) -> anyhow::Result<i32> {
+/// Runs the domain (again, on `on_reboot = "restart"`) and its device
+/// processes until it is gone. `xenstored_child` is xenstored when this
+/// launcher started it.
+fn supervise(
+    paths: &Paths,
+    cfg: &DomainConfig,
+    record: &mut Record,
+    ready: &mut impl FnMut(u16),
+    xenstored_child: &mut Option<Child>,
+) -> anyhow::Result<i32> {
     let domid = record.domid;
     loop {
         let vmm_log = std::fs::OpenOptions::new().create(true).append(true).open(paths.log(&cfg.name, "vmm"))?;
@@ -386,6 +403,7 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
         tracing::info!(event = "launcher.started", domid, name = cfg.name, vmm = vmm.id(), consoled = consoled.child.id());
         let mut announced = false;
         let mut xenstored_checked = Instant::now();
+        let mut xenstored_killed = false;
         let status = loop {
             if let Some(st) = vmm.try_wait()? {
                 break st;
@@ -393,18 +411,36 @@ fn supervise(paths: &Paths, cfg: &DomainConfig, record: &mut Record, ready: &mut
             // xenstored is shared by every guest: whichever launcher sees
             // it gone restarts it (under the run lock); the new daemon
             // takes its state, domains and rings back from its state file.
-            if xenstored_checked.elapsed() >= Duration::from_millis(50) {
+            if let Some(Ok(Some(st))) = xenstored_child.as_mut().map(Child::try_wait) {
+                *xenstored_child = None;
+                if xenkvm_sandbox::killed_by_seccomp(&st) {
+                    xenstored_killed = true;
+                    tracing::error!(event = "launcher.xenstored_killed", domid, "xenkvm-xenstored was killed by its seccomp filter");
+                    let _ = writeln!(
+                        std::io::stderr(),
+                        "xenkvm: xenkvm-xenstored was killed by its seccomp filter (SIGSYS: a syscall outside its allow-list); not restarting it; see {}",
+                        paths.run_dir.join("logs/xenstored.log").display()
+                    );
+                } else {
+                    tracing::warn!(event = "launcher.xenstored_died", domid, status = %st);
+                }
+            }
+            if !xenstored_killed && xenstored_checked.elapsed() >= Duration::from_millis(50) {
                 xenstored_checked = Instant::now();
                 if std::os::unix::net::UnixStream::connect(&paths.xenstored).is_err() {
                     let t0 = Instant::now();
-                    let restarted = RunLock::take(paths).and_then(|_lock| ensure_xenstored(paths));
-                    match restarted {
-                        Ok(()) => tracing::warn!(
-                            event = "launcher.xenstored_restarted",
-                            domid,
-                            after_ms = t0.elapsed().as_millis() as u64,
-                            "xenstored was gone; restarted"
-                        ),
+                    match RunLock::take(paths).and_then(|_lock| ensure_xenstored(paths)) {
+                        Ok(child) => {
+                            if child.is_some() {
+                                *xenstored_child = child;
+                            }
+                            tracing::warn!(
+                                event = "launcher.xenstored_restarted",
+                                domid,
+                                after_ms = t0.elapsed().as_millis() as u64,
+                                "xenstored was gone; restarted"
+                            );
+                        }
                         Err(e) => tracing::error!(event = "launcher.xenstored_restart_failed", domid, error = %format!("{e:#}")),
                     }
                 }

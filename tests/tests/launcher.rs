@@ -712,3 +712,23 @@ fn test_xenstored_killed_20_times_during_a_guest_watch_loop_recovers_every_time(
     );
     rd.assert_clean();
 }
+
+/// xenstored making a syscall outside its allow-list is killed, and the
+/// launcher that started it names the seccomp kill (and does not restart it).
+#[test]
+fn test_xenstored_killed_by_its_filter_is_reported_by_the_launcher() {
+    let rd = RunDir::new();
+    let cfg = rd.config("xk", &guest_config("xk", "xen_version", ""));
+    let out = Command::new(binary("xenkvm"))
+        .env("XENKVM_SELFTEST_FORBIDDEN_SYSCALL", "xenkvm-xenstored")
+        .arg("--run-dir")
+        .arg(&rd.0)
+        .args(["create", "-F", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("xenkvm-xenstored was killed by its seccomp filter"), "{err}");
+    let log = std::fs::read_to_string(rd.0.join("logs/xenstored.log")).unwrap_or_default();
+    assert!(log.contains("sandbox.selftest") && !log.contains("selftest_survived"), "{log}");
+    assert_eq!(log.matches("\"sandbox.selftest\"").count(), 1, "started once, not restarted: {log}");
+}
