@@ -28,13 +28,15 @@ pub struct Paths {
     pub run_dir: PathBuf,
     /// xenstored's socket.
     pub xenstored: PathBuf,
+    /// The KVM device for the vmm (None: /dev/kvm).
+    pub kvm_device: Option<PathBuf>,
 }
 
 impl Paths {
     /// Paths under `run_dir` (xenstored's socket too unless given).
     pub fn new(run_dir: PathBuf, xenstored: Option<PathBuf>) -> Paths {
         let xenstored = xenstored.unwrap_or_else(|| run_dir.join("xenstored.sock"));
-        Paths { run_dir, xenstored }
+        Paths { run_dir, xenstored, kvm_device: None }
     }
 
     /// A domain's directory.
@@ -288,6 +290,8 @@ pub fn run(paths: &Paths, cfg: &DomainConfig, mut ready: impl FnMut(u16)) -> any
         std::fs::create_dir_all(paths.run_dir.join(d))?;
     }
     install_signal_handlers();
+    // Every process tells us which hardening the host did not allow.
+    let reports = JailReports::open()?;
     let lock = RunLock::take(paths)?;
     let mut xenstored_child = ensure_xenstored(paths)?;
     let running = domains(paths);
@@ -309,7 +313,7 @@ pub fn run(paths: &Paths, cfg: &DomainConfig, mut ready: impl FnMut(u16)) -> any
     };
     record.save(paths)?;
     drop(lock);
-    let result = supervise(paths, cfg, &mut record, &mut ready, &mut xenstored_child);
+    let result = supervise(paths, cfg, &mut record, &mut ready, &mut xenstored_child, &reports);
     let _ = std::fs::remove_dir_all(paths.domain_dir(domid));
     let _ = std::fs::remove_file(paths.vmm_socket(domid));
     result
@@ -324,11 +328,15 @@ fn supervise(
     record: &mut Record,
     ready: &mut impl FnMut(u16),
     xenstored_child: &mut Option<Child>,
+    reports: &JailReports,
 ) -> anyhow::Result<i32> {
     let domid = record.domid;
     loop {
         let vmm_log = std::fs::OpenOptions::new().create(true).append(true).open(paths.log(&cfg.name, "vmm"))?;
         let mut cmd = Command::new(sibling("xenkvm-vmm"));
+        if let Some(k) = &paths.kvm_device {
+            cmd.arg("--kvm-device").arg(k);
+        }
         cmd.arg("--kernel")
             .arg(&cfg.kernel)
             .arg("--cmdline")
@@ -456,6 +464,7 @@ fn supervise(
                 ready(domid);
             }
             consoled.supervise(&cfg.name, domid, paths);
+            reports.print();
             for b in &mut blkbacks {
                 b.supervise(&cfg.name, domid, paths);
             }
@@ -505,6 +514,46 @@ fn supervise(
             continue;
         }
         return Ok(stopped.exit_code());
+    }
+}
+
+/// The pipe on which the processes the launcher starts report the jail
+/// steps their host did not allow (see `xenkvm_sandbox`); printed as they
+/// come, each once.
+struct JailReports {
+    read: std::fs::File,
+    seen: std::cell::RefCell<std::collections::HashSet<String>>,
+}
+
+impl JailReports {
+    fn open() -> anyhow::Result<JailReports> {
+        use std::os::fd::FromRawFd;
+        let mut fds = [0 as libc::c_int; 2];
+        // SAFETY: pipe2 writes two descriptors into `fds`.
+        if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) } != 0 {
+            bail!("pipe: {}", std::io::Error::last_os_error());
+        }
+        // SAFETY: both descriptors were just created and are ours; the
+        // write end is left open (and inheritable) for the children.
+        let read = unsafe { std::fs::File::from_raw_fd(fds[0]) };
+        // SAFETY: clears close-on-exec on our own write end.
+        unsafe { libc::fcntl(fds[1], libc::F_SETFD, 0) };
+        std::env::set_var(xenkvm_sandbox::REPORT_FD_ENV, fds[1].to_string());
+        Ok(JailReports { read, seen: Default::default() })
+    }
+
+    /// Prints the reports that arrived.
+    fn print(&self) {
+        let mut buf = [0u8; 4096];
+        let Ok(n) = std::io::Read::read(&mut &self.read, &mut buf) else { return };
+        for line in String::from_utf8_lossy(&buf[..n]).lines() {
+            let mut parts = line.splitn(3, '\t');
+            let (Some(process), Some(step), Some(why)) = (parts.next(), parts.next(), parts.next()) else { continue };
+            if self.seen.borrow_mut().insert(format!("{process}\t{step}")) {
+                tracing::warn!(event = "launcher.hardening_not_applied", process, step, reason = why);
+                let _ = writeln!(std::io::stderr(), "xenkvm: {process}: hardening not applied on this host: {step} ({why})");
+            }
+        }
     }
 }
 

@@ -20,6 +20,10 @@ struct Args {
     /// xenstored's socket (default: <run-dir>/xenstored.sock; started if none answers).
     #[arg(long, global = true)]
     xenstored: Option<PathBuf>,
+    /// The KVM device the vmm opens (default /dev/kvm); a user in the kvm
+    /// group, or with a device node of their own, runs guests unprivileged.
+    #[arg(long, global = true)]
+    kvm_device: Option<PathBuf>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -76,7 +80,8 @@ fn console(paths: &Paths, domid: u16) -> anyhow::Result<i32> {
 
 fn run(args: Args) -> anyhow::Result<i32> {
     let run_dir = args.run_dir.clone().unwrap_or_else(launcher::default_run_dir);
-    let paths = Paths::new(run_dir, args.xenstored.clone());
+    let mut paths = Paths::new(run_dir, args.xenstored.clone());
+    paths.kvm_device = args.kvm_device.clone();
     std::fs::create_dir_all(paths.run_dir.join("logs"))?;
     match args.cmd {
         Cmd::Create { config, foreground: true, console: attach } => {

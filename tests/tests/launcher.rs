@@ -732,3 +732,90 @@ fn test_xenstored_killed_by_its_filter_is_reported_by_the_launcher() {
     assert!(log.contains("sandbox.selftest") && !log.contains("selftest_survived"), "{log}");
     assert_eq!(log.matches("\"sandbox.selftest\"").count(), 1, "started once, not restarted: {log}");
 }
+
+/// The binaries a launcher needs, copied where any user can run them.
+fn copy_binaries(dir: &Path) -> PathBuf {
+    let bin = dir.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    for b in ["xenkvm", "xenkvm-vmm", "xenkvm-xenstored", "xenkvm-consoled"] {
+        std::fs::copy(binary(b), bin.join(b)).unwrap();
+    }
+    std::fs::copy(guest_kernel(), bin.join("guest")).unwrap();
+    let _ = Command::new("chmod").args(["-R", "a+rX"]).arg(dir).status();
+    bin
+}
+
+/// The whole launcher as an unprivileged user (nobody), given a KVM device
+/// node it may open: xenstored, the vmm and consoled come up jailed with
+/// every step applied (unprivileged user namespaces), and the guest runs.
+#[test]
+fn test_the_launcher_runs_a_guest_unprivileged() {
+    let rd = RunDir::new();
+    let bin = copy_binaries(&rd.0);
+    let kvm = rd.0.join("kvm");
+    let st = Command::new("mknod").args(["-m", "0666"]).arg(&kvm).args(["c", "10", "232"]).status().unwrap();
+    assert!(st.success(), "mknod");
+    let run = rd.0.join("run");
+    std::fs::create_dir_all(&run).unwrap();
+    let cfg = rd.0.join("g.cfg");
+    std::fs::write(
+        &cfg,
+        format!("name = \"nb\"\ntype = \"pvh\"\nkernel = \"{}\"\ncmdline = \"xen_version\"\nmemory = 64\n", bin.join("guest").display()),
+    )
+    .unwrap();
+    let _ = Command::new("chown").args(["-R", "65534:65534"]).arg(&run).status();
+    let _ = Command::new("chmod").args(["a+rx"]).arg(&rd.0).status();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(bin.join("xenkvm"))
+        .arg("--run-dir")
+        .arg(&run)
+        .arg("--kvm-device")
+        .arg(&kvm)
+        .args(["create", "-F"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(!err.contains("hardening not applied"), "{err}");
+    let serial = std::fs::read_to_string(run.join("logs/nb.serial.log")).unwrap_or_default();
+    assert!(serial.contains("PASS ") && !serial.contains("FAIL"), "{serial}");
+    for log in ["xenstored.log", "nb.consoled.log"] {
+        let text = std::fs::read_to_string(run.join("logs").join(log)).unwrap_or_default();
+        let jailed = text.lines().find(|l| l.contains("sandbox.entered")).unwrap_or_default().to_string();
+        for step in ["user+mount+net namespaces, empty root", "rlimits", "no capabilities", "landlock", "seccomp"] {
+            assert!(jailed.contains(step), "{log}: {step} missing: {text}");
+        }
+    }
+    if let Ok(pid) = std::fs::read_to_string(run.join("xenstored.pid")) {
+        let _ = Command::new("kill").arg("-9").arg(pid.trim()).status();
+    }
+}
+
+/// On a host that refuses a hardening step (here: no more user namespaces,
+/// set in a user namespace the test makes), the launcher says which step
+/// each process could not apply and why; the guest still runs, under the
+/// rest of the jail.
+#[test]
+fn test_the_launcher_reports_hardening_the_host_refuses() {
+    let rd = RunDir::new();
+    let cfg = rd.config("nh", &guest_config("nh", "xen_version", ""));
+    let script = format!(
+        "echo 0 > /proc/sys/user/max_user_namespaces && exec {} --run-dir {} create -F {}",
+        binary("xenkvm").display(),
+        rd.0.display(),
+        cfg.display()
+    );
+    let out = Command::new("unshare").args(["-U", "-r", "sh", "-c", &script]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    for process in ["xenkvm-xenstored", "xenkvm-vmm", "xenkvm-consoled"] {
+        let line = format!("xenkvm: {process}: hardening not applied on this host: user+mount+net namespaces, empty root (unshare:");
+        assert!(err.contains(&line), "{line}\n{err}");
+    }
+    // The rest of the jail held: seccomp is never optional.
+    let consoled = rd.log("nh", "consoled");
+    let jailed = consoled.lines().find(|l| l.contains("sandbox.entered")).unwrap_or_default();
+    assert!(jailed.contains("landlock") && jailed.contains("seccomp") && jailed.contains("no capabilities"), "{consoled}");
+}

@@ -143,6 +143,8 @@ pub struct VmConfig {
     pub xenstored: Option<PathBuf>,
     /// Start paused: the vCPUs run once an ipc peer sends `Unpause`.
     pub paused: bool,
+    /// The KVM device (default `/dev/kvm`).
+    pub kvm_device: Option<PathBuf>,
     /// Enter the jail (namespaces, empty root, per-thread seccomp filters)
     /// once set up; the binary does, in-process tests do not.
     pub sandbox: bool,
@@ -167,6 +169,7 @@ impl VmConfig {
             ipc_socket: None,
             xenstored: None,
             paused: false,
+            kvm_device: None,
             sandbox: false,
         }
     }
@@ -198,7 +201,7 @@ pub fn run(config: &VmConfig) -> Result<StopReason, Error> {
     };
     let console = Arc::new(ConsoleLog::new(console));
 
-    let (kvm, vm) = kvm::create_vm(xen_abi::cpuid::XEN_HYPERCALL_MSR)?;
+    let (kvm, vm) = kvm::create_vm(config.kvm_device.as_deref(), xen_abi::cpuid::XEN_HYPERCALL_MSR)?;
     let vm = Arc::new(vm);
     let layout = MemoryLayout::new(config.memory_mib);
     let mut ram = vec![RamRegion { gpa: 0, backing: Backing::new_memfd("guest-ram-low", layout.low_end as usize)? }];

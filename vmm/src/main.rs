@@ -75,6 +75,9 @@ struct Args {
     /// Run without the jail (namespaces, empty root, seccomp): for debugging.
     #[arg(long)]
     no_sandbox: bool,
+    /// The KVM device (default /dev/kvm).
+    #[arg(long)]
+    kvm_device: Option<PathBuf>,
 }
 
 fn exit_code(reason: &StopReason) -> u8 {
@@ -112,7 +115,7 @@ fn main() -> ExitCode {
     config.xenstored = args.xenstored;
     config.paused = args.paused;
     config.sandbox = !args.no_sandbox;
-    config.sandbox = !args.no_sandbox;
+    config.kvm_device = args.kvm_device;
     if let Some(p) = args.console_log {
         config.console = ConsoleTarget::File(p);
     }

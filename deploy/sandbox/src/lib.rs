@@ -384,6 +384,7 @@ pub fn enter(policy: Policy) -> Result<Report, Error> {
     for (what, why) in &report.skipped {
         tracing::warn!(event = "sandbox.skipped", process = policy.name, step = what, reason = %why, "hardening not applied");
     }
+    report_to_supervisor(policy.name, &report);
     tracing::info!(event = "sandbox.entered", process = policy.name, applied = ?report.applied);
     selftest(policy.name);
     Ok(report)
@@ -394,6 +395,24 @@ pub fn enter(policy: Policy) -> Result<Report, Error> {
 pub fn install_thread_filter(rules: Rules) -> Result<(), Error> {
     let filter = compile(rules)?;
     seccompiler::apply_filter(&filter).map_err(|e| Error::InstallFilter(e.to_string()))
+}
+
+/// The descriptor a supervisor passes for jail reports (`XENKVM_SANDBOX_REPORT_FD`).
+pub const REPORT_FD_ENV: &str = "XENKVM_SANDBOX_REPORT_FD";
+
+/// Tells the supervisor (the launcher), when it asked with
+/// [`REPORT_FD_ENV`], which steps could not be applied: one line per step,
+/// `<process>\t<step>\t<reason>`, each one `write` (atomic on a pipe).
+fn report_to_supervisor(name: &str, report: &Report) {
+    let Some(fd) = std::env::var(REPORT_FD_ENV).ok().and_then(|v| v.parse::<libc::c_int>().ok()).filter(|&fd| fd > 2) else { return };
+    for (step, why) in &report.skipped {
+        let line = format!("{name}\t{step}\t{}\n", why.replace(['\t', '\n'], " "));
+        // SAFETY: writes our own buffer to the descriptor the supervisor
+        // passed for this; a bad descriptor only makes the write fail.
+        unsafe { libc::write(fd, line.as_ptr().cast(), line.len().min(libc::PIPE_BUF)) };
+    }
+    // SAFETY: closes the passed descriptor; nothing else uses it.
+    unsafe { libc::close(fd) };
 }
 
 /// Test-only: when `XENKVM_SELFTEST_FORBIDDEN_SYSCALL` names this process

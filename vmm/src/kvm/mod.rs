@@ -47,10 +47,16 @@ fn ioctl<T>(op: &'static str, r: std::result::Result<T, kvm_ioctls::Error>) -> R
     r.map_err(|source| Error::Ioctl { op, source })
 }
 
-/// Opens /dev/kvm and creates a VM with the split irqchip and the MSR filter
-/// that traps writes to the Xen hypercall MSR.
-pub fn create_vm(hypercall_msr: u32) -> Result<(Kvm, VmFd)> {
-    let kvm = Kvm::new().map_err(Error::OpenKvm)?;
+/// Opens the KVM device (`/dev/kvm` unless given) and creates a VM with the
+/// split irqchip and the MSR filter that traps writes to the Xen hypercall MSR.
+pub fn create_vm(device: Option<&std::path::Path>, hypercall_msr: u32) -> Result<(Kvm, VmFd)> {
+    let kvm = match device {
+        Some(p) => Kvm::new_with_path(
+            std::ffi::CString::new(p.as_os_str().as_encoded_bytes()).map_err(|_| Error::OpenKvm(kvm_ioctls::Error::new(libc::EINVAL)))?,
+        ),
+        None => Kvm::new(),
+    }
+    .map_err(Error::OpenKvm)?;
     let api = kvm.get_api_version();
     if api != 12 {
         return Err(Error::NotKvm(api));

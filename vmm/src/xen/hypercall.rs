@@ -134,7 +134,7 @@ pub(crate) mod tests {
 
     /// A 32 MiB, 2-vCPU domain on a real KVM VM (these tests need /dev/kvm).
     pub(crate) fn test_domain() -> Option<(Domain, Captured)> {
-        let (_kvm, vm) = crate::kvm::create_vm(xen_abi::cpuid::XEN_HYPERCALL_MSR)
+        let (_kvm, vm) = crate::kvm::create_vm(None, xen_abi::cpuid::XEN_HYPERCALL_MSR)
             .expect("handler tests need /dev/kvm with the capabilities xenkvm uses");
         let layout = MemoryLayout::new(32);
         let ram = Backing::new_memfd("ram", layout.low_end as usize).unwrap();
