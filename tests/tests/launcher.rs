@@ -718,14 +718,7 @@ fn test_xenstored_killed_20_times_during_a_guest_watch_loop_recovers_every_time(
 #[test]
 fn test_xenstored_killed_by_its_filter_is_reported_by_the_launcher() {
     let rd = RunDir::new();
-    let cfg = rd.config("xk", &guest_config("xk", "xen_version", ""));
-    let out = Command::new(binary("xenkvm"))
-        .env("XENKVM_SELFTEST_FORBIDDEN_SYSCALL", "xenkvm-xenstored")
-        .arg("--run-dir")
-        .arg(&rd.0)
-        .args(["create", "-F", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = create_with_forbidden_syscall(&rd, "xk", "xenkvm-xenstored");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("xenkvm-xenstored was killed by its seccomp filter"), "{err}");
     let log = std::fs::read_to_string(rd.0.join("logs/xenstored.log")).unwrap_or_default();
@@ -818,4 +811,29 @@ fn test_the_launcher_reports_hardening_the_host_refuses() {
     let consoled = rd.log("nh", "consoled");
     let jailed = consoled.lines().find(|l| l.contains("sandbox.entered")).unwrap_or_default();
     assert!(jailed.contains("landlock") && jailed.contains("seccomp") && jailed.contains("no capabilities"), "{consoled}");
+}
+
+/// A vmm thread making a syscall outside its filter kills the vmm (the
+/// whole process: SECCOMP_RET_KILL_PROCESS), and the launcher names it.
+#[test]
+fn test_a_vmm_killed_by_its_filter_is_reported_by_the_launcher() {
+    let rd = RunDir::new();
+    let out = create_with_forbidden_syscall(&rd, "vk", "xenkvm-vmm/vcpu");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("xenkvm-vmm for vk was killed by its seccomp filter"), "{err}");
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    rd.assert_clean();
+}
+
+/// `xenkvm create -F` of a short guest whose process (or thread) type `who`
+/// makes the test-only forbidden syscall.
+fn create_with_forbidden_syscall(rd: &RunDir, name: &str, who: &str) -> Output {
+    let cfg = rd.config(name, &guest_config(name, "xen_version", ""));
+    Command::new(binary("xenkvm"))
+        .env("XENKVM_SELFTEST_FORBIDDEN_SYSCALL", who)
+        .arg("--run-dir")
+        .arg(&rd.0)
+        .args(["create", "-F", cfg.to_str().unwrap()])
+        .output()
+        .unwrap()
 }
