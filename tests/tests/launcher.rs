@@ -550,13 +550,7 @@ fn test_blkback_killed_20_times_during_guest_io_recovers_every_time() {
         let first_diff = got.iter().zip(&expected).position(|(x, y)| x != y);
         assert!(first_diff.is_none(), "{vdev} differs at byte {first_diff:?}");
     }
-    latencies.sort();
-    eprintln!(
-        "blkback restart (kill to the new process's first response): median {:?}, worst {:?} over {} kills",
-        latencies[latencies.len() / 2],
-        latencies[latencies.len() - 1],
-        latencies.len()
-    );
+    print_latencies("blkback restart (kill to the new process's first response)", latencies, "");
     rd.assert_clean();
 }
 
@@ -575,19 +569,19 @@ fn test_netback_killed_20_times_during_pings_recovers_every_time() {
     wait_for("the vif connected", || log().contains("netback.connected"));
     let ping = ns.cmd("ping").args(["-c", "60", "-i", "0.2", "-W", "2", "10.99.2.2"]).stdout(std::process::Stdio::piped()).spawn().unwrap();
     let run_dir = rd.0.to_string_lossy().to_string();
-    let mut kills = 0;
-    let mut latencies = Vec::new();
     std::thread::sleep(Duration::from_millis(1000));
-    while kills < 20 {
-        std::thread::sleep(Duration::from_millis(300));
-        let Some(&pid) = pids_with(&["xenkvm-netback", &run_dir]).first() else { continue };
-        let before = log().matches("netback.connected").count();
-        let t0 = Instant::now();
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        kills += 1;
-        wait_for("the restarted netback connected", || log().matches("netback.connected").count() > before);
-        latencies.push(t0.elapsed());
-    }
+    let connected = || log().matches("netback.connected").count();
+    let latencies = {
+        let before = std::cell::Cell::new(connected());
+        kill_20_times(&mut launcher, &["xenkvm-netback", &run_dir], "the restarted netback connected", |_| {
+            let now = connected();
+            now > before.get() && {
+                before.set(now);
+                true
+            }
+        })
+    };
+    assert_eq!(latencies.len(), 20, "the guest finished before 20 kills");
     let out = ping.wait_with_output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout).into_owned();
     let received: u32 = text.split(',').find_map(|p| p.trim().strip_suffix(" received")?.parse().ok()).unwrap_or(0);
@@ -600,13 +594,7 @@ fn test_netback_killed_20_times_during_pings_recovers_every_time() {
     for check in ["PASS netfront.connect", "PASS netfront.arp", "PASS netfront.tx", "PASS netfront.closed"] {
         assert!(serial.contains(check), "{check}\n{serial}");
     }
-    latencies.sort();
-    eprintln!(
-        "netback restart (kill to connected again): median {:?}, worst {:?} over {} kills; {received}/60 pings answered",
-        latencies[latencies.len() / 2],
-        latencies[latencies.len() - 1],
-        latencies.len()
-    );
+    print_latencies("netback restart (kill to connected again)", latencies, &format!("; {received}/60 pings answered"));
     rd.assert_clean();
 }
 
@@ -623,21 +611,18 @@ fn test_consoled_killed_20_times_during_console_output_loses_nothing() {
     let consoled_log = || rd.log("cr", "consoled");
     wait_for("consoled attached", || consoled_log().contains("console.attached"));
     let run_dir = rd.0.to_string_lossy().to_string();
-    let mut kills = 0;
-    let mut latencies = Vec::new();
-    while kills < 20 {
-        std::thread::sleep(Duration::from_millis(300));
-        if launcher.0.try_wait().unwrap().is_some() {
-            break;
-        }
-        let Some(&pid) = pids_with(&["xenkvm-consoled", "serve", &run_dir]).first() else { continue };
-        let before = consoled_log().matches("console.attached").count();
-        let t0 = Instant::now();
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        kills += 1;
-        wait_for("the restarted consoled attached", || consoled_log().matches("console.attached").count() > before);
-        latencies.push(t0.elapsed());
-    }
+    let attached = || consoled_log().matches("console.attached").count();
+    let latencies = {
+        let before = std::cell::Cell::new(attached());
+        kill_20_times(&mut launcher, &["xenkvm-consoled", "serve", &run_dir], "the restarted consoled attached", |_| {
+            let now = attached();
+            now > before.get() && {
+                before.set(now);
+                true
+            }
+        })
+    };
+    let kills = latencies.len();
     let st = launcher.0.wait().unwrap();
     assert_eq!(kills, 20, "the guest finished before 20 kills");
     assert!(st.success(), "{st:?}");
@@ -657,14 +642,10 @@ fn test_consoled_killed_20_times_during_console_output_loses_nothing() {
     let line_len = text.lines().find(|l| l.starts_with("flood ")).map_or(1, |l| l.len() as u64 + 1);
     let expected = kib * 1024 / line_len + 1;
     assert!(next >= expected, "{next} of {expected} lines");
-    latencies.sort();
-    eprintln!(
-        "consoled restart (kill to attached again): median {:?}, worst {:?} over {} kills; {} lines, {} repeated",
-        latencies[latencies.len() / 2],
-        latencies[latencies.len() - 1],
-        latencies.len(),
-        next,
-        numbers.len() as u64 - next
+    print_latencies(
+        "consoled restart (kill to attached again)",
+        latencies,
+        &format!("; {} lines, {} repeated", next, numbers.len() as u64 - next),
     );
     rd.assert_clean();
 }
@@ -681,35 +662,17 @@ fn test_xenstored_killed_20_times_during_a_guest_watch_loop_recovers_every_time(
     let serial = || rd.log("xr", "serial");
     wait_for("the guest's loop", || serial().contains("XSLOOP 5 "));
     let run_dir = rd.0.to_string_lossy().to_string();
-    let mut kills = 0;
-    let mut latencies = Vec::new();
-    while kills < 20 {
-        std::thread::sleep(Duration::from_millis(300));
-        if launcher.0.try_wait().unwrap().is_some() {
-            break;
-        }
-        let Some(&pid) = pids_with(&["xenkvm-xenstored", &run_dir]).first() else { continue };
-        let t0 = Instant::now();
-        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-        kills += 1;
-        wait_for("the restarted xenstored", || {
-            pids_with(&["xenkvm-xenstored", &run_dir]).iter().any(|&p| p != pid)
-                && std::os::unix::net::UnixStream::connect(rd.0.join("xenstored.sock")).is_ok()
-        });
-        latencies.push(t0.elapsed());
-    }
+    let latencies = kill_20_times(&mut launcher, &["xenkvm-xenstored", &run_dir], "the restarted xenstored", |pid| {
+        pids_with(&["xenkvm-xenstored", &run_dir]).iter().any(|&p| p != pid)
+            && std::os::unix::net::UnixStream::connect(rd.0.join("xenstored.sock")).is_ok()
+    });
+    let kills = latencies.len();
     let st = launcher.0.wait().unwrap();
     let serial = serial();
     assert_eq!(kills, 20, "the guest finished before 20 kills\n{serial}");
     assert!(st.success(), "{st:?}\n{serial}");
     assert!(serial.contains("PASS xs.loop") && serial.contains("XSLOOP 699 ok=true"), "{serial}");
-    latencies.sort();
-    eprintln!(
-        "xenstored restart (kill to accepting again): median {:?}, worst {:?} over {} kills",
-        latencies[latencies.len() / 2],
-        latencies[latencies.len() - 1],
-        latencies.len()
-    );
+    print_latencies("xenstored restart (kill to accepting again)", latencies, "");
     rd.assert_clean();
 }
 
@@ -836,4 +799,31 @@ fn create_with_forbidden_syscall(rd: &RunDir, name: &str, who: &str) -> Output {
         .args(["create", "-F", cfg.to_str().unwrap()])
         .output()
         .unwrap()
+}
+
+/// Kills the process whose command line has `parts` 20 times (or until the
+/// launcher exits), 300 ms apart, each time waiting until `back(killed pid)`
+/// says its successor serves; the time from each kill to that.
+fn kill_20_times(launcher: &mut Fg, parts: &[&str], what: &str, back: impl Fn(u32) -> bool) -> Vec<Duration> {
+    let mut latencies = Vec::new();
+    while latencies.len() < 20 {
+        std::thread::sleep(Duration::from_millis(300));
+        if launcher.0.try_wait().unwrap().is_some() {
+            break;
+        }
+        let Some(&pid) = pids_with(parts).first() else { continue };
+        let t0 = Instant::now();
+        let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
+        wait_for(what, || back(pid));
+        latencies.push(t0.elapsed());
+    }
+    latencies
+}
+
+/// Prints the median and worst of `latencies` (`what`: what was timed).
+fn print_latencies(what: &str, mut latencies: Vec<Duration>, extra: &str) {
+    latencies.sort();
+    if let (Some(m), Some(w)) = (latencies.get(latencies.len() / 2), latencies.last()) {
+        eprintln!("{what}: median {m:?}, worst {w:?} over {} kills{extra}", latencies.len());
+    }
 }
