@@ -91,6 +91,8 @@ pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: 
     let mut tap_watched = true;
     let mut events = vec![EpollEvent::default(); 4];
     let mut buf = vec![0u8; VNET_HDR_LEN + netif::MAX_TX_SIZE + 64];
+    // The TX packet being built (reused: no allocation per packet).
+    let mut tx_frame: Vec<u8> = Vec::with_capacity(netif::MAX_TX_SIZE);
     // A frame read from the tap and waiting for RX buffers.
     let mut pending: Option<(VnetHdr, usize, u32)> = None;
     let end = 'serve: loop {
@@ -110,11 +112,11 @@ pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: 
                 Next::Chain(c) => c,
             };
             tx_moved += 1;
-            let status = match tx::build(&chain, ctx.table, ctx.tx_features) {
-                Ok(p) => match ctx.tap.write_frame(&p.hdr.to_bytes(), &p.frame) {
+            let status = match tx::build(&chain, ctx.table, ctx.tx_features, &mut tx_frame) {
+                Ok(hdr) => match ctx.tap.write_frame(&hdr.to_bytes(), &tx_frame) {
                     Ok(()) => {
                         ctx.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
-                        ctx.stats.tx_bytes.fetch_add(p.frame.len() as u64, Ordering::Relaxed);
+                        ctx.stats.tx_bytes.fetch_add(tx_frame.len() as u64, Ordering::Relaxed);
                         netif::RSP_OKAY
                     }
                     Err(e) => {

@@ -79,16 +79,9 @@ pub fn next_chain(ring: &mut SharedRing, avail: u32) -> Next {
     Next::Chain(chain)
 }
 
-/// A checked packet, copied out of the guest: the tap header and frame.
-pub struct TxPacket {
-    /// The `virtio_net_hdr` for the tap.
-    pub hdr: VnetHdr,
-    /// The frame.
-    pub frame: Vec<u8>,
-}
-
-/// Checks `chain` and copies its data; the reason to drop it otherwise.
-pub fn build(chain: &TxChain, table: &GrantTable, feats: TxFeatures) -> Result<TxPacket, (Drop, String)> {
+/// Checks `chain` and copies its data into `frame` (a buffer the queue
+/// reuses); the tap header for it, or the reason to drop it.
+pub fn build(chain: &TxChain, table: &GrantTable, feats: TxFeatures, frame: &mut Vec<u8>) -> Result<VnetHdr, (Drop, String)> {
     if chain.data.len() > MAX_SLOTS {
         return Err((Drop::TxTooManySlots, format!("{} data slots (at most {MAX_SLOTS})", chain.data.len())));
     }
@@ -121,7 +114,7 @@ pub fn build(chain: &TxChain, table: &GrantTable, feats: TxFeatures) -> Result<T
     if total < 14 {
         return Err((Drop::TxBadSize, format!("packet of {total} bytes is shorter than an Ethernet header")));
     }
-    let mut frame = Vec::with_capacity(total);
+    frame.clear();
     for (k, r) in chain.data.iter().enumerate() {
         let len = if k == 0 { first_len } else { usize::from(r.size) };
         if usize::from(r.offset) + len > PAGE_SIZE {
@@ -133,8 +126,7 @@ pub fn build(chain: &TxChain, table: &GrantTable, feats: TxFeatures) -> Result<T
         page.read(usize::from(r.offset), &mut frame[at..]).map_err(|e| (Drop::TxBadGrant, e.to_string()))?;
     }
     let csum_blank = first.flags & netif::NETTXF_CSUM_BLANK != 0;
-    let hdr = tx_offload(&mut frame, csum_blank, gso).map_err(|e| (Drop::TxBadOffload, e.to_string()))?;
-    Ok(TxPacket { hdr, frame })
+    tx_offload(frame, csum_blank, gso).map_err(|e| (Drop::TxBadOffload, e.to_string()))
 }
 
 /// Answers every slot of `chain`: data slots get `status`, extras NULL.
