@@ -220,6 +220,14 @@ pub fn attach(ch: &Channel) -> Result<(DomainMemory, Vec<std::fs::File>)> {
     Ok((memory, fds.into_iter().map(std::fs::File::from).collect()))
 }
 
+/// Client side: closes the dom0 ports this peer bound (best effort: at
+/// disconnect the vmm closes whatever is left anyway).
+pub fn close_ports(ch: &Channel, ports: &[u32]) {
+    for &port in ports {
+        let _ = call(ch, &Request::Close { port });
+    }
+}
+
 /// Client side: binds guest port `guest_port` (unbound for dom0); returns
 /// the dom0 port and its kick and notify eventfds.
 pub fn bind(ch: &Channel, guest_port: u32) -> Result<(u32, std::fs::File, std::fs::File)> {

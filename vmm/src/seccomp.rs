@@ -28,8 +28,6 @@ pub enum Thread {
     Ipc,
 }
 
-/// `FIONBIO`: std's `set_nonblocking` on sockets.
-const FIONBIO: u64 = 0x5421;
 /// The ioctl type byte of every KVM ioctl (`KVMIO`).
 const KVMIO: u64 = 0xae;
 
@@ -56,7 +54,7 @@ pub fn rules(t: Thread) -> Rules {
         Thread::Vcpu | Thread::Events | Thread::Timers => {}
         Thread::Ipc => {
             allow(&mut r, &[libc::SYS_accept4, libc::SYS_getsockopt, libc::SYS_unlink, libc::SYS_unlinkat]);
-            allow_arg(&mut r, libc::SYS_ioctl, 1, &[FIONBIO]);
+            allow_arg(&mut r, libc::SYS_ioctl, 1, &[xenkvm_sandbox::FIONBIO]);
         }
         Thread::Control => {
             for t in [Thread::Vcpu, Thread::Events, Thread::Timers, Thread::Ipc] {

@@ -3,24 +3,18 @@
 //! is introduced, and keeping its state file and journal (open, append,
 //! truncate, sync, replace by rename) in the directories it keeps.
 
-use xenkvm_sandbox::{allow, allow_arg, common_rules, Rules};
-
-/// `FIONBIO`: std's `set_nonblocking` on sockets.
-const FIONBIO: u64 = 0x5421;
+use xenkvm_sandbox::{allow, allow_file_replacing, allow_unix_peers, common_rules, Rules};
 
 /// The filter's rules.
 pub fn rules() -> Rules {
     let mut r = common_rules();
+    // Clients on its socket; a vmm's ipc socket when a domain is introduced.
+    allow_unix_peers(&mut r);
+    // State file and journal; only the kept directories exist.
+    allow_file_replacing(&mut r);
     allow(
         &mut r,
         &[
-            libc::SYS_accept4,
-            libc::SYS_connect,
-            // State file and journal; only the kept directories exist.
-            libc::SYS_openat,
-            libc::SYS_rename,
-            libc::SYS_renameat,
-            libc::SYS_renameat2,
             libc::SYS_unlink,
             libc::SYS_unlinkat,
             libc::SYS_ftruncate,
@@ -30,9 +24,6 @@ pub fn rules() -> Rules {
             libc::SYS_pwrite64,
         ],
     );
-    // Unix sockets only (to a vmm's ipc socket).
-    allow_arg(&mut r, libc::SYS_socket, 0, &[libc::AF_UNIX as u64]);
-    allow_arg(&mut r, libc::SYS_ioctl, 1, &[FIONBIO]);
     r
 }
 

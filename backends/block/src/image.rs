@@ -97,7 +97,8 @@ pub struct Image {
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
 const BLKSSZGET: libc::c_ulong = 0x1268;
 const BLKPBSZGET: libc::c_ulong = 0x127b;
-const BLKDISCARD: libc::c_ulong = 0x1277;
+/// `BLKDISCARD` (also in the seccomp filter).
+pub(crate) const BLKDISCARD: libc::c_ulong = 0x1277;
 
 fn ioctl_u64(file: &File, req: libc::c_ulong) -> std::io::Result<u64> {
     let mut v: u64 = 0;
@@ -232,9 +233,13 @@ impl Image {
         }
     }
 
-    /// Whether flushes can go to the file itself (raw images).
-    pub fn flush_is_fsync(&self) -> bool {
-        matches!(self.backend, Backend::Raw(_))
+    /// The file a flush is an fsync of (raw images; qcow2 flushes go
+    /// through imago, which writes its metadata first).
+    pub fn fsync_file(&self) -> Option<&File> {
+        match &self.backend {
+            Backend::Raw(f) => Some(f),
+            Backend::Qcow2(_) => None,
+        }
     }
 
     /// For asynchronous I/O: the file and offset holding `len` bytes at

@@ -123,10 +123,7 @@ fn direct_target<'i>(image: &'i Image, job: &Job) -> Option<(&'i File, u64)> {
     match &job.work {
         Work::Read { bufs, offset } => image.begin_direct(*offset, total_len(bufs) as u64, false),
         Work::Write { bufs, offset, .. } => image.begin_direct(*offset, total_len(bufs) as u64, true),
-        Work::Flush => image.begin_direct(0, 0, false).map(|(f, _)| {
-            image.end_direct();
-            (f, 0)
-        }),
+        Work::Flush => image.fsync_file().map(|f| (f, 0)),
         Work::Discard { .. } => None,
     }
 }
@@ -232,7 +229,7 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
             if job.barrier && in_flight > 0 {
                 break;
             }
-            let to_uring = uring.is_some() && Uring::suits(job, ctx.image.flush_is_fsync());
+            let to_uring = uring.is_some() && Uring::suits(job, ctx.image.fsync_file().is_some());
             if to_uring && !uring.as_ref().is_some_and(Uring::has_room) {
                 break;
             }

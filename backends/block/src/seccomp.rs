@@ -5,9 +5,6 @@
 
 use xenkvm_sandbox::{allow, allow_arg, common_rules, Rules};
 
-/// `BLKDISCARD`: discards on a block device.
-const BLKDISCARD: u64 = 0x1277;
-
 /// The filter's rules.
 pub fn rules() -> Rules {
     let mut r = common_rules();
@@ -31,7 +28,7 @@ pub fn rules() -> Rules {
             libc::SYS_io_uring_register,
         ],
     );
-    allow_arg(&mut r, libc::SYS_ioctl, 1, &[BLKDISCARD]);
+    allow_arg(&mut r, libc::SYS_ioctl, 1, &[crate::image::BLKDISCARD]);
     r
 }
 

@@ -295,8 +295,6 @@ fn connect_and_serve(
         }
         end
     });
-    for port in ports {
-        let _ = ipc_vmm::call(ipc, &ipc_vmm::Request::Close { port });
-    }
+    ipc_vmm::close_ports(ipc, &ports);
     end
 }

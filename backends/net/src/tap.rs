@@ -9,9 +9,10 @@ use std::os::fd::{AsRawFd, FromRawFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 
 const TUNSETIFF: libc::c_ulong = 0x4004_54ca;
-const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
+/// `TUNSETOFFLOAD` (also in the seccomp filter, as `TUNSETQUEUE`).
+pub(crate) const TUNSETOFFLOAD: libc::c_ulong = 0x4004_54d0;
 const TUNSETVNETHDRSZ: libc::c_ulong = 0x4004_54d8;
-const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
+pub(crate) const TUNSETQUEUE: libc::c_ulong = 0x4004_54d9;
 const TUNGETIFF: libc::c_ulong = 0x8004_54d2;
 const IFF_TAP: libc::c_short = 0x0002;
 const IFF_NO_PI: libc::c_short = 0x1000;

@@ -176,6 +176,23 @@ pub fn common_rules() -> Rules {
     r
 }
 
+/// `FIONBIO`: std's `set_nonblocking` on sockets.
+pub const FIONBIO: u64 = 0x5421;
+
+/// Serving and reaching Unix sockets at run time: accepting clients,
+/// connecting to a peer's socket (Unix only), making sockets non-blocking.
+pub fn allow_unix_peers(r: &mut Rules) {
+    allow(r, &[libc::SYS_accept4, libc::SYS_connect]);
+    allow_arg(r, libc::SYS_socket, 0, &[libc::AF_UNIX as u64]);
+    allow_arg(r, libc::SYS_ioctl, 1, &[FIONBIO]);
+}
+
+/// Creating and replacing files (logs, state) by rename; only the kept
+/// directories exist inside the jail.
+pub fn allow_file_replacing(r: &mut Rules) {
+    allow(r, &[libc::SYS_openat, libc::SYS_rename, libc::SYS_renameat, libc::SYS_renameat2]);
+}
+
 /// Compiles `rules` into a kill-on-mismatch filter for x86-64.
 pub fn compile(rules: Rules) -> Result<BpfProgram, Error> {
     let filter = SeccompFilter::new(rules, SeccompAction::KillProcess, SeccompAction::Allow, TargetArch::x86_64)
