@@ -257,8 +257,13 @@ impl NetQueue {
             self.dom.mem(self.tx_gfn, at, netif::TX_SLOT).copy_from(&b);
             self.tx_prod = self.tx_prod.wrapping_add(1);
         }
-        // RING_PUSH_REQUESTS_AND_CHECK_NOTIFY: kick only when the backend
-        // asked (it sleeps after setting req_event).
+        self.publish_tx();
+    }
+
+    /// RING_PUSH_REQUESTS_AND_CHECK_NOTIFY: publishes the TX requests
+    /// written so far; kicks only when the backend asked (it sleeps after
+    /// setting req_event).
+    fn publish_tx(&mut self) {
         let old = self.word(self.tx_gfn, 0).load(Ordering::Acquire);
         fence(Ordering::SeqCst);
         self.word(self.tx_gfn, 0).store(self.tx_prod, Ordering::Release);
@@ -304,6 +309,88 @@ impl NetQueue {
         }
         self.put_tx_slots(&slots);
         ids
+    }
+
+    /// Grants fresh pages holding `frame` in chunks of at most `frag`
+    /// bytes, for [`NetQueue::send_granted`]: (gref, chunk length) each.
+    pub fn grant_frame(&mut self, frame: &[u8], frag: usize) -> Vec<(u32, u16)> {
+        frame
+            .chunks(frag.clamp(1, PAGE))
+            .map(|c| {
+                let gfn = self.dom.alloc_pages(1);
+                self.dom.mem(gfn, 0, c.len()).copy_from(c);
+                (self.dom.grant(gfn, true), c.len() as u16)
+            })
+            .collect()
+    }
+
+    /// Sends a frame that already lies in granted pages, as Linux's
+    /// netfront sends an skb's own pages (no copy, no allocation): the
+    /// chunks from [`NetQueue::grant_frame`], `flags` on the first slot
+    /// and an optional GSO extra. Waits for ring room first.
+    pub fn send_granted(&mut self, chunks: &[(u32, u16)], flags: u16, gso: Option<ExtraInfo>) {
+        let total: u32 = chunks.iter().map(|c| u32::from(c.1)).sum();
+        let slots = chunks.len() + usize::from(gso.is_some());
+        let start = Instant::now();
+        while self.tx_prod.wrapping_sub(self.tx_cons) as usize + slots > TX_SIZE as usize && start.elapsed() < Duration::from_secs(10) {
+            let r = self.take_tx_responses(1, Duration::from_millis(100));
+            self.reaped.extend(r);
+        }
+        let put = |q: &mut NetQueue, bytes: &[u8]| {
+            let at = 64 + (q.tx_prod % TX_SIZE) as usize * netif::TX_SLOT;
+            q.dom.mem(q.tx_gfn, at, bytes.len()).copy_from(bytes);
+            q.tx_prod = q.tx_prod.wrapping_add(1);
+        };
+        for (k, &(gref, len)) in chunks.iter().enumerate() {
+            let mut f = if k == 0 { flags } else { 0 };
+            if k + 1 < chunks.len() {
+                f |= netif::NETTXF_MORE_DATA;
+            }
+            if k == 0 && gso.is_some() {
+                f |= netif::NETTXF_EXTRA_INFO;
+            }
+            let size = if k == 0 { total as u16 } else { len };
+            let id = self.tx_prod as u16;
+            put(self, TxRequest { gref, offset: 0, flags: f, id, size }.as_bytes());
+            if k == 0 {
+                if let Some(e) = gso {
+                    put(self, e.as_bytes());
+                }
+            }
+        }
+        self.publish_tx();
+    }
+
+    /// TX responses reaped so far, counted (OKAY, errors) without keeping
+    /// them; waits up to `timeout` for one when none is there.
+    pub fn count_tx_responses(&mut self, timeout: Duration) -> (u64, u64) {
+        let mut ok = 0;
+        let mut bad = 0;
+        let mut tally = |r: &TxResponse| match r.status {
+            netif::RSP_OKAY => ok += 1,
+            netif::RSP_NULL => {}
+            _ => bad += 1,
+        };
+        self.reaped.drain(..).for_each(|r| tally(&r));
+        let start = Instant::now();
+        loop {
+            let prod = self.word(self.tx_gfn, 8).load(Ordering::Acquire);
+            let got = prod.wrapping_sub(self.tx_cons);
+            while self.tx_cons != prod {
+                let at = 64 + (self.tx_cons % TX_SIZE) as usize * netif::TX_SLOT;
+                let mut b = [0u8; 4];
+                self.dom.mem(self.tx_gfn, at, 4).copy_to(&mut b);
+                tally(&TxResponse::read_from_bytes(&b[..]).expect("4 bytes"));
+                self.tx_cons = self.tx_cons.wrapping_add(1);
+            }
+            self.word(self.tx_gfn, 12).store(self.tx_cons.wrapping_add(1), Ordering::Release);
+            if got > 0 || start.elapsed() >= timeout {
+                return (ok, bad);
+            }
+            poll_in(&self.tx_ev.1, Duration::from_millis(20));
+            let mut b = [0u8; 8];
+            let _ = (&self.tx_ev.1).read(&mut b);
+        }
     }
 
     /// TX responses so far (waits up to `timeout` for at least `n`).
@@ -387,6 +474,58 @@ impl NetQueue {
             poll_in(&notify, Duration::from_millis(20));
             let mut b = [0u8; 8];
             let _ = (&notify).read(&mut b);
+        }
+    }
+
+    /// As [`NetQueue::recv`], counting instead of copying, as Linux's
+    /// netfront hands the pages themselves up the stack: (frames, bytes,
+    /// frames with an error slot), waiting up to `timeout` for the first.
+    pub fn recv_count(&mut self, timeout: Duration) -> (u64, u64, u64) {
+        let start = Instant::now();
+        let (mut frames, mut bytes, mut errors) = (0, 0, 0);
+        let mut in_frame = false;
+        let mut frame_error = false;
+        let mut expect_extra = false;
+        let mut more = false;
+        loop {
+            let prod = self.word(self.rx_gfn, 8).load(Ordering::Acquire);
+            let used = prod.wrapping_sub(self.rx_cons);
+            while self.rx_cons != prod {
+                let at = 64 + (self.rx_cons % RX_SIZE) as usize * netif::RX_SLOT;
+                let mut b = [0u8; 8];
+                self.dom.mem(self.rx_gfn, at, 8).copy_to(&mut b);
+                self.rx_cons = self.rx_cons.wrapping_add(1);
+                if expect_extra {
+                    let e = ExtraInfo::read_from_bytes(&b[..]).expect("8 bytes");
+                    expect_extra = e.flags & netif::EXTRA_FLAG_MORE != 0;
+                } else {
+                    let r = RxResponse::read_from_bytes(&b[..]).expect("8 bytes");
+                    frame_error |= r.status < 0;
+                    bytes += r.status.max(0) as u64;
+                    if !in_frame {
+                        expect_extra = r.flags & netif::NETRXF_EXTRA_INFO != 0;
+                        in_frame = true;
+                    }
+                    more = r.flags & netif::NETRXF_MORE_DATA != 0;
+                }
+                if in_frame && !expect_extra && !more {
+                    frames += 1;
+                    errors += u64::from(frame_error);
+                    in_frame = false;
+                    frame_error = false;
+                }
+            }
+            self.word(self.rx_gfn, 12).store(self.rx_cons.wrapping_add(1), Ordering::Release);
+            if used > 0 {
+                self.post_rx(used as usize);
+            }
+            if (frames > 0 && !in_frame) || start.elapsed() > timeout {
+                return (frames, bytes, errors);
+            }
+            let notify = self.rx_ev.as_ref().map_or(&self.tx_ev.1, |e| &e.1);
+            poll_in(notify, Duration::from_millis(20));
+            let mut b = [0u8; 8];
+            let _ = (&*notify).read(&mut b);
         }
     }
 

@@ -170,6 +170,22 @@ impl<'t, 'a> SharedRing<'t, 'a> {
         self.has_requests()
     }
 
+    /// As [`SharedRing::final_check_for_requests`] for a consumer that needs
+    /// `needed` requests at once (netback's RX: one buffer per page of the
+    /// next frame): true when that many are there, or when `req_prod` moved
+    /// after the notification was asked for (check again). Asks to be
+    /// notified at the next request, as Linux's netback does, so a waiting
+    /// consumer sleeps instead of spinning on a partly filled ring.
+    pub fn final_check_for_at_least(&self, needed: u32) -> bool {
+        let prod = self.load(REQ_PROD);
+        if self.unconsumed().is_ok_and(|n| n >= needed) {
+            return true;
+        }
+        self.store(REQ_EVENT, prod.wrapping_add(1));
+        fence(Ordering::SeqCst);
+        self.load(REQ_PROD) != prod
+    }
+
     /// Whether the frontend has published requests we can take.
     pub fn has_requests(&self) -> bool {
         let req_prod = self.load(REQ_PROD);

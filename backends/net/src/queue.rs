@@ -195,8 +195,10 @@ pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: 
         if tx_ring.final_check_for_requests() {
             continue;
         }
-        if rx_blocked && rx_ring.final_check_for_requests() {
-            continue;
+        if let Some((_, _, needed)) = pending.filter(|_| rx_blocked) {
+            if rx_ring.final_check_for_at_least(needed) {
+                continue;
+            }
         }
         // Read the tap only when its next frame has somewhere to go.
         if rx_blocked == tap_watched {
