@@ -11,9 +11,7 @@
 
 pub mod ring;
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 
 use vm_memory::{MmapRegion, VolatileMemory, VolatileSlice};
 use xen_abi::grant_table::*;
@@ -115,8 +113,22 @@ pub struct GrantTable<'a> {
     table: &'a MmapRegion,
     ram: &'a GuestRam,
     backend_domid: u16,
-    /// Pins per reference: (users, writers), so nested users share the flags.
-    active: Mutex<HashMap<u32, (u32, u32)>>,
+    /// Pins per reference, so nested users share the entry's flags: users
+    /// in bits 0..32, writers in 32..63, and bit 63 a lock held while the
+    /// entry's flags change (a few atomics; queue threads of one backend
+    /// pin grants concurrently, most often different ones).
+    pins: Box<[AtomicU64]>,
+}
+
+const PIN_LOCK: u64 = 1 << 63;
+const PIN_WRITER: u64 = 1 << 32;
+
+fn pin_users(p: u64) -> u64 {
+    p & 0xffff_ffff
+}
+
+fn pin_writers(p: u64) -> u64 {
+    (p & !PIN_LOCK) >> 32
 }
 
 /// How often a changing entry is retried (Xen gives up after 4 retries too).
@@ -125,7 +137,32 @@ const RETRIES: u32 = 4;
 impl<'a> GrantTable<'a> {
     /// A view of `table` (the grant frames) over `ram`, for backends of `backend_domid`.
     pub fn new(table: &'a MmapRegion, ram: &'a GuestRam, backend_domid: u16) -> GrantTable<'a> {
-        GrantTable { table, ram, backend_domid, active: Mutex::new(HashMap::new()) }
+        let entries = table.size() / core::mem::size_of::<GrantEntryV1>();
+        GrantTable { table, ram, backend_domid, pins: (0..entries).map(|_| AtomicU64::new(0)).collect() }
+    }
+
+    /// Takes the pin lock of `gref` (a valid reference); its pins.
+    fn lock_pins(&self, gref: u32) -> u64 {
+        let pin = &self.pins[gref as usize];
+        let mut spins = 0u32;
+        loop {
+            let v = pin.load(Ordering::Relaxed);
+            if v & PIN_LOCK == 0 && pin.compare_exchange_weak(v, v | PIN_LOCK, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                return v;
+            }
+            spins += 1;
+            if spins % 64 == 0 {
+                // The holder may have been preempted: let it run.
+                std::thread::yield_now();
+            } else {
+                std::hint::spin_loop();
+            }
+        }
+    }
+
+    /// Stores `gref`'s pins, releasing the lock.
+    fn unlock_pins(&self, gref: u32, pins: u64) {
+        self.pins[gref as usize].store(pins & !PIN_LOCK, Ordering::Release);
     }
 
     /// Entries the table holds.
@@ -154,15 +191,31 @@ impl<'a> GrantTable<'a> {
     /// Validates grant `gref` for `access`, marks it in use and returns its page.
     pub fn map(&self, gref: u32, access: Access) -> Result<GrantedPage<'_, 'a>, GrantError> {
         let word = self.word(gref)?;
-        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        let pins = active.get(&gref).copied().unwrap_or((0, 0));
+        let pins = self.lock_pins(gref);
+        match self.acquire(gref, word, pins, access) {
+            Ok(page) => {
+                let w = if access == Access::Write { PIN_WRITER } else { 0 };
+                self.unlock_pins(gref, pins + 1 + w);
+                Ok(GrantedPage { table: self, gref, access, page })
+            }
+            Err(e) => {
+                self.unlock_pins(gref, pins);
+                Err(e)
+            }
+        }
+    }
+
+    /// Under `gref`'s pin lock: checks the entry (unless already pinned),
+    /// sets its flags and finds its page, undoing the flags on failure.
+    fn acquire(&self, gref: u32, word: &AtomicU32, pins: u64, access: Access) -> Result<VolatileSlice<'a>, GrantError> {
+        let (users, writers) = (pin_users(pins), pin_writers(pins));
         let mut cur = word.load(Ordering::SeqCst);
         let mut tries = 0;
         loop {
             let flags = cur as u16;
             let domid = (cur >> 16) as u16;
             // A grant already pinned was checked when first pinned (as in Xen).
-            if pins.0 == 0 {
+            if users == 0 {
                 if flags & GTF_TYPE_MASK != GTF_PERMIT_ACCESS {
                     return Err(GrantError::NotPermitted { gref, flags });
                 }
@@ -176,6 +229,9 @@ impl<'a> GrantTable<'a> {
                     return Err(GrantError::ReadOnly(gref));
                 }
                 new |= u32::from(GTF_WRITING);
+            }
+            if new == cur {
+                break;
             }
             match word.compare_exchange(cur, new, Ordering::SeqCst, Ordering::SeqCst) {
                 Ok(_) => break,
@@ -191,36 +247,37 @@ impl<'a> GrantTable<'a> {
         let frame = self.frame(gref)?;
         let Some(page) = self.ram.page(u64::from(frame)) else {
             // Undo our flags before refusing.
-            if pins.0 == 0 {
+            if users == 0 {
                 word.fetch_and(!u32::from(GTF_READING | GTF_WRITING), Ordering::SeqCst);
-            } else if pins.1 == 0 {
+            } else if writers == 0 {
                 word.fetch_and(!u32::from(GTF_WRITING), Ordering::SeqCst);
             }
             return Err(GrantError::FrameOutsideRam { gref, frame });
         };
-        let w = u32::from(access == Access::Write);
-        active.insert(gref, (pins.0 + 1, pins.1 + w));
-        Ok(GrantedPage { table: self, gref, access, page })
+        Ok(page)
     }
 
     fn release(&self, gref: u32, access: Access) {
-        let mut active = self.active.lock().unwrap_or_else(|e| e.into_inner());
-        let Some(&(users, writers)) = active.get(&gref) else { return };
-        let writers = writers - u32::from(access == Access::Write);
-        let users = users - 1;
+        if gref >= self.len() {
+            return;
+        }
+        let pins = self.lock_pins(gref);
+        if pin_users(pins) == 0 {
+            self.unlock_pins(gref, pins);
+            return;
+        }
+        let pins = pins - 1 - if access == Access::Write { PIN_WRITER } else { 0 };
         let mut clear = 0u32;
-        if writers == 0 {
+        if pin_writers(pins) == 0 {
             clear |= u32::from(GTF_WRITING);
         }
-        if users == 0 {
+        if pin_users(pins) == 0 {
             clear |= u32::from(GTF_READING);
-            active.remove(&gref);
-        } else {
-            active.insert(gref, (users, writers));
         }
         if let Ok(word) = self.word(gref) {
             word.fetch_and(!clear, Ordering::SeqCst);
         }
+        self.unlock_pins(gref, pins);
     }
 }
 
@@ -229,7 +286,7 @@ pub struct GrantedPage<'t, 'a> {
     table: &'t GrantTable<'a>,
     gref: u32,
     access: Access,
-    page: VolatileSlice<'t>,
+    page: VolatileSlice<'a>,
 }
 
 impl GrantedPage<'_, '_> {
@@ -256,6 +313,24 @@ impl GrantedPage<'_, '_> {
         let s = self.page.subslice(offset, buf.len()).map_err(|_| GrantError::BadRef(self.gref))?;
         s.copy_to(buf);
         Ok(())
+    }
+
+    /// The address of the `len` bytes at `offset`, to hand to the kernel
+    /// (an iovec the kernel reads); valid while this grant is held.
+    /// Refused past the page.
+    pub fn addr(&self, offset: usize, len: usize) -> Result<*const u8, GrantError> {
+        let s = self.page.subslice(offset, len).map_err(|_| GrantError::BadRef(self.gref))?;
+        Ok(s.ptr_guard().as_ptr())
+    }
+
+    /// As [`GrantedPage::addr`], for the kernel to write into (an iovec
+    /// of a read); refused for a read grant.
+    pub fn addr_mut(&self, offset: usize, len: usize) -> Result<*mut u8, GrantError> {
+        if self.access != Access::Write {
+            return Err(GrantError::ReadOnly(self.gref));
+        }
+        let s = self.page.subslice(offset, len).map_err(|_| GrantError::BadRef(self.gref))?;
+        Ok(s.ptr_guard_mut().as_ptr())
     }
 
     /// Writes into the granted page; refused for a read grant.
@@ -328,6 +403,35 @@ mod tests {
         let mut b = [0u8; 5];
         ram.page(0x105).unwrap().subslice(10, 5).unwrap().copy_to(&mut b);
         assert_eq!(&b, b"hello", "the write reached guest frame 0x105");
+    }
+
+    #[test]
+    fn test_pins_from_several_threads_share_the_flags() {
+        let (table, ram) = setup();
+        put(&table, 9, GTF_PERMIT_ACCESS, 0, 0x101);
+        let gt = GrantTable::new(&table, &ram, 0);
+        let held = gt.map(9, Access::Read).unwrap();
+        std::thread::scope(|s| {
+            for t in 0..4 {
+                let (gt, table) = (&gt, &table);
+                s.spawn(move || {
+                    for i in 0..20_000 {
+                        let access = if (i + t) % 3 == 0 { Access::Write } else { Access::Read };
+                        let p = gt.map(9, access).unwrap();
+                        let f = flags(table, 9);
+                        assert_ne!(f & GTF_READING, 0, "reading set while pinned");
+                        if access == Access::Write {
+                            assert_ne!(f & GTF_WRITING, 0, "writing set while a writer holds it");
+                        }
+                        drop(p);
+                    }
+                });
+            }
+        });
+        assert_eq!(flags(&table, 9), GTF_PERMIT_ACCESS | GTF_READING, "only the reader held throughout remains");
+        drop(held);
+        assert_eq!(flags(&table, 9), GTF_PERMIT_ACCESS, "all released");
+        assert_eq!(gt.pins[9].load(Ordering::SeqCst), 0);
     }
 
     #[test]

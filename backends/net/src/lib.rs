@@ -8,10 +8,10 @@
 //! ```text
 //! device.rs   xenbus: features, InitWait, connect, close, reconnect
 //! queue.rs    one thread per queue: TX and RX passes, batching, sleeping
-//! tx.rs       TX slots -> checked packet (sizes, grants, extras)
+//! tx.rs       TX slots -> checked packet (sizes, grants, extras), a batch a pass
 //! rx.rs       frames -> posted RX buffers (copy, GSO extra)
 //! offload.rs  netif flags <-> virtio_net_hdr, checksum set-up
-//! tap.rs      the multi-queue tap
+//! tap.rs      the multi-queue tap; a batch of frames written at once
 //! stats.rs    counters: packets, bytes, drops by reason
 //! ```
 

@@ -121,10 +121,16 @@ fn fold(mut acc: u32) -> u16 {
     acc as u16
 }
 
-/// Prepares `pkt` (a whole Ethernet frame) for a tap that finishes the
-/// checksum (`csum_blank`) and, with `gso = Some((type, size))`, segments
-/// it; returns the header to write before it.
-pub fn tx_offload(pkt: &mut [u8], csum_blank: bool, gso: Option<(u8, u16)>) -> Result<VnetHdr, OffloadError> {
+/// Bytes of a TX frame copied out of the guest before anything is parsed:
+/// every header [`tx_offload`] reads or writes lies within them (Ethernet
+/// and VLAN, IPv4 with options or IPv6, TCP with options).
+pub const TX_HEAD: usize = 256;
+
+/// Prepares a frame of `len` bytes, whose first bytes (at least
+/// `min(len, TX_HEAD)`) are `pkt`, for a tap that finishes the checksum
+/// (`csum_blank`) and, with `gso = Some((type, size))`, segments it;
+/// returns the header to write before it.
+pub fn tx_offload(pkt: &mut [u8], len: usize, csum_blank: bool, gso: Option<(u8, u16)>) -> Result<VnetHdr, OffloadError> {
     let mut hdr = VnetHdr::default();
     if !csum_blank && gso.is_none() {
         return Ok(hdr);
@@ -139,7 +145,7 @@ pub fn tx_offload(pkt: &mut [u8], csum_blank: bool, gso: Option<(u8, u16)>) -> R
         return Err(OffloadError::NotTcpUdp("L4 header cut short"));
     }
     // The pseudo-header sum goes in the checksum field (CHECKSUM_PARTIAL).
-    let l4_len = (pkt.len() - l4) as u32;
+    let l4_len = (len - l4) as u32;
     let addrs = if v6 { &pkt[ip + 8..ip + 40] } else { &pkt[ip + 12..ip + 20] };
     let acc = sum16(addrs, l4_len + u32::from(proto));
     let partial = fold(acc);
@@ -197,7 +203,8 @@ mod tests {
     #[test]
     fn test_csum_blank_udp_gets_pseudo_header_sum_and_needs_csum() {
         let mut p = udp4(b"hello");
-        let h = tx_offload(&mut p, true, None).unwrap();
+        let n = p.len();
+        let h = tx_offload(&mut p, n, true, None).unwrap();
         assert_eq!((h.flags, h.csum_start, h.csum_offset), (F_NEEDS_CSUM, 34, 6));
         // Completing the checksum over the L4 bytes from the partial sum
         // gives a datagram whose full checksum verifies.
@@ -212,11 +219,12 @@ mod tests {
     #[test]
     fn test_gso_needs_tcp_of_the_right_version() {
         let mut p = udp4(b"x");
-        assert_eq!(tx_offload(&mut p, true, Some((xen_abi::netif::GSO_TYPE_TCPV4, 1448))), Err(OffloadError::GsoMismatch(1)));
+        let n = p.len();
+        assert_eq!(tx_offload(&mut p, n, true, Some((xen_abi::netif::GSO_TYPE_TCPV4, 1448))), Err(OffloadError::GsoMismatch(1)));
         let mut arp = vec![0u8; 42];
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-        assert!(matches!(tx_offload(&mut arp, true, None), Err(OffloadError::NotTcpUdp(_))));
-        assert_eq!(tx_offload(&mut arp, false, None), Ok(VnetHdr::default()));
+        assert!(matches!(tx_offload(&mut arp, 42, true, None), Err(OffloadError::NotTcpUdp(_))));
+        assert_eq!(tx_offload(&mut arp, 42, false, None), Ok(VnetHdr::default()));
     }
 
     #[test]

@@ -19,7 +19,7 @@ use crate::offload::{VnetHdr, VNET_HDR_LEN};
 use crate::rx::{self, RxFeatures};
 use crate::stats::Stats;
 use crate::tap::TapQueue;
-use crate::tx::{self, Next, TxFeatures};
+use crate::tx::{self, TxFeatures};
 
 /// Packets moved each way per pass, so neither direction starves the other.
 const BUDGET: usize = 64;
@@ -91,8 +91,8 @@ pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: 
     let mut tap_watched = true;
     let mut events = vec![EpollEvent::default(); 4];
     let mut buf = vec![0u8; VNET_HDR_LEN + netif::MAX_TX_SIZE + 64];
-    // The TX packet being built (reused: no allocation per packet).
-    let mut tx_frame: Vec<u8> = Vec::with_capacity(netif::MAX_TX_SIZE);
+    // TX packets are taken, written and answered a batch at a time.
+    let mut tx_batch = tx::TxBatch::new(BUDGET);
     // A frame read from the tap and waiting for RX buffers.
     let mut pending: Option<(VnetHdr, usize, u32)> = None;
     let end = 'serve: loop {
@@ -100,39 +100,13 @@ pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: 
             break QueueEnd::Stopped;
         }
         // Guest to host.
-        let mut tx_moved = 0;
-        while tx_moved < BUDGET {
-            let avail = match tx_ring.unconsumed() {
-                Ok(n) => n,
-                Err(e) => break 'serve QueueEnd::Corrupt(format!("TX ring: {e}")),
-            };
-            let chain = match tx::next_chain(&mut tx_ring, avail) {
-                Next::Nothing => break,
-                Next::Fatal(why) => break 'serve QueueEnd::Corrupt(why),
-                Next::Chain(c) => c,
-            };
-            tx_moved += 1;
-            let status = match tx::build(&chain, ctx.table, ctx.tx_features, &mut tx_frame) {
-                Ok(hdr) => match ctx.tap.write_frame(&hdr.to_bytes(), &tx_frame) {
-                    Ok(()) => {
-                        ctx.stats.tx_packets.fetch_add(1, Ordering::Relaxed);
-                        ctx.stats.tx_bytes.fetch_add(tx_frame.len() as u64, Ordering::Relaxed);
-                        netif::RSP_OKAY
-                    }
-                    Err(e) => {
-                        ctx.stats.drop(crate::stats::Drop::TxTapError);
-                        tracing::warn!(event = "netback.tap_write", queue = ctx.index, error = %e);
-                        netif::RSP_ERROR
-                    }
-                },
-                Err((why, detail)) => {
-                    ctx.stats.drop(why);
-                    tracing::warn!(event = "netback.tx_drop", queue = ctx.index, reason = why.name(), detail = %detail);
-                    netif::RSP_ERROR
-                }
-            };
-            tx::respond(&mut tx_ring, &chain, status);
-        }
+        let tx_moved = match tx_batch.pass(&mut tx_ring, ctx.table, ctx.tx_features, ctx.tap, ctx.stats, ctx.index) {
+            Ok(n) => n,
+            Err(why) => {
+                tx_ring.push_responses();
+                break 'serve QueueEnd::Corrupt(why);
+            }
+        };
         if tx_ring.push_responses() {
             kick(&ch.tx_notify);
         }

@@ -4,15 +4,21 @@
 //! checked before a byte is copied; a bad packet is dropped with an error
 //! response on each of its slots (extra slots get `NETIF_RSP_NULL`), so
 //! the ring stays consistent, as Linux's netback does.
+//!
+//! Only a frame's first bytes (its headers) are copied out, checked and
+//! fixed; the rest goes to the tap straight from the granted pages, pinned
+//! until the write returns (as Linux's netback maps the frags and copies
+//! only the head).
 
 use xen_abi::netif::{self, ExtraInfo, TxRequest, TxResponse};
 use xen_abi::PAGE_SIZE;
 use xenkvm_grant::ring::SharedRing;
-use xenkvm_grant::{Access, GrantTable};
+use xenkvm_grant::{Access, GrantTable, GrantedPage};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::offload::{tx_offload, VnetHdr};
-use crate::stats::Drop;
+use crate::offload::{tx_offload, VnetHdr, TX_HEAD, VNET_HDR_LEN};
+use crate::stats::{Drop, Stats};
+use crate::tap::{FrameBatch, TapQueue};
 
 /// Data slots a packet may use (`XEN_NETIF_NR_SLOTS_MIN`; Linux's legacy maximum).
 pub const MAX_SLOTS: usize = netif::NR_SLOTS_MIN;
@@ -38,19 +44,59 @@ pub struct TxChain {
 }
 
 /// The next packet on the ring.
-#[derive(Debug)]
+#[derive(Debug, PartialEq, Eq)]
 pub enum Next {
     /// Nothing, or a packet whose slots are not all published yet.
     Nothing,
-    /// A packet's slots (consumed from the ring).
-    Chain(TxChain),
+    /// A packet's slots, now in the chain (consumed from the ring).
+    Chain,
     /// A chain that never ends: the ring is broken.
     Fatal(String),
 }
 
-/// Reads (and consumes) the next packet's slots.
-pub fn next_chain(ring: &mut SharedRing, avail: u32) -> Next {
-    let mut chain = TxChain::default();
+/// A TX frame ready for the tap: its head copied out (and fixed for the
+/// offloads), the rest as pieces of granted pages, pinned until cleared.
+/// Reused from packet to packet, so a packet allocates nothing.
+#[derive(Default)]
+pub struct TxFrame<'t, 'a> {
+    head: Vec<u8>,
+    rest: Vec<(GrantedPage<'t, 'a>, usize, usize)>,
+    len: usize,
+}
+
+impl TxFrame<'_, '_> {
+    /// Forgets the last frame and unpins its pages.
+    pub fn clear(&mut self) {
+        self.head.clear();
+        self.rest.clear();
+        self.len = 0;
+    }
+
+    /// The frame's length.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether it holds no frame.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The copied head.
+    pub fn head(&self) -> &[u8] {
+        &self.head
+    }
+
+    /// The rest: (page, offset, length) in frame order.
+    pub fn rest(&self) -> impl Iterator<Item = (&GrantedPage<'_, '_>, usize, usize)> {
+        self.rest.iter().map(|(p, o, l)| (p, *o, *l))
+    }
+}
+
+/// Reads (and consumes) the next packet's slots into `chain` (emptied first).
+pub fn next_chain(ring: &mut SharedRing, avail: u32, chain: &mut TxChain) -> Next {
+    chain.data.clear();
+    chain.extras.clear();
     let mut i = 0u32;
     let mut buf = [0u8; netif::TX_SLOT];
     let mut want_extra = false;
@@ -76,12 +122,17 @@ pub fn next_chain(ring: &mut SharedRing, avail: u32) -> Next {
         chain.data.push(r);
     }
     ring.consume(i);
-    Next::Chain(chain)
+    Next::Chain
 }
 
-/// Checks `chain` and copies its data into `frame` (a buffer the queue
-/// reuses); the tap header for it, or the reason to drop it.
-pub fn build(chain: &TxChain, table: &GrantTable, feats: TxFeatures, frame: &mut Vec<u8>) -> Result<VnetHdr, (Drop, String)> {
+/// Checks `chain`, copies its head and pins the pages of the rest into
+/// `frame`; the tap header for it, or the reason to drop it.
+pub fn build<'t, 'a>(
+    chain: &TxChain,
+    table: &'t GrantTable<'a>,
+    feats: TxFeatures,
+    frame: &mut TxFrame<'t, 'a>,
+) -> Result<VnetHdr, (Drop, String)> {
     if chain.data.len() > MAX_SLOTS {
         return Err((Drop::TxTooManySlots, format!("{} data slots (at most {MAX_SLOTS})", chain.data.len())));
     }
@@ -117,16 +168,24 @@ pub fn build(chain: &TxChain, table: &GrantTable, feats: TxFeatures, frame: &mut
     frame.clear();
     for (k, r) in chain.data.iter().enumerate() {
         let len = if k == 0 { first_len } else { usize::from(r.size) };
-        if usize::from(r.offset) + len > PAGE_SIZE {
-            return Err((Drop::TxBadSize, format!("fragment at offset {} of {len} bytes crosses its page", r.offset)));
+        let offset = usize::from(r.offset);
+        if offset + len > PAGE_SIZE {
+            return Err((Drop::TxBadSize, format!("fragment at offset {offset} of {len} bytes crosses its page",)));
         }
         let page = table.map(r.gref, Access::Read).map_err(|e| (Drop::TxBadGrant, e.to_string()))?;
-        let at = frame.len();
-        frame.resize(at + len, 0);
-        page.read(usize::from(r.offset), &mut frame[at..]).map_err(|e| (Drop::TxBadGrant, e.to_string()))?;
+        let copy = len.min(TX_HEAD - frame.head.len());
+        if copy > 0 {
+            let at = frame.head.len();
+            frame.head.resize(at + copy, 0);
+            page.read(offset, &mut frame.head[at..]).map_err(|e| (Drop::TxBadGrant, e.to_string()))?;
+        }
+        if len > copy {
+            frame.rest.push((page, offset + copy, len - copy));
+        }
     }
+    frame.len = total;
     let csum_blank = first.flags & netif::NETTXF_CSUM_BLANK != 0;
-    tx_offload(frame, csum_blank, gso).map_err(|e| (Drop::TxBadOffload, e.to_string()))
+    tx_offload(&mut frame.head, total, csum_blank, gso).map_err(|e| (Drop::TxBadOffload, e.to_string()))
 }
 
 /// Answers every slot of `chain`: data slots get `status`, extras NULL.
@@ -138,5 +197,141 @@ pub fn respond(ring: &mut SharedRing, chain: &TxChain, status: i16) {
     }
     for r in &chain.data[1..] {
         put(r.id, status);
+    }
+}
+
+/// One packet of a batch: its slots, its frame, and whether it was built.
+struct TxSlot<'t, 'a> {
+    chain: TxChain,
+    frame: TxFrame<'t, 'a>,
+    hdr: [u8; VNET_HDR_LEN],
+    built: Result<(), (Drop, String)>,
+}
+
+/// A batch of TX packets: taken off the ring and built, written to the
+/// tap, then answered in ring order ([`TxBatch::pass`]). Everything is
+/// reused from batch to batch, so a packet allocates nothing.
+pub struct TxBatch<'t, 'a> {
+    slots: Vec<TxSlot<'t, 'a>>,
+    writes: FrameBatch,
+}
+
+impl<'t, 'a> TxBatch<'t, 'a> {
+    /// Room for `packets` packets.
+    pub fn new(packets: usize) -> TxBatch<'t, 'a> {
+        let slot = || TxSlot { chain: TxChain::default(), frame: TxFrame::default(), hdr: [0; VNET_HDR_LEN], built: Ok(()) };
+        TxBatch { slots: (0..packets.max(1)).map(|_| slot()).collect(), writes: FrameBatch::default() }
+    }
+
+    /// One batch: packets taken, or why the ring is broken (the packets
+    /// taken before the break are still written and answered).
+    pub fn pass(
+        &mut self,
+        ring: &mut SharedRing,
+        table: &'t GrantTable<'a>,
+        feats: TxFeatures,
+        tap: &TapQueue,
+        stats: &Stats,
+        queue: u32,
+    ) -> Result<usize, String> {
+        let (n, fatal) = self.take(ring, table, feats);
+        tap.write_batch(&mut self.writes);
+        self.answer(ring, n, stats, queue);
+        match fatal {
+            Some(why) => Err(why),
+            None => Ok(n),
+        }
+    }
+
+    /// Takes packets off the ring and builds them, up to the batch's room:
+    /// how many, and why the ring is broken if it is.
+    fn take(&mut self, ring: &mut SharedRing, table: &'t GrantTable<'a>, feats: TxFeatures) -> (usize, Option<String>) {
+        self.writes.clear();
+        let mut n = 0;
+        let mut avail = match ring.unconsumed() {
+            Ok(a) => a,
+            Err(e) => return (0, Some(format!("TX ring: {e}"))),
+        };
+        while n < self.slots.len() {
+            let slot = &mut self.slots[n];
+            match next_chain(ring, avail, &mut slot.chain) {
+                Next::Chain => {}
+                Next::Nothing => {
+                    // `req_prod` is read once per batch, not per packet
+                    // (the frontend keeps writing its cache line): look
+                    // again only when the known requests run out.
+                    match ring.unconsumed() {
+                        Ok(fresh) if fresh > avail => {
+                            avail = fresh;
+                            continue;
+                        }
+                        Ok(_) => break,
+                        Err(e) => return (n, Some(format!("TX ring: {e}"))),
+                    }
+                }
+                Next::Fatal(why) => return (n, Some(why)),
+            }
+            avail -= (slot.chain.data.len() + slot.chain.extras.len()) as u32;
+            let writes = &mut self.writes;
+            slot.built = build(&slot.chain, table, feats, &mut slot.frame).and_then(|hdr| {
+                slot.hdr = hdr.to_bytes();
+                let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2 + MAX_SLOTS];
+                iov[0] = libc::iovec { iov_base: slot.hdr.as_mut_ptr().cast(), iov_len: slot.hdr.len() };
+                iov[1] = libc::iovec { iov_base: slot.frame.head.as_mut_ptr().cast(), iov_len: slot.frame.head.len() };
+                let mut k = 2;
+                for (page, off, len) in &slot.frame.rest {
+                    // Every piece was checked against its page when built.
+                    let addr = page.addr(*off, *len).map_err(|e| (Drop::TxBadGrant, e.to_string()))?;
+                    let v = iov.get_mut(k).ok_or((Drop::TxTooManySlots, "a frame in too many pieces".to_string()))?;
+                    *v = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: *len };
+                    k += 1;
+                }
+                // The pages stay pinned in the slot until `answer`.
+                writes.push(iov[..k].iter().copied());
+                Ok(())
+            });
+            n += 1;
+        }
+        (n, None)
+    }
+
+    /// Answers the `n` packets taken, in ring order, with how each went;
+    /// unpins their pages and counts them.
+    fn answer(&mut self, ring: &mut SharedRing, n: usize, stats: &Stats, queue: u32) {
+        let (mut packets, mut bytes) = (0u64, 0u64);
+        let mut written = 0;
+        for slot in &mut self.slots[..n] {
+            let status = match std::mem::replace(&mut slot.built, Ok(())) {
+                Ok(()) => {
+                    let r = self.writes.result(written);
+                    written += 1;
+                    match r {
+                        Ok(()) => {
+                            packets += 1;
+                            bytes += slot.frame.len() as u64;
+                            netif::RSP_OKAY
+                        }
+                        Err(e) => {
+                            stats.drop(Drop::TxTapError);
+                            tracing::warn!(event = "netback.tap_write", queue, error = %e);
+                            netif::RSP_ERROR
+                        }
+                    }
+                }
+                Err((why, detail)) => {
+                    stats.drop(why);
+                    tracing::warn!(event = "netback.tx_drop", queue, reason = why.name(), detail = %detail);
+                    netif::RSP_ERROR
+                }
+            };
+            // The pages go back to the guest before it hears of them.
+            slot.frame.clear();
+            respond(ring, &slot.chain, status);
+        }
+        self.writes.clear();
+        if packets > 0 {
+            stats.tx_packets.fetch_add(packets, std::sync::atomic::Ordering::Relaxed);
+            stats.tx_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
+        }
     }
 }
