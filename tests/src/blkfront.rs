@@ -639,6 +639,8 @@ impl BlkbackProc {
             .arg("--log")
             .arg(&log)
             .args(extra)
+            // Profiling needs the binary visible (the jail's root is empty).
+            .args(std::env::var_os("BENCH_NO_SANDBOX").map(|_| "--no-sandbox"))
             .stderr(std::process::Stdio::null())
             .spawn()
             .expect("spawn blkback");

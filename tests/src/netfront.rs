@@ -529,6 +529,11 @@ impl NetQueue {
         }
     }
 
+    /// The buffer (gfn, gref) the `ahead`th next RX response will use.
+    pub fn next_rx_buffer(&self, ahead: u32) -> (u64, u32) {
+        self.rx_bufs[(self.rx_cons.wrapping_add(ahead) % RX_SIZE) as usize]
+    }
+
     /// The rings' indices, for failure messages.
     pub fn debug_state(&self) -> String {
         let w = |g: u64, o: usize| self.dom.word(g, o).load(Ordering::Acquire);

@@ -151,7 +151,7 @@ impl<'a> GrantTable<'a> {
                 return v;
             }
             spins += 1;
-            if spins % 64 == 0 {
+            if spins.is_multiple_of(64) {
                 // The holder may have been preempted: let it run.
                 std::thread::yield_now();
             } else {

@@ -11,12 +11,11 @@ use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
-use xen_abi::netif;
 use xenkvm_grant::ring::SharedRing;
 use xenkvm_grant::GrantTable;
 
 use crate::offload::{VnetHdr, VNET_HDR_LEN};
-use crate::rx::{self, RxFeatures};
+use crate::rx::{self, Received, RxFeatures};
 use crate::stats::Stats;
 use crate::tap::TapQueue;
 use crate::tx::{self, TxFeatures};
@@ -90,7 +89,9 @@ pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: 
     }
     let mut tap_watched = true;
     let mut events = vec![EpollEvent::default(); 4];
-    let mut buf = vec![0u8; VNET_HDR_LEN + netif::MAX_TX_SIZE + 64];
+    let mut buf = vec![0u8; rx::FRAME_BUF];
+    // Pages to map for the next frame read straight into RX buffers.
+    let mut rx_guess = 1;
     // TX packets are taken, written and answered a batch at a time.
     let mut tx_batch = tx::TxBatch::new(BUDGET);
     // A frame read from the tap and waiting for RX buffers.
@@ -113,8 +114,34 @@ pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: 
         // Host to guest.
         let mut rx_moved = 0;
         let mut rx_blocked = false;
+        let (mut rx_packets, mut rx_bytes) = (0u64, 0u64);
         while rx_moved < BUDGET {
             if pending.is_none() {
+                let room = match rx_ring.unconsumed() {
+                    Ok(a) => a,
+                    Err(e) => break 'serve QueueEnd::Corrupt(format!("RX ring: {e}")),
+                };
+                if room >= rx::max_slots(ctx.rx_features) {
+                    match rx::receive_into_ring(ctx.tap, &mut rx_ring, ctx.table, ctx.rx_features, &mut rx_guess, &mut buf) {
+                        Ok(Received::Nothing) => break,
+                        Ok(Received::Delivered(len)) => {
+                            rx_moved += 1;
+                            rx_packets += 1;
+                            rx_bytes += len as u64;
+                        }
+                        Ok(Received::Dropped(why, detail)) => {
+                            rx_moved += 1;
+                            ctx.stats.drop(why);
+                            tracing::debug!(event = "netback.rx_drop", queue = ctx.index, reason = why.name(), detail = %detail);
+                        }
+                        Ok(Received::InBuffer(hdr, n, needed)) => pending = Some((hdr, n, needed)),
+                        Err(e) => {
+                            tracing::warn!(event = "netback.tap_read", queue = ctx.index, error = %e);
+                            break;
+                        }
+                    }
+                    continue;
+                }
                 match ctx.tap.read_frame(&mut buf) {
                     Ok(Some(n)) if n >= VNET_HDR_LEN => {
                         let hdr = VnetHdr::from_bytes(buf[..VNET_HDR_LEN].try_into().expect("header length"));
@@ -149,14 +176,18 @@ pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: 
             let frame = &buf[VNET_HDR_LEN..n];
             match rx::deliver(&mut rx_ring, ctx.table, &hdr, frame, needed) {
                 Ok(()) => {
-                    ctx.stats.rx_packets.fetch_add(1, Ordering::Relaxed);
-                    ctx.stats.rx_bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
+                    rx_packets += 1;
+                    rx_bytes += frame.len() as u64;
                 }
                 Err((why, detail)) => {
                     ctx.stats.drop(why);
                     tracing::warn!(event = "netback.rx_drop", queue = ctx.index, reason = why.name(), detail = %detail);
                 }
             }
+        }
+        if rx_packets > 0 {
+            ctx.stats.rx_packets.fetch_add(rx_packets, Ordering::Relaxed);
+            ctx.stats.rx_bytes.fetch_add(rx_bytes, Ordering::Relaxed);
         }
         if rx_ring.push_responses() {
             kick(rx_notify);

@@ -238,6 +238,26 @@ impl TapQueue {
         }
     }
 
+    /// Reads one header-and-frame into the buffers of `iov`; its length,
+    /// or None when none is waiting.
+    ///
+    /// # Safety
+    /// Every iovec must point at memory this process may write for its
+    /// whole length (a live buffer of ours, or a guest page mapped and
+    /// pinned writable) for the duration of the call.
+    pub unsafe fn read_frame_into(&self, iov: &[libc::iovec]) -> std::io::Result<Option<usize>> {
+        // SAFETY: the caller vouches for the iovecs (see above).
+        let n = unsafe { libc::syscall(libc::SYS_readv, self.file.as_raw_fd(), iov.as_ptr(), iov.len()) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            return match e.raw_os_error() {
+                Some(libc::EAGAIN) => Ok(None),
+                _ => Err(e),
+            };
+        }
+        Ok(Some(n as usize))
+    }
+
     /// Reads one header-and-frame into `buf`; None when none is waiting.
     pub fn read_frame(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
         // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes.

@@ -200,6 +200,11 @@ pub fn respond(ring: &mut SharedRing, chain: &TxChain, status: i16) {
     }
 }
 
+/// Ring slots a batch takes at most: large packets (17 slots for 64 KiB)
+/// are answered a few at a time, so the frontend refills the ring while
+/// the rest are written instead of waiting for a whole ring's worth.
+const BATCH_SLOTS: u32 = 64;
+
 /// One packet of a batch: its slots, its frame, and whether it was built.
 struct TxSlot<'t, 'a> {
     chain: TxChain,
@@ -252,7 +257,8 @@ impl<'t, 'a> TxBatch<'t, 'a> {
             Ok(a) => a,
             Err(e) => return (0, Some(format!("TX ring: {e}"))),
         };
-        while n < self.slots.len() {
+        let mut used = 0;
+        while n < self.slots.len() && used < BATCH_SLOTS {
             let slot = &mut self.slots[n];
             match next_chain(ring, avail, &mut slot.chain) {
                 Next::Chain => {}
@@ -271,7 +277,9 @@ impl<'t, 'a> TxBatch<'t, 'a> {
                 }
                 Next::Fatal(why) => return (n, Some(why)),
             }
-            avail -= (slot.chain.data.len() + slot.chain.extras.len()) as u32;
+            let slots = (slot.chain.data.len() + slot.chain.extras.len()) as u32;
+            avail -= slots;
+            used += slots;
             let writes = &mut self.writes;
             slot.built = build(&slot.chain, table, feats, &mut slot.frame).and_then(|hdr| {
                 slot.hdr = hdr.to_bytes();

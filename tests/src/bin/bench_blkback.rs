@@ -16,6 +16,7 @@
 //!
 //! Usage: bench-blkback [--seconds S] [--rounds N] [--cached] [--mib SIZE]
 //!        [--format raw|qcow2] [--case NAME-PART] [--uring-entries N] [--halt-poll-us N]
+//!        [--spin-us N]
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::OpenOptions;
@@ -198,6 +199,8 @@ fn main() -> anyhow::Result<()> {
     let only = get("--format");
     let case_filter = get("--case");
     let uring_entries = get("--uring-entries");
+    // `--spin-us N`: how long blkback polls its ring before sleeping.
+    let spin_us = get("--spin-us");
     // The frontend stands for a guest vCPU: KVM polls a halted vCPU for
     // up to halt_poll_ns (200 µs by default) before it sleeps.
     let halt_poll = Duration::from_micros(get("--halt-poll-us").map(|s| s.parse()).transpose()?.unwrap_or(200));
@@ -233,6 +236,9 @@ fn main() -> anyhow::Result<()> {
         let mut extra = vec!["--direct", direct_arg];
         if let Some(n) = &uring_entries {
             extra.extend(["--uring-entries", n.as_str()]);
+        }
+        if let Some(n) = &spin_us {
+            extra.extend(["--spin-us", n.as_str()]);
         }
         let _blkback = BlkbackProc::start(&dom, &xs.socket, devid, &dir, &extra);
         let mut f = Blkfront::connect(dom.clone(), &xs.socket, devid, &FrontOpts { persistent: true, ..Default::default() })?;
