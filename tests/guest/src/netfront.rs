@@ -5,11 +5,18 @@
 //! (checksum left to the backend: `NETTXF_csum_blank`), and answers ARP
 //! requests and ICMP echo for `net_ip` until `net_secs` pass. Then it
 //! closes the vif.
+//!
+//! With `net_tcp=PORT` it also negotiates scatter-gather and TCPv4 GSO and
+//! opens a TCP connection to the peer's PORT: it sends 32 KiB in two GSO
+//! packets of 16 KiB (each over five slots with a GSO extra), then takes
+//! 32 KiB back (GSO frames with their extras), checks every byte in order
+//! and ACKs as it goes; and it takes 8000-byte UDP datagrams to port 5556
+//! (a 9000-byte MTU) over several RX buffers, checking every byte.
 
 use core::ptr::{addr_of_mut, read_volatile, write_volatile};
 use core::sync::atomic::{fence, AtomicU32, Ordering};
 
-use xen_abi::netif::{self, RxRequest, RxResponse, TxRequest, TxResponse};
+use xen_abi::netif::{self, ExtraInfo, RxRequest, RxResponse, TxRequest, TxResponse};
 use xen_abi::xenbus::state;
 
 use crate::console::println;
@@ -18,11 +25,52 @@ use crate::hcall::Page;
 use crate::scenarios::Checks;
 use crate::xenstore::{fmt_u64, Xs};
 
-const RX_BUFS: usize = 16;
-const TX_BUFS: usize = 4;
+const RX_BUFS: usize = 32;
+const TX_BUFS: usize = 16;
 const RING: u32 = 256;
-/// Grant refs (after the blkfront's).
-const FIRST_REF: u32 = 480;
+/// Grant refs (after the blkfront's, which end at 456).
+const FIRST_REF: u32 = 460;
+/// Bytes each way over TCP, and the GSO packets the guest sends them in.
+const TCP_BYTES: u32 = 32768;
+const TCP_SEGMENT: usize = 16384;
+const TCP_ISS: u32 = 1000;
+const TCP_PORT: u16 = 40000;
+const TCP_MSS: u16 = 1460;
+/// The UDP datagram the host sends to port 5556 over a 9000-byte MTU.
+const JUMBO_BYTES: u32 = 8000;
+
+/// Byte `i` of the stream the guest sends, and of the one it receives.
+fn tx_pattern(i: u32) -> u8 {
+    (i % 251) as u8
+}
+fn rx_pattern(i: u32) -> u8 {
+    ((i.wrapping_mul(7) + 3) % 251) as u8
+}
+
+/// The TCP connection to the peer.
+#[derive(Default)]
+struct Tcp {
+    port: u16,
+    established: bool,
+    /// The peer's initial sequence number.
+    irs: u32,
+    rcv_nxt: u32,
+    need_ack: bool,
+    sent: bool,
+    received: u32,
+    bad_bytes: u32,
+    /// RX frames over several buffers, and those with a GSO extra.
+    rx_multi: u32,
+    rx_gso: u32,
+    /// The frame being received: its sequence number, headers left to
+    /// skip, payload bytes so far, whether it is ours and in order.
+    cur_seq: u32,
+    cur_skip: usize,
+    cur_len: u32,
+    cur_ours: bool,
+    cur_flags: u8,
+    cur_slots: u32,
+}
 
 static mut TX_RING: Page = Page([0; 4096]);
 static mut RX_RING: Page = Page([0; 4096]);
@@ -64,11 +112,23 @@ struct Net {
     tx_err: u32,
     echoes: u32,
     arps: u32,
+    tcp: Tcp,
+    expect_extra: bool,
+    in_frame: bool,
+    /// A UDP datagram to port 5556 being received over several buffers:
+    /// (payload bytes so far, buffers, all bytes as expected).
+    jumbo: Option<(u32, u32, bool)>,
+    /// Such datagrams of JUMBO_BYTES received intact over several buffers.
+    jumbos: u32,
 }
 
 impl Net {
-    fn post_rx(&mut self, id: u16) {
-        let r = RxRequest { id, pad: 0, gref: FIRST_REF + 2 + u32::from(id) };
+    /// Posts the buffer of the next ring slot. As Linux's netfront does, a
+    /// slot's buffer follows from its ring index (the extra-info slot of a
+    /// GSO frame uses up a buffer without naming it).
+    fn post_rx(&mut self) {
+        let buf = self.rx_prod as usize % RX_BUFS;
+        let r = RxRequest { id: (self.rx_prod % RING) as u16, pad: 0, gref: FIRST_REF + 2 + buf as u32 };
         let at = 64 + (self.rx_prod % RING) as usize * netif::RX_SLOT;
         // SAFETY: inside the RX ring page.
         unsafe { write_volatile(rx_ring().add(at) as *mut RxRequest, r) };
@@ -115,7 +175,7 @@ impl Net {
             let r = unsafe { read_volatile(tx_ring().add(at) as *const TxResponse) };
             if r.status == netif::RSP_OKAY {
                 self.tx_ok += 1;
-            } else {
+            } else if r.status != netif::RSP_NULL {
                 self.tx_err += 1;
             }
             self.tx_cons = self.tx_cons.wrapping_add(1);
@@ -131,24 +191,253 @@ impl Net {
         while self.rx_cons != prod {
             got = true;
             let at = 64 + (self.rx_cons % RING) as usize * netif::RX_SLOT;
-            // SAFETY: a response slot in the RX ring page.
-            let r = unsafe { read_volatile(rx_ring().add(at) as *const RxResponse) };
+            let buf = self.rx_cons as usize % RX_BUFS;
             self.rx_cons = self.rx_cons.wrapping_add(1);
-            let id = r.id as usize % RX_BUFS;
-            if r.status > 0 && (r.status as usize) <= frame.len() && usize::from(r.offset) + r.status as usize <= 4096 {
-                let n = r.status as usize;
-                for (k, b) in frame[..n].iter_mut().enumerate() {
-                    // SAFETY: inside the RX buffer page (offset + n ≤ 4096 checked).
-                    *b = unsafe { read_volatile(rx_page(id).add(usize::from(r.offset) + k)) };
+            if self.expect_extra {
+                // SAFETY: an extra-info slot in the RX ring page.
+                let e = unsafe { read_volatile(rx_ring().add(at) as *const ExtraInfo) };
+                if e.ty == netif::EXTRA_TYPE_GSO {
+                    self.tcp.rx_gso += 1;
                 }
-                self.handle(&frame[..n]);
+                self.expect_extra = e.flags & netif::EXTRA_FLAG_MORE != 0;
+            } else {
+                // SAFETY: a response slot in the RX ring page.
+                let r = unsafe { read_volatile(rx_ring().add(at) as *const RxResponse) };
+                let first = !self.in_frame;
+                if first {
+                    self.expect_extra = r.flags & netif::NETRXF_EXTRA_INFO != 0;
+                }
+                let more = r.flags & netif::NETRXF_MORE_DATA != 0;
+                let ok = r.status >= 0 && usize::from(r.offset) + r.status as usize <= 4096;
+                let n = if ok { r.status as usize } else { 0 };
+                let off = usize::from(r.offset);
+                if first && !more && n <= frame.len() {
+                    // A frame in one buffer: ARP, ICMP, or TCP.
+                    for (k, b) in frame[..n].iter_mut().enumerate() {
+                        // SAFETY: inside the RX buffer page (offset + n ≤ 4096 checked).
+                        *b = unsafe { read_volatile(rx_page(buf).add(off + k)) };
+                    }
+                    self.handle(&frame[..n]);
+                }
+                if first {
+                    self.jumbo = None;
+                    if n >= 42 {
+                        let mut h = [0u8; 42];
+                        for (k, b) in h.iter_mut().enumerate() {
+                            // SAFETY: inside the RX buffer page (offset + n ≤ 4096 checked).
+                            *b = unsafe { read_volatile(rx_page(buf).add(off + k)) };
+                        }
+                        if h[12..14] == [0x08, 0x00]
+                            && h[14] == 0x45
+                            && h[23] == 17
+                            && h[30..34] == self.ip
+                            && h[36..38] == 5556u16.to_be_bytes()
+                        {
+                            self.jumbo = Some((0, 0, true));
+                        }
+                    }
+                }
+                if let Some((len, bufs, ok)) = self.jumbo.as_mut() {
+                    let skip = if first { 42 } else { 0 };
+                    for k in skip..n {
+                        // SAFETY: as above.
+                        let b = unsafe { read_volatile(rx_page(buf).add(off + k)) };
+                        *ok &= b == tx_pattern(*len + (k - skip) as u32);
+                    }
+                    *len += (n - skip) as u32;
+                    *bufs += 1;
+                }
+                if self.tcp.port != 0 {
+                    if first {
+                        let mut h = [0u8; 64];
+                        let hn = n.min(h.len());
+                        for (k, b) in h[..hn].iter_mut().enumerate() {
+                            // SAFETY: as above.
+                            *b = unsafe { read_volatile(rx_page(buf).add(off + k)) };
+                        }
+                        self.tcp_begin(&h[..hn]);
+                    }
+                    self.tcp_data(buf, off, n, first);
+                }
+                self.in_frame = more;
             }
-            self.post_rx(id as u16);
+            if !self.in_frame && !self.expect_extra {
+                if let Some((len, bufs, ok)) = self.jumbo.take() {
+                    self.jumbos += u32::from(ok && bufs > 1 && len == JUMBO_BYTES);
+                }
+                if self.tcp.port != 0 {
+                    self.tcp_end();
+                }
+            }
+            self.post_rx();
         }
         word(rx_ring(), 12).store(self.rx_cons.wrapping_add(1), Ordering::Release);
         if got {
             self.publish_rx();
         }
+    }
+
+    /// The first buffer of a frame: is it a segment of our connection?
+    fn tcp_begin(&mut self, h: &[u8]) {
+        let t = &mut self.tcp;
+        t.cur_ours = false;
+        t.cur_len = 0;
+        t.cur_slots = 0;
+        if h.len() < 54 || h[12..14] != [0x08, 0x00] || h[23] != 6 || h[26..30] != self.peer || h[30..34] != self.ip {
+            return;
+        }
+        let ihl = usize::from(h[14] & 0xf) * 4;
+        let l4 = 14 + ihl;
+        if h.len() < l4 + 20 || u16::from_be_bytes([h[l4 + 2], h[l4 + 3]]) != TCP_PORT {
+            return;
+        }
+        let doff = usize::from(h[l4 + 12] >> 4) * 4;
+        t.cur_ours = true;
+        t.cur_seq = u32::from_be_bytes([h[l4 + 4], h[l4 + 5], h[l4 + 6], h[l4 + 7]]);
+        let ack = u32::from_be_bytes([h[l4 + 8], h[l4 + 9], h[l4 + 10], h[l4 + 11]]);
+        t.cur_flags = h[l4 + 13];
+        t.cur_skip = l4 + doff;
+        if !t.established && t.cur_flags & 0x12 == 0x12 && ack == TCP_ISS + 1 {
+            t.established = true;
+            t.irs = t.cur_seq;
+            t.rcv_nxt = t.cur_seq.wrapping_add(1);
+            t.need_ack = true;
+            t.cur_ours = false;
+        }
+    }
+
+    /// A buffer's payload bytes, checked against the stream when in order.
+    fn tcp_data(&mut self, buf: usize, off: usize, n: usize, first: bool) {
+        let t = &mut self.tcp;
+        if !t.cur_ours {
+            return;
+        }
+        t.cur_slots += 1;
+        let skip = if first { t.cur_skip.min(n) } else { 0 };
+        let in_order = t.established && t.cur_seq == t.rcv_nxt;
+        if in_order {
+            let base = t.cur_seq.wrapping_sub(t.irs).wrapping_sub(1).wrapping_add(t.cur_len);
+            for k in skip..n {
+                // SAFETY: inside the RX buffer page (offset + n ≤ 4096 checked by the caller).
+                let b = unsafe { read_volatile(rx_page(buf).add(off + k)) };
+                if b != rx_pattern(base + (k - skip) as u32) {
+                    t.bad_bytes += 1;
+                }
+            }
+        }
+        t.cur_len += (n - skip) as u32;
+    }
+
+    /// The end of a frame: take its payload if it was next in the stream.
+    fn tcp_end(&mut self) {
+        let t = &mut self.tcp;
+        if !t.cur_ours {
+            return;
+        }
+        t.cur_ours = false;
+        if t.cur_slots > 1 {
+            t.rx_multi += 1;
+        }
+        if t.cur_seq == t.rcv_nxt && (t.cur_len > 0 || t.cur_flags & 0x01 != 0) {
+            t.rcv_nxt = t.rcv_nxt.wrapping_add(t.cur_len + u32::from(t.cur_flags & 0x01));
+            t.received += t.cur_len;
+            t.need_ack = true;
+        } else if t.cur_len > 0 {
+            // Out of order or repeated: ask again.
+            t.need_ack = true;
+        }
+    }
+
+    /// A TCP segment's headers (Ethernet, IPv4, TCP with `opts`) for
+    /// `len` payload bytes, its checksum left to the backend.
+    fn tcp_header(&self, h: &mut [u8; 64], flags: u8, seq: u32, opts: &[u8], len: usize) -> usize {
+        let hl = 54 + opts.len();
+        h[..hl].fill(0);
+        h[0..6].copy_from_slice(&self.peer_mac.unwrap_or([0xff; 6]));
+        h[6..12].copy_from_slice(&self.mac);
+        h[12..14].copy_from_slice(&[0x08, 0x00]);
+        h[14] = 0x45;
+        h[16..18].copy_from_slice(&((hl - 14 + len) as u16).to_be_bytes());
+        h[22] = 64;
+        h[23] = 6;
+        h[26..30].copy_from_slice(&self.ip);
+        h[30..34].copy_from_slice(&self.peer);
+        let c = checksum(&h[14..34]);
+        h[24..26].copy_from_slice(&c.to_be_bytes());
+        h[34..36].copy_from_slice(&TCP_PORT.to_be_bytes());
+        h[36..38].copy_from_slice(&self.tcp.port.to_be_bytes());
+        h[38..42].copy_from_slice(&seq.to_be_bytes());
+        h[42..46].copy_from_slice(&self.tcp.rcv_nxt.to_be_bytes());
+        h[46] = ((20 + opts.len()) / 4 << 4) as u8;
+        h[47] = flags;
+        h[48..50].copy_from_slice(&0xffffu16.to_be_bytes());
+        h[54..hl].copy_from_slice(opts);
+        hl
+    }
+
+    /// A segment without payload (SYN, ACK).
+    fn tcp_control(&mut self, flags: u8, seq: u32, opts: &[u8]) {
+        let mut h = [0u8; 64];
+        let n = self.tcp_header(&mut h, flags, seq, opts, 0);
+        self.send(&h[..n], netif::NETTXF_CSUM_BLANK);
+    }
+
+    /// `len` bytes of the stream from `at` as one GSO packet: headers and
+    /// data over as many pages (slots) as they take, a GSO extra after
+    /// the first slot. Waits until every earlier TX slot is answered, so
+    /// the pages are free.
+    fn tcp_gso(&mut self, at: u32, len: usize) -> bool {
+        let deadline = crate::events::now0() + 5_000_000_000;
+        while self.tx_cons != self.tx_prod {
+            if crate::events::now0() > deadline {
+                return false;
+            }
+            self.reap_tx();
+            crate::events::poll_briefly(self.port);
+        }
+        let mut h = [0u8; 64];
+        let hl = self.tcp_header(&mut h, 0x18, TCP_ISS + 1 + at, &[], len);
+        let total = hl + len;
+        let pages = total.div_ceil(4096);
+        if pages > TX_BUFS || total > 0xffff {
+            return false;
+        }
+        for k in 0..total {
+            let b = if k < hl { h[k] } else { tx_pattern(at + (k - hl) as u32) };
+            // SAFETY: byte k of the run of TX pages, each 4096 bytes (pages ≤ TX_BUFS checked).
+            unsafe { write_volatile(tx_page(k / 4096).add(k % 4096), b) };
+        }
+        for p in 0..pages {
+            let mut flags = if p + 1 < pages { netif::NETTXF_MORE_DATA } else { 0 };
+            if p == 0 {
+                flags |= netif::NETTXF_CSUM_BLANK | netif::NETTXF_EXTRA_INFO;
+            }
+            let size = if p == 0 { total } else { (total - p * 4096).min(4096) };
+            let r = TxRequest {
+                gref: FIRST_REF + 2 + (RX_BUFS + p) as u32,
+                offset: 0,
+                flags,
+                id: (self.tx_prod % RING) as u16,
+                size: size as u16,
+            };
+            let at = 64 + (self.tx_prod % RING) as usize * netif::TX_SLOT;
+            // SAFETY: inside the TX ring page.
+            unsafe { write_volatile(tx_ring().add(at) as *mut TxRequest, r) };
+            self.tx_prod = self.tx_prod.wrapping_add(1);
+            if p == 0 {
+                let e = ExtraInfo::gso(TCP_MSS - 12, netif::GSO_TYPE_TCPV4);
+                let at = 64 + (self.tx_prod % RING) as usize * netif::TX_SLOT;
+                // SAFETY: inside the TX ring page.
+                unsafe { write_volatile(tx_ring().add(at) as *mut ExtraInfo, e) };
+                self.tx_prod = self.tx_prod.wrapping_add(1);
+            }
+        }
+        // The round-robin single-slot frames start after these pages.
+        self.next_tx = pages;
+        fence(Ordering::SeqCst);
+        word(tx_ring(), 0).store(self.tx_prod, Ordering::Release);
+        crate::events::notify(self.port);
+        true
     }
 
     fn handle(&mut self, f: &[u8]) {
@@ -302,8 +591,9 @@ fn wait_backend(xs: &mut Xs, be: &[u8], want: u32) -> bool {
     false
 }
 
-/// The scenario; `ip`/`peer` from `net_ip=`/`net_peer=`, `secs` from `net_secs=`.
-pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64) {
+/// The scenario; `ip`/`peer` from `net_ip=`/`net_peer=`, `secs` from
+/// `net_secs=`, and the peer's TCP port from `net_tcp=` (0: no TCP).
+pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64, tcp_port: u16) {
     let (Some(ip), Some(peer)) = (parse_ip(ip), parse_ip(peer)) else {
         check!(c, "netfront.config", false, "net_ip={ip} net_peer={peer}");
         return;
@@ -367,9 +657,14 @@ pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64) {
         tx_err: 0,
         echoes: 0,
         arps: 0,
+        tcp: Tcp { port: tcp_port, ..Tcp::default() },
+        expect_extra: false,
+        in_frame: false,
+        jumbo: None,
+        jumbos: 0,
     };
-    for i in 0..RX_BUFS {
-        net.post_rx(i as u16);
+    for _ in 0..RX_BUFS {
+        net.post_rx();
     }
     fence(Ordering::SeqCst);
     word(rx_ring(), 0).store(net.rx_prod, Ordering::Release);
@@ -380,7 +675,12 @@ pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64) {
     ok &= write(&mut xs, fe, b"event-channel", fmt_u64(u64::from(port), &mut d));
     ok &= write(&mut xs, fe, b"request-rx-copy", b"1");
     ok &= write(&mut xs, fe, b"feature-rx-notify", b"1");
-    ok &= write(&mut xs, fe, b"feature-no-csum-offload", b"1");
+    if tcp_port == 0 {
+        ok &= write(&mut xs, fe, b"feature-no-csum-offload", b"1");
+    } else {
+        ok &= write(&mut xs, fe, b"feature-sg", b"1");
+        ok &= write(&mut xs, fe, b"feature-gso-tcpv4", b"1");
+    }
     ok &= write(&mut xs, fe, b"state", b"4");
     let connected = ok && wait_backend(&mut xs, be, state::CONNECTED);
     check!(c, "netfront.connect", connected, "grant map {rm} port {port} published {ok}");
@@ -393,6 +693,8 @@ pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64) {
     let end = start + secs * 1_000_000_000;
     let mut next_arp = start;
     let mut sent_udp = false;
+    let mut next_syn = start;
+    let mut tcp_sent_ok = false;
     while crate::events::now0() < end {
         net.poll_rx();
         net.reap_tx();
@@ -404,12 +706,48 @@ pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64) {
             net.udp(m, b"hello from the xenkvm test guest");
             sent_udp = true;
         }
+        if net.tcp.port != 0 && net.peer_mac.is_some() {
+            if !net.tcp.established && crate::events::now0() >= next_syn {
+                // SYN with our MSS.
+                let mss = TCP_MSS.to_be_bytes();
+                net.tcp_control(0x02, TCP_ISS, &[2, 4, mss[0], mss[1]]);
+                next_syn = crate::events::now0() + 1_000_000_000;
+            }
+            if net.tcp.established && !net.tcp.sent {
+                net.tcp.sent = (0..TCP_BYTES as usize / TCP_SEGMENT).all(|k| net.tcp_gso((k * TCP_SEGMENT) as u32, TCP_SEGMENT));
+                tcp_sent_ok = net.tcp.sent;
+                net.tcp.sent = true;
+            }
+            if net.tcp.need_ack {
+                net.tcp.need_ack = false;
+                net.tcp_control(0x10, TCP_ISS + 1 + if net.tcp.sent { TCP_BYTES } else { 0 }, &[]);
+            }
+        }
         crate::events::poll_briefly(port);
     }
     net.reap_tx();
     check!(c, "netfront.arp", net.peer_mac.is_some(), "the peer never answered ARP");
     check!(c, "netfront.udp", sent_udp, "no datagram sent");
     check!(c, "netfront.tx", net.tx_err == 0 && net.tx_ok > 0, "{} slots OK, {} errors", net.tx_ok, net.tx_err);
+    if tcp_port != 0 {
+        let t = &net.tcp;
+        check!(c, "netfront.tcp_connect", t.established, "no SYN-ACK from {}:{tcp_port}", peer[3]);
+        check!(c, "netfront.tcp_tx_gso", tcp_sent_ok, "the GSO packets were not all answered");
+        check!(
+            c,
+            "netfront.tcp_rx",
+            t.received == TCP_BYTES && t.bad_bytes == 0 && t.rx_gso > 0,
+            "received {} bad {} GSO extras {}",
+            t.received,
+            t.bad_bytes,
+            t.rx_gso
+        );
+        check!(c, "netfront.rx_sg", net.jumbos > 0, "no {JUMBO_BYTES}-byte datagram arrived intact over several buffers");
+        println!(
+            "INFO netfront tcp received={} multi_buffer_frames={} gso_extras={} jumbo_datagrams={}",
+            t.received, t.rx_multi, t.rx_gso, net.jumbos
+        );
+    }
     println!("INFO netfront echoes={} arp_replies={} tx_ok={}", net.echoes, net.arps, net.tx_ok);
     let closing = write(&mut xs, fe, b"state", b"5") && wait_backend(&mut xs, be, state::CLOSING) && write(&mut xs, fe, b"state", b"6");
     check!(c, "netfront.closed", closing && wait_backend(&mut xs, be, state::CLOSED), "backend did not close");

@@ -263,7 +263,14 @@ pub fn run(start_info: u64) -> ! {
         }
         if opts.named("netfront") {
             let secs = opts.num("net_secs").unwrap_or(10);
-            crate::netfront::scenario(&mut c, opts.get("net_ip").unwrap_or("10.99.0.2"), opts.get("net_peer").unwrap_or("10.99.0.1"), secs);
+            let tcp = opts.num("net_tcp").unwrap_or(0) as u16;
+            crate::netfront::scenario(
+                &mut c,
+                opts.get("net_ip").unwrap_or("10.99.0.2"),
+                opts.get("net_peer").unwrap_or("10.99.0.1"),
+                secs,
+                tcp,
+            );
         }
         if opts.named("blkfront") {
             crate::blkfront::scenario(&mut c, opts.num("blk_rounds").unwrap_or(1));
