@@ -290,7 +290,7 @@ impl<'t, 'a> TxBatch<'t, 'a> {
                 for (page, off, len) in &slot.frame.rest {
                     // Every piece was checked against its page when built.
                     let addr = page.addr(*off, *len).map_err(|e| (Drop::TxBadGrant, e.to_string()))?;
-                    let v = iov.get_mut(k).ok_or((Drop::TxTooManySlots, "a frame in too many pieces".to_string()))?;
+                    let v = iov.get_mut(k).ok_or_else(|| (Drop::TxTooManySlots, "a frame in too many pieces".to_string()))?;
                     *v = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: *len };
                     k += 1;
                 }
