@@ -379,11 +379,12 @@ fn launch_with_vif(rd: &RunDir, ns: &Netns, name: &str, cmdline: &str, mac: &str
 /// creates the tap (up, as the hotplug script would), hands its queues to
 /// one netback, and the test guest's netfront resolves its peer by ARP,
 /// sends it a UDP datagram (checksum offloaded) and answers the host's
-/// pings. With scatter-gather and GSO negotiated it then moves 32 KiB each
-/// way over TCP with a host socket: two 16 KiB GSO packets over five slots
-/// each from the guest, large frames over several RX buffers with GSO
-/// extras to it, every byte checked on both sides. `xenkvm network-list`
-/// shows the vif and its counters.
+/// pings, on two queues. With scatter-gather and GSO negotiated it then
+/// moves 32 KiB each way over TCP with a host socket (two 16 KiB GSO
+/// packets over five slots each from the guest, GSO frames with their
+/// extras to it, every byte checked on both sides), and takes 8000-byte
+/// datagrams over a 9000-byte MTU across RX buffers; 16 host flows reach
+/// both queues. `xenkvm network-list` shows the vif and its counters.
 #[test]
 fn test_guest_netfront_ping_udp_and_tcp_with_gso_through_the_launcher() {
     let rd = RunDir::new();
@@ -407,7 +408,7 @@ fn test_guest_netfront_ping_udp_and_tcp_with_gso_through_the_launcher() {
         &rd,
         &ns,
         "net",
-        "netfront net_ip=10.99.1.2 net_peer=10.99.1.1 net_secs=25 net_tcp=7000",
+        "netfront net_ip=10.99.1.2 net_peer=10.99.1.1 net_secs=25 net_tcp=7000 net_queues=2",
         "00:16:3e:12:34:56",
         "xkg0",
         ", mtu=9000",
@@ -429,7 +430,9 @@ fn test_guest_netfront_ping_udp_and_tcp_with_gso_through_the_launcher() {
     let pinged = String::from_utf8_lossy(&ping.stdout).into_owned();
     // Jumbo datagrams (the vif's MTU is 9000), one a second while the
     // guest runs: each spans two RX buffers.
-    let jumbo = "import socket,time\ns=socket.socket(2,2)\nfor _ in range(8):\n s.sendto(bytes(i%251 for i in range(8000)),('10.99.1.2',5556));time.sleep(1)";
+    // Datagrams from 16 source ports too: 16 flows the tap spreads over
+    // both queues.
+    let jumbo = "import socket,time\ns=socket.socket(2,2)\nf=[socket.socket(2,2) for _ in range(16)]\nfor _ in range(8):\n s.sendto(bytes(i%251 for i in range(8000)),('10.99.1.2',5556))\n for x in f: x.sendto(b'flow',('10.99.1.2',5557))\n time.sleep(1)";
     let sent = ns.cmd("/usr/bin/python3").args(["-c", jumbo]).status().unwrap();
     assert!(sent.success());
     let udp = receiver.wait_with_output().unwrap();
@@ -451,11 +454,15 @@ fn test_guest_netfront_ping_udp_and_tcp_with_gso_through_the_launcher() {
         "PASS netfront.tcp_tx_gso",
         "PASS netfront.tcp_rx",
         "PASS netfront.rx_sg",
+        "PASS netfront.queues",
         "PASS netfront.closed",
     ] {
         assert!(serial.contains(check), "{check}\n{serial}\n{netback}");
     }
-    assert!(netback.contains("sg=true gso_tcpv4=true"), "{netback}");
+    assert!(netback.contains("queues=2 split=false sg=true gso_tcpv4=true"), "{netback}");
+    for l in serial.lines().filter(|l| l.starts_with("INFO netfront")) {
+        println!("{l}");
+    }
     assert!(listed.contains("vif 0 mac 00:16:3e:12:34:56 tap xkg0 state 4"), "{listed}");
     let count = |key: &str| listed.lines().find_map(|l| l.trim().strip_prefix(key)?.trim().parse::<u64>().ok()).unwrap_or(0);
     assert!(count("tx_packets") >= 5 && count("rx_packets") >= 4, "{listed}");

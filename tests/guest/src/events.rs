@@ -174,6 +174,16 @@ pub fn notify(port: u32) {
     port_op(EVTCHNOP_SEND, port);
 }
 
+/// Sleeps in `SCHEDOP_poll` until one of `ports` (at most 4) is pending
+/// or 10 ms pass.
+pub fn poll_briefly_any(ports: &[u32]) {
+    let mut list = [0u32; 4];
+    let n = ports.len().min(list.len());
+    list[..n].copy_from_slice(&ports[..n]);
+    let p = xen_abi::sched::SchedPoll64 { ports: list.as_mut_ptr() as u64, nr_ports: n as u32, pad: 0, timeout: now(0) + 10_000_000 };
+    hcall::sched_op(xen_abi::sched::SCHEDOP_POLL, &p as *const _ as u64);
+}
+
 /// Sleeps in `SCHEDOP_poll` until `port` is pending or 10 ms pass.
 pub fn poll_briefly(port: u32) {
     let mut ports = [port];

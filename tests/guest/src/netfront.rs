@@ -28,8 +28,10 @@ use crate::xenstore::{fmt_u64, Xs};
 const RX_BUFS: usize = 32;
 const TX_BUFS: usize = 16;
 const RING: u32 = 256;
-/// Grant refs (after the blkfront's, which end at 456).
-const FIRST_REF: u32 = 460;
+const MAX_QUEUES: usize = 2;
+/// Grant refs: in the second grant frame (the blkfront's end at 456).
+const FIRST_REF: u32 = 512;
+const REFS_PER_QUEUE: u32 = 64;
 /// Bytes each way over TCP, and the GSO packets the guest sends them in.
 const TCP_BYTES: u32 = 32768;
 const TCP_SEGMENT: usize = 16384;
@@ -72,24 +74,30 @@ struct Tcp {
     cur_slots: u32,
 }
 
-static mut TX_RING: Page = Page([0; 4096]);
-static mut RX_RING: Page = Page([0; 4096]);
-static mut RX_PAGES: [Page; RX_BUFS] = [const { Page([0; 4096]) }; RX_BUFS];
-static mut TX_PAGES: [Page; TX_BUFS] = [const { Page([0; 4096]) }; TX_BUFS];
+static mut TX_RINGS: [Page; MAX_QUEUES] = [const { Page([0; 4096]) }; MAX_QUEUES];
+static mut RX_RINGS: [Page; MAX_QUEUES] = [const { Page([0; 4096]) }; MAX_QUEUES];
+static mut RX_PAGES: [[Page; RX_BUFS]; MAX_QUEUES] = [const { [const { Page([0; 4096]) }; RX_BUFS] }; MAX_QUEUES];
+static mut TX_PAGES: [[Page; TX_BUFS]; MAX_QUEUES] = [const { [const { Page([0; 4096]) }; TX_BUFS] }; MAX_QUEUES];
 
-fn tx_ring() -> *mut u8 {
-    addr_of_mut!(TX_RING) as *mut u8
-}
-fn rx_ring() -> *mut u8 {
-    addr_of_mut!(RX_RING) as *mut u8
-}
-fn rx_page(i: usize) -> *mut u8 {
+fn tx_ring(q: usize) -> *mut u8 {
     // SAFETY: only computes a static's address.
-    unsafe { addr_of_mut!(RX_PAGES[i]) as *mut u8 }
+    unsafe { addr_of_mut!(TX_RINGS[q]) as *mut u8 }
 }
-fn tx_page(i: usize) -> *mut u8 {
+fn rx_ring(q: usize) -> *mut u8 {
     // SAFETY: only computes a static's address.
-    unsafe { addr_of_mut!(TX_PAGES[i]) as *mut u8 }
+    unsafe { addr_of_mut!(RX_RINGS[q]) as *mut u8 }
+}
+fn rx_page(q: usize, i: usize) -> *mut u8 {
+    // SAFETY: only computes a static's address.
+    unsafe { addr_of_mut!(RX_PAGES[q][i]) as *mut u8 }
+}
+fn tx_page(q: usize, i: usize) -> *mut u8 {
+    // SAFETY: only computes a static's address.
+    unsafe { addr_of_mut!(TX_PAGES[q][i]) as *mut u8 }
+}
+/// Queue `q`'s grant refs: its TX ring, its RX ring, then its RX and TX buffers.
+fn qref(q: usize) -> u32 {
+    FIRST_REF + q as u32 * REFS_PER_QUEUE
 }
 
 fn word(page: *mut u8, off: usize) -> &'static AtomicU32 {
@@ -97,13 +105,31 @@ fn word(page: *mut u8, off: usize) -> &'static AtomicU32 {
     unsafe { AtomicU32::from_ptr(page.add(off) as *mut u32) }
 }
 
-struct Net {
+/// A queue's own state; the one in use lives in `Net`'s fields.
+#[derive(Clone, Copy, Default)]
+struct QueueState {
     port: u32,
     tx_prod: u32,
     tx_cons: u32,
     rx_prod: u32,
     rx_cons: u32,
     next_tx: usize,
+    rx_frames: u32,
+    tx_ok: u32,
+}
+
+struct Net {
+    /// The queue in use (`q`), and every queue's state while not in use.
+    q: usize,
+    queues: [QueueState; MAX_QUEUES],
+    port: u32,
+    tx_prod: u32,
+    tx_cons: u32,
+    rx_prod: u32,
+    rx_cons: u32,
+    next_tx: usize,
+    rx_frames: u32,
+    q_tx_ok: u32,
     mac: [u8; 6],
     ip: [u8; 4],
     peer: [u8; 4],
@@ -123,21 +149,39 @@ struct Net {
 }
 
 impl Net {
+    /// Makes queue `q` the one in use.
+    fn use_queue(&mut self, q: usize) {
+        self.queues[self.q] = QueueState {
+            port: self.port,
+            tx_prod: self.tx_prod,
+            tx_cons: self.tx_cons,
+            rx_prod: self.rx_prod,
+            rx_cons: self.rx_cons,
+            next_tx: self.next_tx,
+            rx_frames: self.rx_frames,
+            tx_ok: self.q_tx_ok,
+        };
+        let s = self.queues[q];
+        (self.port, self.tx_prod, self.tx_cons, self.rx_prod, self.rx_cons) = (s.port, s.tx_prod, s.tx_cons, s.rx_prod, s.rx_cons);
+        (self.next_tx, self.rx_frames, self.q_tx_ok) = (s.next_tx, s.rx_frames, s.tx_ok);
+        self.q = q;
+    }
+
     /// Posts the buffer of the next ring slot. As Linux's netfront does, a
     /// slot's buffer follows from its ring index (the extra-info slot of a
     /// GSO frame uses up a buffer without naming it).
     fn post_rx(&mut self) {
         let buf = self.rx_prod as usize % RX_BUFS;
-        let r = RxRequest { id: (self.rx_prod % RING) as u16, pad: 0, gref: FIRST_REF + 2 + buf as u32 };
+        let r = RxRequest { id: (self.rx_prod % RING) as u16, pad: 0, gref: qref(self.q) + 2 + buf as u32 };
         let at = 64 + (self.rx_prod % RING) as usize * netif::RX_SLOT;
         // SAFETY: inside the RX ring page.
-        unsafe { write_volatile(rx_ring().add(at) as *mut RxRequest, r) };
+        unsafe { write_volatile(rx_ring(self.q).add(at) as *mut RxRequest, r) };
         self.rx_prod = self.rx_prod.wrapping_add(1);
     }
 
     fn publish_rx(&self) {
         fence(Ordering::SeqCst);
-        word(rx_ring(), 0).store(self.rx_prod, Ordering::Release);
+        word(rx_ring(self.q), 0).store(self.rx_prod, Ordering::Release);
         crate::events::notify(self.port);
     }
 
@@ -149,10 +193,10 @@ impl Net {
         self.next_tx += 1;
         for (k, b) in frame.iter().enumerate() {
             // SAFETY: frames are ≤ 1514 bytes, inside the page.
-            unsafe { write_volatile(tx_page(i).add(k), *b) };
+            unsafe { write_volatile(tx_page(self.q, i).add(k), *b) };
         }
         let r = TxRequest {
-            gref: FIRST_REF + 2 + RX_BUFS as u32 + i as u32,
+            gref: qref(self.q) + 2 + RX_BUFS as u32 + i as u32,
             offset: 0,
             flags,
             id: (self.tx_prod % RING) as u16,
@@ -160,32 +204,33 @@ impl Net {
         };
         let at = 64 + (self.tx_prod % RING) as usize * netif::TX_SLOT;
         // SAFETY: inside the TX ring page.
-        unsafe { write_volatile(tx_ring().add(at) as *mut TxRequest, r) };
+        unsafe { write_volatile(tx_ring(self.q).add(at) as *mut TxRequest, r) };
         self.tx_prod = self.tx_prod.wrapping_add(1);
         fence(Ordering::SeqCst);
-        word(tx_ring(), 0).store(self.tx_prod, Ordering::Release);
+        word(tx_ring(self.q), 0).store(self.tx_prod, Ordering::Release);
         crate::events::notify(self.port);
     }
 
     fn reap_tx(&mut self) {
-        let prod = word(tx_ring(), 8).load(Ordering::Acquire);
+        let prod = word(tx_ring(self.q), 8).load(Ordering::Acquire);
         while self.tx_cons != prod {
             let at = 64 + (self.tx_cons % RING) as usize * netif::TX_SLOT;
             // SAFETY: a response slot in the TX ring page.
-            let r = unsafe { read_volatile(tx_ring().add(at) as *const TxResponse) };
+            let r = unsafe { read_volatile(tx_ring(self.q).add(at) as *const TxResponse) };
             if r.status == netif::RSP_OKAY {
                 self.tx_ok += 1;
+                self.q_tx_ok += 1;
             } else if r.status != netif::RSP_NULL {
                 self.tx_err += 1;
             }
             self.tx_cons = self.tx_cons.wrapping_add(1);
         }
-        word(tx_ring(), 12).store(self.tx_cons.wrapping_add(1), Ordering::Release);
+        word(tx_ring(self.q), 12).store(self.tx_cons.wrapping_add(1), Ordering::Release);
     }
 
     /// Handles every received frame; re-posts the buffers.
     fn poll_rx(&mut self) {
-        let prod = word(rx_ring(), 8).load(Ordering::Acquire);
+        let prod = word(rx_ring(self.q), 8).load(Ordering::Acquire);
         let mut frame = [0u8; 1536];
         let mut got = false;
         while self.rx_cons != prod {
@@ -195,14 +240,14 @@ impl Net {
             self.rx_cons = self.rx_cons.wrapping_add(1);
             if self.expect_extra {
                 // SAFETY: an extra-info slot in the RX ring page.
-                let e = unsafe { read_volatile(rx_ring().add(at) as *const ExtraInfo) };
+                let e = unsafe { read_volatile(rx_ring(self.q).add(at) as *const ExtraInfo) };
                 if e.ty == netif::EXTRA_TYPE_GSO {
                     self.tcp.rx_gso += 1;
                 }
                 self.expect_extra = e.flags & netif::EXTRA_FLAG_MORE != 0;
             } else {
                 // SAFETY: a response slot in the RX ring page.
-                let r = unsafe { read_volatile(rx_ring().add(at) as *const RxResponse) };
+                let r = unsafe { read_volatile(rx_ring(self.q).add(at) as *const RxResponse) };
                 let first = !self.in_frame;
                 if first {
                     self.expect_extra = r.flags & netif::NETRXF_EXTRA_INFO != 0;
@@ -215,7 +260,7 @@ impl Net {
                     // A frame in one buffer: ARP, ICMP, or TCP.
                     for (k, b) in frame[..n].iter_mut().enumerate() {
                         // SAFETY: inside the RX buffer page (offset + n ≤ 4096 checked).
-                        *b = unsafe { read_volatile(rx_page(buf).add(off + k)) };
+                        *b = unsafe { read_volatile(rx_page(self.q, buf).add(off + k)) };
                     }
                     self.handle(&frame[..n]);
                 }
@@ -225,7 +270,7 @@ impl Net {
                         let mut h = [0u8; 42];
                         for (k, b) in h.iter_mut().enumerate() {
                             // SAFETY: inside the RX buffer page (offset + n ≤ 4096 checked).
-                            *b = unsafe { read_volatile(rx_page(buf).add(off + k)) };
+                            *b = unsafe { read_volatile(rx_page(self.q, buf).add(off + k)) };
                         }
                         if h[12..14] == [0x08, 0x00]
                             && h[14] == 0x45
@@ -241,7 +286,7 @@ impl Net {
                     let skip = if first { 42 } else { 0 };
                     for k in skip..n {
                         // SAFETY: as above.
-                        let b = unsafe { read_volatile(rx_page(buf).add(off + k)) };
+                        let b = unsafe { read_volatile(rx_page(self.q, buf).add(off + k)) };
                         *ok &= b == tx_pattern(*len + (k - skip) as u32);
                     }
                     *len += (n - skip) as u32;
@@ -253,7 +298,7 @@ impl Net {
                         let hn = n.min(h.len());
                         for (k, b) in h[..hn].iter_mut().enumerate() {
                             // SAFETY: as above.
-                            *b = unsafe { read_volatile(rx_page(buf).add(off + k)) };
+                            *b = unsafe { read_volatile(rx_page(self.q, buf).add(off + k)) };
                         }
                         self.tcp_begin(&h[..hn]);
                     }
@@ -262,6 +307,7 @@ impl Net {
                 self.in_frame = more;
             }
             if !self.in_frame && !self.expect_extra {
+                self.rx_frames += 1;
                 if let Some((len, bufs, ok)) = self.jumbo.take() {
                     self.jumbos += u32::from(ok && bufs > 1 && len == JUMBO_BYTES);
                 }
@@ -271,7 +317,7 @@ impl Net {
             }
             self.post_rx();
         }
-        word(rx_ring(), 12).store(self.rx_cons.wrapping_add(1), Ordering::Release);
+        word(rx_ring(self.q), 12).store(self.rx_cons.wrapping_add(1), Ordering::Release);
         if got {
             self.publish_rx();
         }
@@ -319,7 +365,7 @@ impl Net {
             let base = t.cur_seq.wrapping_sub(t.irs).wrapping_sub(1).wrapping_add(t.cur_len);
             for k in skip..n {
                 // SAFETY: inside the RX buffer page (offset + n ≤ 4096 checked by the caller).
-                let b = unsafe { read_volatile(rx_page(buf).add(off + k)) };
+                let b = unsafe { read_volatile(rx_page(self.q, buf).add(off + k)) };
                 if b != rx_pattern(base + (k - skip) as u32) {
                     t.bad_bytes += 1;
                 }
@@ -405,7 +451,7 @@ impl Net {
         for k in 0..total {
             let b = if k < hl { h[k] } else { tx_pattern(at + (k - hl) as u32) };
             // SAFETY: byte k of the run of TX pages, each 4096 bytes (pages ≤ TX_BUFS checked).
-            unsafe { write_volatile(tx_page(k / 4096).add(k % 4096), b) };
+            unsafe { write_volatile(tx_page(self.q, k / 4096).add(k % 4096), b) };
         }
         for p in 0..pages {
             let mut flags = if p + 1 < pages { netif::NETTXF_MORE_DATA } else { 0 };
@@ -414,7 +460,7 @@ impl Net {
             }
             let size = if p == 0 { total } else { (total - p * 4096).min(4096) };
             let r = TxRequest {
-                gref: FIRST_REF + 2 + (RX_BUFS + p) as u32,
+                gref: qref(self.q) + 2 + (RX_BUFS + p) as u32,
                 offset: 0,
                 flags,
                 id: (self.tx_prod % RING) as u16,
@@ -422,20 +468,20 @@ impl Net {
             };
             let at = 64 + (self.tx_prod % RING) as usize * netif::TX_SLOT;
             // SAFETY: inside the TX ring page.
-            unsafe { write_volatile(tx_ring().add(at) as *mut TxRequest, r) };
+            unsafe { write_volatile(tx_ring(self.q).add(at) as *mut TxRequest, r) };
             self.tx_prod = self.tx_prod.wrapping_add(1);
             if p == 0 {
                 let e = ExtraInfo::gso(TCP_MSS - 12, netif::GSO_TYPE_TCPV4);
                 let at = 64 + (self.tx_prod % RING) as usize * netif::TX_SLOT;
                 // SAFETY: inside the TX ring page.
-                unsafe { write_volatile(tx_ring().add(at) as *mut ExtraInfo, e) };
+                unsafe { write_volatile(tx_ring(self.q).add(at) as *mut ExtraInfo, e) };
                 self.tx_prod = self.tx_prod.wrapping_add(1);
             }
         }
         // The round-robin single-slot frames start after these pages.
         self.next_tx = pages;
         fence(Ordering::SeqCst);
-        word(tx_ring(), 0).store(self.tx_prod, Ordering::Release);
+        word(tx_ring(self.q), 0).store(self.tx_prod, Ordering::Release);
         crate::events::notify(self.port);
         true
     }
@@ -592,8 +638,9 @@ fn wait_backend(xs: &mut Xs, be: &[u8], want: u32) -> bool {
 }
 
 /// The scenario; `ip`/`peer` from `net_ip=`/`net_peer=`, `secs` from
-/// `net_secs=`, and the peer's TCP port from `net_tcp=` (0: no TCP).
-pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64, tcp_port: u16) {
+/// `net_secs=`, the peer's TCP port from `net_tcp=` (0: no TCP), and the
+/// queues from `net_queues=` (1 or 2; at most what the backend offers).
+pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64, tcp_port: u16, queues: usize) {
     let (Some(ip), Some(peer)) = (parse_ip(ip), parse_ip(peer)) else {
         check!(c, "netfront.config", false, "net_ip={ip} net_peer={peer}");
         return;
@@ -625,30 +672,27 @@ pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64, tcp_port: u16) 
         check!(c, "netfront.connect", false, "backend never reached InitWait");
         return;
     }
+    // Queues: as many as asked for and the backend offers.
+    let mut be_key = [0u8; 128];
+    let max_q = {
+        let k = b"/multi-queue-max-queues";
+        be_key[..be.len()].copy_from_slice(be);
+        be_key[be.len()..be.len() + k.len()].copy_from_slice(k);
+        xs.read(0, &be_key[..be.len() + k.len()]).ok().and_then(|v| core::str::from_utf8(v).ok()?.parse::<usize>().ok()).unwrap_or(1)
+    };
+    let nq = queues.clamp(1, MAX_QUEUES).min(max_q.max(1));
     let rm = crate::grants::map_table();
-    grant(FIRST_REF, tx_ring() as u64);
-    grant(FIRST_REF + 1, rx_ring() as u64);
-    for i in 0..RX_BUFS {
-        grant(FIRST_REF + 2 + i as u32, rx_page(i) as u64);
-    }
-    for i in 0..TX_BUFS {
-        grant(FIRST_REF + 2 + (RX_BUFS + i) as u32, tx_page(i) as u64);
-    }
-    for r in [tx_ring(), rx_ring()] {
-        for k in 0..16 {
-            word(r, k * 4).store(0, Ordering::Relaxed);
-        }
-        word(r, 4).store(1, Ordering::Relaxed);
-        word(r, 12).store(1, Ordering::Relaxed);
-    }
-    let port = crate::events::alloc_unbound(0);
     let mut net = Net {
-        port,
+        q: 0,
+        queues: [QueueState::default(); MAX_QUEUES],
+        port: 0,
         tx_prod: 0,
         tx_cons: 0,
         rx_prod: 0,
         rx_cons: 0,
         next_tx: 0,
+        rx_frames: 0,
+        q_tx_ok: 0,
         mac,
         ip,
         peer,
@@ -663,16 +707,56 @@ pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64, tcp_port: u16) 
         jumbo: None,
         jumbos: 0,
     };
-    for _ in 0..RX_BUFS {
-        net.post_rx();
-    }
-    fence(Ordering::SeqCst);
-    word(rx_ring(), 0).store(net.rx_prod, Ordering::Release);
     let mut d = [0u8; 20];
-    let mut ok = rm == 0 && port != 0;
-    ok &= write(&mut xs, fe, b"tx-ring-ref", fmt_u64(u64::from(FIRST_REF), &mut d));
-    ok &= write(&mut xs, fe, b"rx-ring-ref", fmt_u64(u64::from(FIRST_REF + 1), &mut d));
-    ok &= write(&mut xs, fe, b"event-channel", fmt_u64(u64::from(port), &mut d));
+    let mut ok = rm == 0;
+    let mut ports = [0u32; MAX_QUEUES];
+    for q in 0..nq {
+        net.use_queue(q);
+        grant(qref(q), tx_ring(q) as u64);
+        grant(qref(q) + 1, rx_ring(q) as u64);
+        for i in 0..RX_BUFS {
+            grant(qref(q) + 2 + i as u32, rx_page(q, i) as u64);
+        }
+        for i in 0..TX_BUFS {
+            grant(qref(q) + 2 + (RX_BUFS + i) as u32, tx_page(q, i) as u64);
+        }
+        for r in [tx_ring(q), rx_ring(q)] {
+            for k in 0..16 {
+                word(r, k * 4).store(0, Ordering::Relaxed);
+            }
+            word(r, 4).store(1, Ordering::Relaxed);
+            word(r, 12).store(1, Ordering::Relaxed);
+        }
+        net.port = crate::events::alloc_unbound(0);
+        ports[q] = net.port;
+        ok &= net.port != 0;
+        for _ in 0..RX_BUFS {
+            net.post_rx();
+        }
+        fence(Ordering::SeqCst);
+        word(rx_ring(q), 0).store(net.rx_prod, Ordering::Release);
+        // One queue: keys in the vif's directory; several: in queue-N/.
+        let mut dir = [0u8; 32];
+        let dlen = if nq == 1 {
+            fe.len()
+        } else {
+            let pre = b"device/vif/0/queue-";
+            dir[..pre.len()].copy_from_slice(pre);
+            dir[pre.len()] = b'0' + q as u8;
+            pre.len() + 1
+        };
+        if nq == 1 {
+            dir[..fe.len()].copy_from_slice(fe);
+        }
+        let dir = &dir[..dlen];
+        ok &= write(&mut xs, dir, b"tx-ring-ref", fmt_u64(u64::from(qref(q)), &mut d));
+        ok &= write(&mut xs, dir, b"rx-ring-ref", fmt_u64(u64::from(qref(q) + 1), &mut d));
+        ok &= write(&mut xs, dir, b"event-channel", fmt_u64(u64::from(net.port), &mut d));
+    }
+    net.use_queue(0);
+    if nq > 1 {
+        ok &= write(&mut xs, fe, b"multi-queue-num-queues", fmt_u64(nq as u64, &mut d));
+    }
     ok &= write(&mut xs, fe, b"request-rx-copy", b"1");
     ok &= write(&mut xs, fe, b"feature-rx-notify", b"1");
     if tcp_port == 0 {
@@ -683,11 +767,13 @@ pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64, tcp_port: u16) 
     }
     ok &= write(&mut xs, fe, b"state", b"4");
     let connected = ok && wait_backend(&mut xs, be, state::CONNECTED);
-    check!(c, "netfront.connect", connected, "grant map {rm} port {port} published {ok}");
+    check!(c, "netfront.connect", connected, "grant map {rm} queues {nq} ports {ports:?} published {ok}");
     if !connected {
         return;
     }
-    crate::events::notify(port);
+    for &p in &ports[..nq] {
+        crate::events::notify(p);
+    }
     // Resolve the peer, send it a datagram, then serve until time is up.
     let start = crate::events::now0();
     let end = start + secs * 1_000_000_000;
@@ -696,15 +782,22 @@ pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64, tcp_port: u16) 
     let mut next_syn = start;
     let mut tcp_sent_ok = false;
     while crate::events::now0() < end {
-        net.poll_rx();
-        net.reap_tx();
-        if net.peer_mac.is_none() && crate::events::now0() >= next_arp {
-            net.arp_request();
-            next_arp = crate::events::now0() + 500_000_000;
+        // Every queue's frames; answers go out on the queue they came in on.
+        for q in 0..nq {
+            net.use_queue(q);
+            net.poll_rx();
+            net.reap_tx();
         }
+        // The datagram on the last queue, everything else on queue 0.
+        net.use_queue(nq - 1);
         if let (Some(m), false) = (net.peer_mac, sent_udp) {
             net.udp(m, b"hello from the xenkvm test guest");
             sent_udp = true;
+        }
+        net.use_queue(0);
+        if net.peer_mac.is_none() && crate::events::now0() >= next_arp {
+            net.arp_request();
+            next_arp = crate::events::now0() + 500_000_000;
         }
         if net.tcp.port != 0 && net.peer_mac.is_some() {
             if !net.tcp.established && crate::events::now0() >= next_syn {
@@ -723,9 +816,27 @@ pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64, tcp_port: u16) 
                 net.tcp_control(0x10, TCP_ISS + 1 + if net.tcp.sent { TCP_BYTES } else { 0 }, &[]);
             }
         }
-        crate::events::poll_briefly(port);
+        crate::events::poll_briefly_any(&ports[..nq]);
     }
-    net.reap_tx();
+    for q in 0..nq {
+        net.use_queue(q);
+        net.reap_tx();
+    }
+    net.use_queue(0);
+    if nq > 1 {
+        let qs = net.queues;
+        check!(
+            c,
+            "netfront.queues",
+            qs[..nq].iter().all(|s| s.rx_frames > 0 && s.tx_ok > 0),
+            "{nq} queues: frames received {} {}, slots sent {} {}",
+            qs[0].rx_frames,
+            qs[1].rx_frames,
+            qs[0].tx_ok,
+            qs[1].tx_ok
+        );
+        println!("INFO netfront queues={nq} rx_frames={}/{} tx_ok={}/{}", qs[0].rx_frames, qs[1].rx_frames, qs[0].tx_ok, qs[1].tx_ok);
+    }
     check!(c, "netfront.arp", net.peer_mac.is_some(), "the peer never answered ARP");
     check!(c, "netfront.udp", sent_udp, "no datagram sent");
     check!(c, "netfront.tx", net.tx_err == 0 && net.tx_ok > 0, "{} slots OK, {} errors", net.tx_ok, net.tx_err);

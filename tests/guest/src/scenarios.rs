@@ -264,12 +264,14 @@ pub fn run(start_info: u64) -> ! {
         if opts.named("netfront") {
             let secs = opts.num("net_secs").unwrap_or(10);
             let tcp = opts.num("net_tcp").unwrap_or(0) as u16;
+            let queues = opts.num("net_queues").unwrap_or(1) as usize;
             crate::netfront::scenario(
                 &mut c,
                 opts.get("net_ip").unwrap_or("10.99.0.2"),
                 opts.get("net_peer").unwrap_or("10.99.0.1"),
                 secs,
                 tcp,
+                queues,
             );
         }
         if opts.named("blkfront") {
