@@ -260,15 +260,8 @@ impl TapQueue {
 
     /// Reads one header-and-frame into `buf`; None when none is waiting.
     pub fn read_frame(&self, buf: &mut [u8]) -> std::io::Result<Option<usize>> {
-        // SAFETY: `buf` is a live, writable buffer of `buf.len()` bytes.
-        let n = unsafe { libc::read(self.file.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            return match e.raw_os_error() {
-                Some(libc::EAGAIN) => Ok(None),
-                _ => Err(e),
-            };
-        }
-        Ok(Some(n as usize))
+        let iov = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() }];
+        // SAFETY: the one iovec is `buf`, live and borrowed mutably here.
+        unsafe { self.read_frame_into(&iov) }
     }
 }

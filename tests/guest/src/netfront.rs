@@ -119,17 +119,11 @@ struct QueueState {
 }
 
 struct Net {
-    /// The queue in use (`q`), and every queue's state while not in use.
+    /// The queue in use: its number and state (`s`), and every queue's
+    /// state while not in use.
     q: usize,
+    s: QueueState,
     queues: [QueueState; MAX_QUEUES],
-    port: u32,
-    tx_prod: u32,
-    tx_cons: u32,
-    rx_prod: u32,
-    rx_cons: u32,
-    next_tx: usize,
-    rx_frames: u32,
-    q_tx_ok: u32,
     mac: [u8; 6],
     ip: [u8; 4],
     peer: [u8; 4],
@@ -151,19 +145,8 @@ struct Net {
 impl Net {
     /// Makes queue `q` the one in use.
     fn use_queue(&mut self, q: usize) {
-        self.queues[self.q] = QueueState {
-            port: self.port,
-            tx_prod: self.tx_prod,
-            tx_cons: self.tx_cons,
-            rx_prod: self.rx_prod,
-            rx_cons: self.rx_cons,
-            next_tx: self.next_tx,
-            rx_frames: self.rx_frames,
-            tx_ok: self.q_tx_ok,
-        };
-        let s = self.queues[q];
-        (self.port, self.tx_prod, self.tx_cons, self.rx_prod, self.rx_cons) = (s.port, s.tx_prod, s.tx_cons, s.rx_prod, s.rx_cons);
-        (self.next_tx, self.rx_frames, self.q_tx_ok) = (s.next_tx, s.rx_frames, s.tx_ok);
+        self.queues[self.q] = self.s;
+        self.s = self.queues[q];
         self.q = q;
     }
 
@@ -171,26 +154,26 @@ impl Net {
     /// slot's buffer follows from its ring index (the extra-info slot of a
     /// GSO frame uses up a buffer without naming it).
     fn post_rx(&mut self) {
-        let buf = self.rx_prod as usize % RX_BUFS;
-        let r = RxRequest { id: (self.rx_prod % RING) as u16, pad: 0, gref: qref(self.q) + 2 + buf as u32 };
-        let at = 64 + (self.rx_prod % RING) as usize * netif::RX_SLOT;
+        let buf = self.s.rx_prod as usize % RX_BUFS;
+        let r = RxRequest { id: (self.s.rx_prod % RING) as u16, pad: 0, gref: qref(self.q) + 2 + buf as u32 };
+        let at = 64 + (self.s.rx_prod % RING) as usize * netif::RX_SLOT;
         // SAFETY: inside the RX ring page.
         unsafe { write_volatile(rx_ring(self.q).add(at) as *mut RxRequest, r) };
-        self.rx_prod = self.rx_prod.wrapping_add(1);
+        self.s.rx_prod = self.s.rx_prod.wrapping_add(1);
     }
 
     fn publish_rx(&self) {
         fence(Ordering::SeqCst);
-        word(rx_ring(self.q), 0).store(self.rx_prod, Ordering::Release);
-        crate::events::notify(self.port);
+        word(rx_ring(self.q), 0).store(self.s.rx_prod, Ordering::Release);
+        crate::events::notify(self.s.port);
     }
 
     /// Sends `frame` in one slot.
     fn send(&mut self, frame: &[u8], flags: u16) {
         // Reap answered slots first (and never run over the ring).
         self.reap_tx();
-        let i = self.next_tx % TX_BUFS;
-        self.next_tx += 1;
+        let i = self.s.next_tx % TX_BUFS;
+        self.s.next_tx += 1;
         for (k, b) in frame.iter().enumerate() {
             // SAFETY: frames are ≤ 1514 bytes, inside the page.
             unsafe { write_volatile(tx_page(self.q, i).add(k), *b) };
@@ -199,33 +182,33 @@ impl Net {
             gref: qref(self.q) + 2 + RX_BUFS as u32 + i as u32,
             offset: 0,
             flags,
-            id: (self.tx_prod % RING) as u16,
+            id: (self.s.tx_prod % RING) as u16,
             size: frame.len() as u16,
         };
-        let at = 64 + (self.tx_prod % RING) as usize * netif::TX_SLOT;
+        let at = 64 + (self.s.tx_prod % RING) as usize * netif::TX_SLOT;
         // SAFETY: inside the TX ring page.
         unsafe { write_volatile(tx_ring(self.q).add(at) as *mut TxRequest, r) };
-        self.tx_prod = self.tx_prod.wrapping_add(1);
+        self.s.tx_prod = self.s.tx_prod.wrapping_add(1);
         fence(Ordering::SeqCst);
-        word(tx_ring(self.q), 0).store(self.tx_prod, Ordering::Release);
-        crate::events::notify(self.port);
+        word(tx_ring(self.q), 0).store(self.s.tx_prod, Ordering::Release);
+        crate::events::notify(self.s.port);
     }
 
     fn reap_tx(&mut self) {
         let prod = word(tx_ring(self.q), 8).load(Ordering::Acquire);
-        while self.tx_cons != prod {
-            let at = 64 + (self.tx_cons % RING) as usize * netif::TX_SLOT;
+        while self.s.tx_cons != prod {
+            let at = 64 + (self.s.tx_cons % RING) as usize * netif::TX_SLOT;
             // SAFETY: a response slot in the TX ring page.
             let r = unsafe { read_volatile(tx_ring(self.q).add(at) as *const TxResponse) };
             if r.status == netif::RSP_OKAY {
                 self.tx_ok += 1;
-                self.q_tx_ok += 1;
+                self.s.tx_ok += 1;
             } else if r.status != netif::RSP_NULL {
                 self.tx_err += 1;
             }
-            self.tx_cons = self.tx_cons.wrapping_add(1);
+            self.s.tx_cons = self.s.tx_cons.wrapping_add(1);
         }
-        word(tx_ring(self.q), 12).store(self.tx_cons.wrapping_add(1), Ordering::Release);
+        word(tx_ring(self.q), 12).store(self.s.tx_cons.wrapping_add(1), Ordering::Release);
     }
 
     /// Handles every received frame; re-posts the buffers.
@@ -233,11 +216,11 @@ impl Net {
         let prod = word(rx_ring(self.q), 8).load(Ordering::Acquire);
         let mut frame = [0u8; 1536];
         let mut got = false;
-        while self.rx_cons != prod {
+        while self.s.rx_cons != prod {
             got = true;
-            let at = 64 + (self.rx_cons % RING) as usize * netif::RX_SLOT;
-            let buf = self.rx_cons as usize % RX_BUFS;
-            self.rx_cons = self.rx_cons.wrapping_add(1);
+            let at = 64 + (self.s.rx_cons % RING) as usize * netif::RX_SLOT;
+            let buf = self.s.rx_cons as usize % RX_BUFS;
+            self.s.rx_cons = self.s.rx_cons.wrapping_add(1);
             if self.expect_extra {
                 // SAFETY: an extra-info slot in the RX ring page.
                 let e = unsafe { read_volatile(rx_ring(self.q).add(at) as *const ExtraInfo) };
@@ -307,7 +290,7 @@ impl Net {
                 self.in_frame = more;
             }
             if !self.in_frame && !self.expect_extra {
-                self.rx_frames += 1;
+                self.s.rx_frames += 1;
                 if let Some((len, bufs, ok)) = self.jumbo.take() {
                     self.jumbos += u32::from(ok && bufs > 1 && len == JUMBO_BYTES);
                 }
@@ -317,7 +300,7 @@ impl Net {
             }
             self.post_rx();
         }
-        word(rx_ring(self.q), 12).store(self.rx_cons.wrapping_add(1), Ordering::Release);
+        word(rx_ring(self.q), 12).store(self.s.rx_cons.wrapping_add(1), Ordering::Release);
         if got {
             self.publish_rx();
         }
@@ -434,12 +417,12 @@ impl Net {
     /// the pages are free.
     fn tcp_gso(&mut self, at: u32, len: usize) -> bool {
         let deadline = crate::events::now0() + 5_000_000_000;
-        while self.tx_cons != self.tx_prod {
+        while self.s.tx_cons != self.s.tx_prod {
             if crate::events::now0() > deadline {
                 return false;
             }
             self.reap_tx();
-            crate::events::poll_briefly(self.port);
+            crate::events::poll_briefly(self.s.port);
         }
         let mut h = [0u8; 64];
         let hl = self.tcp_header(&mut h, 0x18, TCP_ISS + 1 + at, &[], len);
@@ -463,26 +446,26 @@ impl Net {
                 gref: qref(self.q) + 2 + (RX_BUFS + p) as u32,
                 offset: 0,
                 flags,
-                id: (self.tx_prod % RING) as u16,
+                id: (self.s.tx_prod % RING) as u16,
                 size: size as u16,
             };
-            let at = 64 + (self.tx_prod % RING) as usize * netif::TX_SLOT;
+            let at = 64 + (self.s.tx_prod % RING) as usize * netif::TX_SLOT;
             // SAFETY: inside the TX ring page.
             unsafe { write_volatile(tx_ring(self.q).add(at) as *mut TxRequest, r) };
-            self.tx_prod = self.tx_prod.wrapping_add(1);
+            self.s.tx_prod = self.s.tx_prod.wrapping_add(1);
             if p == 0 {
                 let e = ExtraInfo::gso(TCP_MSS - 12, netif::GSO_TYPE_TCPV4);
-                let at = 64 + (self.tx_prod % RING) as usize * netif::TX_SLOT;
+                let at = 64 + (self.s.tx_prod % RING) as usize * netif::TX_SLOT;
                 // SAFETY: inside the TX ring page.
                 unsafe { write_volatile(tx_ring(self.q).add(at) as *mut ExtraInfo, e) };
-                self.tx_prod = self.tx_prod.wrapping_add(1);
+                self.s.tx_prod = self.s.tx_prod.wrapping_add(1);
             }
         }
         // The round-robin single-slot frames start after these pages.
-        self.next_tx = pages;
+        self.s.next_tx = pages;
         fence(Ordering::SeqCst);
-        word(tx_ring(self.q), 0).store(self.tx_prod, Ordering::Release);
-        crate::events::notify(self.port);
+        word(tx_ring(self.q), 0).store(self.s.tx_prod, Ordering::Release);
+        crate::events::notify(self.s.port);
         true
     }
 
@@ -684,15 +667,8 @@ pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64, tcp_port: u16, 
     let rm = crate::grants::map_table();
     let mut net = Net {
         q: 0,
+        s: QueueState::default(),
         queues: [QueueState::default(); MAX_QUEUES],
-        port: 0,
-        tx_prod: 0,
-        tx_cons: 0,
-        rx_prod: 0,
-        rx_cons: 0,
-        next_tx: 0,
-        rx_frames: 0,
-        q_tx_ok: 0,
         mac,
         ip,
         peer,
@@ -727,14 +703,14 @@ pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64, tcp_port: u16, 
             word(r, 4).store(1, Ordering::Relaxed);
             word(r, 12).store(1, Ordering::Relaxed);
         }
-        net.port = crate::events::alloc_unbound(0);
-        ports[q] = net.port;
-        ok &= net.port != 0;
+        net.s.port = crate::events::alloc_unbound(0);
+        ports[q] = net.s.port;
+        ok &= net.s.port != 0;
         for _ in 0..RX_BUFS {
             net.post_rx();
         }
         fence(Ordering::SeqCst);
-        word(rx_ring(q), 0).store(net.rx_prod, Ordering::Release);
+        word(rx_ring(q), 0).store(net.s.rx_prod, Ordering::Release);
         // One queue: keys in the vif's directory; several: in queue-N/.
         let mut dir = [0u8; 32];
         let dlen = if nq == 1 {
@@ -751,7 +727,7 @@ pub fn scenario(c: &mut Checks, ip: &str, peer: &str, secs: u64, tcp_port: u16, 
         let dir = &dir[..dlen];
         ok &= write(&mut xs, dir, b"tx-ring-ref", fmt_u64(u64::from(qref(q)), &mut d));
         ok &= write(&mut xs, dir, b"rx-ring-ref", fmt_u64(u64::from(qref(q) + 1), &mut d));
-        ok &= write(&mut xs, dir, b"event-channel", fmt_u64(u64::from(net.port), &mut d));
+        ok &= write(&mut xs, dir, b"event-channel", fmt_u64(u64::from(net.s.port), &mut d));
     }
     net.use_queue(0);
     if nq > 1 {
