@@ -16,7 +16,12 @@
 //!
 //! Usage: bench-blkback [--seconds S] [--rounds N] [--cached] [--mib SIZE]
 //!        [--format raw|qcow2] [--case NAME-PART] [--uring-entries N] [--halt-poll-us N]
-//!        [--spin-us N]
+//!        [--spin-us N] [--uring-baseline] [--verbose]
+//!
+//! `--uring-baseline` also runs one thread keeping the queue depth through
+//! io_uring on the same file (what blkback's queue thread does, without
+//! the ring and grants), and prints blkback's ratio to it: how much of the
+//! gap to the threads is the single submitting thread itself.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::fs::OpenOptions;
@@ -110,6 +115,57 @@ fn baseline(path: &Path, c: &Case, size: u64, secs: f64, direct: bool) -> f64 {
     total as f64 / secs
 }
 
+/// One thread keeping `qd` requests in flight through io_uring.
+#[allow(unsafe_code)]
+fn uring_baseline(path: &Path, c: &Case, size: u64, secs: f64, direct: bool) -> f64 {
+    use io_uring::{opcode, types, IoUring};
+    use std::os::fd::AsRawFd;
+    let mut o = OpenOptions::new();
+    o.read(true).write(true);
+    if direct {
+        o.custom_flags(libc::O_DIRECT);
+    }
+    let f = o.open(path).expect("open image");
+    let fd = types::Fd(f.as_raw_fd());
+    let mut ring = IoUring::new((c.qd as u32).next_power_of_two().max(8)).expect("io_uring");
+    let layout = Layout::from_size_align(c.bs as usize, 4096).unwrap();
+    let mut bufs: Vec<AlignedBuf> = (0..c.qd).map(|_| AlignedBuf::new(layout)).collect();
+    let mut offs = Offsets::new(0x2545_f491_4f6c_dd1d, size, c);
+    let push = |ring: &mut IoUring, slot: usize, off: u64, bufs: &mut Vec<AlignedBuf>| {
+        let b = &mut bufs[slot];
+        let e = if c.write {
+            opcode::Write::new(fd, b.ptr, c.bs as u32).offset(off).build()
+        } else {
+            opcode::Read::new(fd, b.ptr, c.bs as u32).offset(off).build()
+        };
+        // SAFETY: the buffer stays allocated (in `bufs`) until its
+        // completion is reaped below; each slot has one request at a time.
+        unsafe { ring.submission().push(&e.user_data(slot as u64)) }.expect("room in the ring");
+    };
+    for slot in 0..c.qd {
+        let off = offs.next();
+        push(&mut ring, slot, off, &mut bufs);
+    }
+    let start = Instant::now();
+    let stop = start + Duration::from_secs_f64(secs);
+    let (mut done, mut in_flight) = (0u64, c.qd);
+    while in_flight > 0 {
+        ring.submit_and_wait(1).expect("io_uring_enter");
+        let finished: Vec<(u64, i32)> = ring.completion().map(|e| (e.user_data(), e.result())).collect();
+        for (slot, res) in finished {
+            assert_eq!(res as u64, c.bs, "a whole block");
+            done += 1;
+            in_flight -= 1;
+            if Instant::now() < stop {
+                let off = offs.next();
+                push(&mut ring, slot as usize, off, &mut bufs);
+                in_flight += 1;
+            }
+        }
+    }
+    done as f64 / start.elapsed().as_secs_f64()
+}
+
 struct AlignedBuf {
     ptr: *mut u8,
     layout: Layout,
@@ -201,6 +257,8 @@ fn main() -> anyhow::Result<()> {
     let uring_entries = get("--uring-entries");
     // `--spin-us N`: how long blkback polls its ring before sleeping.
     let spin_us = get("--spin-us");
+    let uring_base = args.iter().any(|a| a == "--uring-baseline");
+    let verbose = args.iter().any(|a| a == "--verbose");
     // The frontend stands for a guest vCPU: KVM polls a halted vCPU for
     // up to halt_poll_ns (200 µs by default) before it sleeps.
     let halt_poll = Duration::from_micros(get("--halt-poll-us").map(|s| s.parse()).transpose()?.unwrap_or(200));
@@ -255,10 +313,25 @@ fn main() -> anyhow::Result<()> {
             // tens of percent from one second to the next.
             let slice = secs / rounds as f64;
             let mut pairs = Vec::new();
+            let mut to_uring = Vec::new();
             for _ in 0..rounds {
                 let b = baseline(path, &c, file_size, slice, direct);
                 let o = through_blkback(&mut f, &c, size, slice);
                 pairs.push((o, b, o / b));
+                if uring_base {
+                    let u = uring_baseline(path, &c, file_size, slice, direct);
+                    to_uring.push((u, o / u));
+                    if verbose {
+                        println!("# slice {format} {}: threads {b:.0} blkback {o:.0} one-thread-io_uring {u:.0}", c.name);
+                    }
+                } else if verbose {
+                    println!("# slice {format} {}: threads {b:.0} blkback {o:.0}", c.name);
+                }
+            }
+            if !to_uring.is_empty() {
+                to_uring.sort_by(|x, y| x.1.total_cmp(&y.1));
+                let (u, r) = to_uring[to_uring.len() / 2];
+                println!("# {format} {}: one thread through io_uring {u:.0}/s; blkback/that {r:.2}", c.name);
             }
             pairs.sort_by(|x, y| x.2.total_cmp(&y.2));
             let (ours, base, ratio) = pairs[pairs.len() / 2];
