@@ -372,25 +372,11 @@ impl NetQueue {
             _ => bad += 1,
         };
         self.reaped.drain(..).for_each(|r| tally(&r));
-        let start = Instant::now();
-        loop {
-            let prod = self.word(self.tx_gfn, 8).load(Ordering::Acquire);
-            let got = prod.wrapping_sub(self.tx_cons);
-            while self.tx_cons != prod {
-                let at = 64 + (self.tx_cons % TX_SIZE) as usize * netif::TX_SLOT;
-                let mut b = [0u8; 4];
-                self.dom.mem(self.tx_gfn, at, 4).copy_to(&mut b);
-                tally(&TxResponse::read_from_bytes(&b[..]).expect("4 bytes"));
-                self.tx_cons = self.tx_cons.wrapping_add(1);
-            }
-            self.word(self.tx_gfn, 12).store(self.tx_cons.wrapping_add(1), Ordering::Release);
-            if got > 0 || start.elapsed() >= timeout {
-                return (ok, bad);
-            }
-            poll_in(&self.tx_ev.1, Duration::from_millis(20));
-            let mut b = [0u8; 8];
-            let _ = (&self.tx_ev.1).read(&mut b);
-        }
+        self.reap_tx(false, timeout, |r| {
+            tally(&r);
+            true
+        });
+        (ok, bad)
     }
 
     /// TX responses so far (waits up to `timeout` for at least `n`).
@@ -402,20 +388,32 @@ impl NetQueue {
     }
 
     fn take_tx_responses(&mut self, n: usize, timeout: Duration) -> Vec<TxResponse> {
-        let start = Instant::now();
         let mut out = Vec::new();
+        self.reap_tx(n == 0, timeout, |r| {
+            out.push(r);
+            out.len() >= n
+        });
+        out
+    }
+
+    /// Hands each TX response the backend published to `each` (true: that
+    /// is enough), asking for a notification at the next one, and waits
+    /// for more (up to `timeout`) until `each` is satisfied (or `enough`
+    /// from the start).
+    fn reap_tx(&mut self, mut enough: bool, timeout: Duration, mut each: impl FnMut(TxResponse) -> bool) {
+        let start = Instant::now();
         loop {
             let prod = self.word(self.tx_gfn, 8).load(Ordering::Acquire);
             while self.tx_cons != prod {
                 let at = 64 + (self.tx_cons % TX_SIZE) as usize * netif::TX_SLOT;
                 let mut b = [0u8; 4];
                 self.dom.mem(self.tx_gfn, at, 4).copy_to(&mut b);
-                out.push(TxResponse::read_from_bytes(&b[..]).expect("4 bytes"));
+                enough |= each(TxResponse::read_from_bytes(&b[..]).expect("4 bytes"));
                 self.tx_cons = self.tx_cons.wrapping_add(1);
             }
             self.word(self.tx_gfn, 12).store(self.tx_cons.wrapping_add(1), Ordering::Release);
-            if out.len() >= n || start.elapsed() > timeout {
-                return out;
+            if enough || start.elapsed() > timeout {
+                return;
             }
             poll_in(&self.tx_ev.1, Duration::from_millis(20));
             let mut b = [0u8; 8];
