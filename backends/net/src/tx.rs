@@ -81,16 +81,6 @@ impl TxFrame<'_, '_> {
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
-
-    /// The copied head.
-    pub fn head(&self) -> &[u8] {
-        &self.head
-    }
-
-    /// The rest: (page, offset, length) in frame order.
-    pub fn rest(&self) -> impl Iterator<Item = (&GrantedPage<'_, '_>, usize, usize)> {
-        self.rest.iter().map(|(p, o, l)| (p, *o, *l))
-    }
 }
 
 /// Reads (and consumes) the next packet's slots into `chain` (emptied first).
