@@ -50,6 +50,10 @@ pub fn slots_needed(hdr: &VnetHdr, len: usize, feats: RxFeatures) -> Result<u32,
     if pages > 1 && !feats.sg {
         return Err((Drop::RxTooBig, format!("{len}-byte frame and no feature-sg")));
     }
+    if pages > MAX_PAGES {
+        // A host with a larger gso_max_size than netif's 64 KiB.
+        return Err((Drop::RxTooBig, format!("{len}-byte frame over more than {MAX_PAGES} buffers")));
+    }
     let gso = gso_of(hdr);
     match gso {
         Some((netif::GSO_TYPE_TCPV4, _)) if !feats.gso_tcpv4 => return Err((Drop::RxTooBig, "TCPv4 GSO frame not negotiated".into())),
@@ -164,11 +168,16 @@ pub fn receive_into_ring(
     // The pages past those mapped: copy their bytes from the overflow.
     let mut failed = None;
     for j in pages.len()..used {
+        // `used` ≤ MAX_PAGES (slots_needed refuses more).
+        let Some(req) = reqs.get_mut(j) else {
+            failed = Some(format!("page {j} of a frame"));
+            break;
+        };
         ring.peek_request(data_slot(j, gso.is_some()), &mut slot);
-        reqs[j] = RxRequest::read_from_prefix(&slot[..]).expect("slot holds a request").0;
+        *req = RxRequest::read_from_prefix(&slot[..]).expect("slot holds a request").0;
         let at = VNET_HDR_LEN + j * PAGE_SIZE;
         let chunk = &buf[at..at + (len - j * PAGE_SIZE).min(PAGE_SIZE)];
-        if let Err(e) = table.map(reqs[j].gref, Access::Write).and_then(|p| p.write(0, chunk)) {
+        if let Err(e) = table.map(req.gref, Access::Write).and_then(|p| p.write(0, chunk)) {
             failed = Some(e.to_string());
             break;
         }
@@ -176,7 +185,7 @@ pub fn receive_into_ring(
     drop(pages);
     ring.consume(needed);
     let lens = (0..used).map(|j| (len - j * PAGE_SIZE).min(PAGE_SIZE));
-    put_responses(ring, &hdr, reqs[..used].iter().zip(lens), failed.is_some());
+    put_responses(ring, &hdr, reqs.get(..used).unwrap_or(&reqs).iter().zip(lens), failed.is_some());
     match failed {
         Some(e) => Ok(Received::Dropped(Drop::RxBadGrant, e)),
         None => Ok(Received::Delivered(len)),
@@ -242,5 +251,28 @@ pub fn deliver(ring: &mut SharedRing, table: &GrantTable, hdr: &VnetHdr, frame: 
     match failed {
         Some(e) => Err((Drop::RxBadGrant, e)),
         None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn test_slots_a_frame_needs() {
+        let sg = RxFeatures { sg: true, gso_tcpv4: true, gso_tcpv6: false };
+        let plain = VnetHdr::default();
+        let gso4 = VnetHdr { gso_type: GSO_TCPV4, gso_size: 1448, ..VnetHdr::default() };
+        let gso6 = VnetHdr { gso_type: GSO_TCPV6, gso_size: 1440, ..VnetHdr::default() };
+        assert_eq!(slots_needed(&plain, 0, sg), Ok(1));
+        assert_eq!(slots_needed(&plain, 4096, sg), Ok(1));
+        assert_eq!(slots_needed(&plain, 4097, sg), Ok(2));
+        assert_eq!(slots_needed(&gso4, 65550, sg), Ok(17 + 1), "17 pages and the GSO extra");
+        assert!(slots_needed(&gso6, 9000, sg).is_err(), "TCPv6 GSO not negotiated");
+        assert!(slots_needed(&plain, 4097, RxFeatures::default()).is_err(), "no feature-sg");
+        assert!(slots_needed(&gso4, MAX_PAGES * PAGE_SIZE + 1, sg).is_err(), "more than 17 buffers");
+        assert_eq!(max_slots(sg), 18);
+        assert_eq!(max_slots(RxFeatures::default()), 1);
+        assert!(FRAME_BUF > VNET_HDR_LEN + MAX_PAGES * PAGE_SIZE);
     }
 }
