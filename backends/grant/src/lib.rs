@@ -274,8 +274,12 @@ impl<'a> GrantTable<'a> {
         if pin_users(pins) == 0 {
             clear |= u32::from(GTF_READING);
         }
-        if let Ok(word) = self.word(gref) {
-            word.fetch_and(!clear, Ordering::SeqCst);
+        // Nested pins leave the flags alone: no atomic operation on the
+        // guest's entry at all.
+        if clear != 0 {
+            if let Ok(word) = self.word(gref) {
+                word.fetch_and(!clear, Ordering::SeqCst);
+            }
         }
         self.unlock_pins(gref, pins);
     }
