@@ -6,7 +6,6 @@
 //! the device with the reason in its `error` node.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 
@@ -265,8 +264,7 @@ fn connect_and_serve(
     }
     tracing::info!(event = "blkback.connected", devid, queues = queues.len(), ring_pages = rings.queues[0].refs.len(),
         abi = ?rings.abi, persistent = rings.persistent);
-    let stop = AtomicBool::new(false);
-    let broken: Mutex<Option<String>> = Mutex::new(None);
+    let set = xenbus::QueueSet::default();
     let (pool_tx, pool_rx) = std::sync::mpsc::channel();
     let tasks: TaskQueue = Mutex::new(pool_rx);
     let end = std::thread::scope(|s| {
@@ -274,39 +272,31 @@ fn connect_and_serve(
             let tasks = &tasks;
             std::thread::Builder::new().name(format!("blkio{i}")).spawn_scoped(s, move || queue::worker(tasks, image)).expect("spawn");
         }
-        let mut handles = Vec::new();
         for (i, (ring, kick, notify)) in queues.into_iter().enumerate() {
             let ctx = QueueCtx {
                 index: i as u32,
                 image,
                 limits,
                 pool: pool_tx.clone(),
-                stop: &stop,
+                stop: set.stop_flag(),
                 spin: offer.spin,
                 uring_entries: offer.uring_entries,
             };
             let grants = Grants::new(&table_view, rings.persistent);
-            let (stop, broken) = (&stop, &broken);
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("blkq{i}"))
-                    .spawn_scoped(s, move || {
-                        if let QueueEnd::Corrupt(why) = queue::run(ctx, ring, grants, kick, notify) {
-                            tracing::error!(event = "blkback.ring_corrupt", queue = i, reason = %why);
-                            broken.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(format!("queue {i}: {why}"));
-                            stop.store(true, Ordering::Relaxed);
-                        }
-                    })
-                    .expect("spawn"),
-            );
+            let set = &set;
+            std::thread::Builder::new()
+                .name(format!("blkq{i}"))
+                .spawn_scoped(s, move || {
+                    if let QueueEnd::Corrupt(why) = queue::run(ctx, ring, grants, kick, notify) {
+                        tracing::error!(event = "blkback.ring_corrupt", queue = i, reason = %why);
+                        set.broke(i, &why);
+                    }
+                })
+                .expect("spawn");
         }
         drop(pool_tx);
-        let end = be.watch_connection(&|| ipc.peer_closed(), &|| broken.lock().unwrap_or_else(|e| e.into_inner()).clone(), || {});
-        stop.store(true, Ordering::Relaxed);
-        for h in handles {
-            let _ = h.join();
-        }
-        end
+        // The queues stop when it ends; the scope waits for them.
+        be.watch_queues(&set, &|| ipc.peer_closed(), || {})
     });
     ipc_vmm::close_ports(ipc, &ports);
     end

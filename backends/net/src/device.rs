@@ -6,8 +6,6 @@
 //! to Initialising is served again.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use anyhow::Context;
@@ -260,26 +258,28 @@ fn connect_and_serve(
         gso_tcpv4 = fe.rx.gso_tcpv4,
         csum_offload = fe.csum_offload
     );
-    let stop = AtomicBool::new(false);
-    let broken: Mutex<Option<String>> = Mutex::new(None);
+    let set = xenbus::QueueSet::default();
     let end = std::thread::scope(|s| {
-        let mut handles = Vec::new();
         for (i, (tx, rx, ch)) in queues.into_iter().enumerate() {
-            let ctx =
-                QueueCtx { index: i as u32, table: &table_view, tap: &taps[i], stats, stop: &stop, tx_features: fe.tx, rx_features: fe.rx };
-            let (stop, broken) = (&stop, &broken);
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("netq{i}"))
-                    .spawn_scoped(s, move || {
-                        if let QueueEnd::Corrupt(why) = queue::run(ctx, tx, rx, ch) {
-                            tracing::error!(event = "netback.ring_corrupt", queue = i, reason = %why);
-                            broken.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert(format!("queue {i}: {why}"));
-                            stop.store(true, Ordering::Relaxed);
-                        }
-                    })
-                    .expect("spawn"),
-            );
+            let ctx = QueueCtx {
+                index: i as u32,
+                table: &table_view,
+                tap: &taps[i],
+                stats,
+                stop: set.stop_flag(),
+                tx_features: fe.tx,
+                rx_features: fe.rx,
+            };
+            let set = &set;
+            std::thread::Builder::new()
+                .name(format!("netq{i}"))
+                .spawn_scoped(s, move || {
+                    if let QueueEnd::Corrupt(why) = queue::run(ctx, tx, rx, ch) {
+                        tracing::error!(event = "netback.ring_corrupt", queue = i, reason = %why);
+                        set.broke(i, &why);
+                    }
+                })
+                .expect("spawn");
         }
         let mut last_stats = Instant::now();
         let tick = || {
@@ -288,12 +288,8 @@ fn connect_and_serve(
                 last_stats = Instant::now();
             }
         };
-        let end = be.watch_connection(&|| ipc.peer_closed(), &|| broken.lock().unwrap_or_else(|e| e.into_inner()).clone(), tick);
-        stop.store(true, Ordering::Relaxed);
-        for h in handles {
-            let _ = h.join();
-        }
-        end
+        // The queues stop when it ends; the scope waits for them.
+        be.watch_queues(&set, &|| ipc.peer_closed(), tick)
     });
     ipc_vmm::close_ports(ipc, &ports);
     end

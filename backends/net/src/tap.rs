@@ -78,16 +78,6 @@ impl FrameBatch {
         self.frames.push((start, self.iov.len()));
     }
 
-    /// Frames in it.
-    pub fn len(&self) -> usize {
-        self.frames.len()
-    }
-
-    /// Whether it holds no frame.
-    pub fn is_empty(&self) -> bool {
-        self.frames.is_empty()
-    }
-
     /// How frame `i` went (an error if it was never written).
     pub fn result(&self, i: usize) -> Result<(), String> {
         match self.results.get(i) {

@@ -182,6 +182,28 @@ impl Backend {
     }
 }
 
+/// What the queue threads serving one connection share: a flag that
+/// stops them all, and the reason the first broken ring gave.
+#[derive(Debug, Default)]
+pub struct QueueSet {
+    stop: std::sync::atomic::AtomicBool,
+    broken: std::sync::Mutex<Option<String>>,
+}
+
+impl QueueSet {
+    /// Set when the queues are to stop.
+    pub fn stop_flag(&self) -> &std::sync::atomic::AtomicBool {
+        &self.stop
+    }
+
+    /// Queue `index` found its ring broken: the connection ends with the
+    /// first such reason, and every queue stops.
+    pub fn broke(&self, index: usize, why: &str) {
+        self.broken.lock().unwrap_or_else(|e| e.into_inner()).get_or_insert_with(|| format!("queue {index}: {why}"));
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
 /// Why a backend's connection ended.
 #[derive(Debug)]
 pub enum Disconnect {
@@ -234,6 +256,15 @@ impl Backend {
             tick();
             let _ = self.client.next_event(Duration::from_millis(100));
         }
+    }
+
+    /// As [`Backend::watch_connection`], for a connection served by the
+    /// queue threads of `queues`: a broken ring ends it with its reason,
+    /// and every queue is told to stop once it has ended.
+    pub fn watch_queues(&mut self, queues: &QueueSet, gone: &dyn Fn() -> bool, tick: impl FnMut()) -> Disconnect {
+        let end = self.watch_connection(gone, &|| queues.broken.lock().unwrap_or_else(|e| e.into_inner()).clone(), tick);
+        queues.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        end
     }
 
     /// A backend's whole life, as Linux's backends run it: InitWait; at
