@@ -280,6 +280,14 @@ impl<'t, 'a> TxBatch<'t, 'a> {
                 for (page, off, len) in &slot.frame.rest {
                     // Every piece was checked against its page when built.
                     let addr = page.addr(*off, *len).map_err(|e| (Drop::TxBadGrant, e.to_string()))?;
+                    // Pieces that follow each other in our mapping (a guest
+                    // frame in contiguous pages, as Linux's page frags are)
+                    // go as one: each iovec costs the kernel's copy a restart.
+                    let last = &mut iov[k - 1];
+                    if k > 2 && (last.iov_base as usize).wrapping_add(last.iov_len) == addr as usize {
+                        last.iov_len += *len;
+                        continue;
+                    }
                     let v = iov.get_mut(k).ok_or_else(|| (Drop::TxTooManySlots, "a frame in too many pieces".to_string()))?;
                     *v = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: *len };
                     k += 1;
