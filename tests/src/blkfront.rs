@@ -553,7 +553,9 @@ impl Blkfront {
             }
             let polled = Instant::now();
             while polled.elapsed() < self.halt_poll && self.word(q, 8).load(Ordering::Acquire) == self.queues[q].rsp_cons {
-                std::hint::spin_loop();
+                // KVM polls a halted vCPU only while nothing else wants its
+                // CPU (`single_task_running()`): yield to any such task.
+                std::thread::yield_now();
             }
             if self.word(q, 8).load(Ordering::Acquire) != self.queues[q].rsp_cons {
                 continue;
