@@ -625,7 +625,7 @@ fn test_netback_killed_20_times_during_pings_recovers_every_time() {
     let connected = || log().matches("netback.connected").count();
     let latencies = {
         let before = std::cell::Cell::new(connected());
-        kill_20_times(&mut launcher, &["xenkvm-netback", &run_dir], "the restarted netback connected", |_| {
+        kill_times(20, &mut launcher, &["xenkvm-netback", &run_dir], "the restarted netback connected", |_| {
             let now = connected();
             now > before.get() && {
                 before.set(now);
@@ -666,7 +666,7 @@ fn test_consoled_killed_20_times_during_console_output_loses_nothing() {
     let attached = || consoled_log().matches("console.attached").count();
     let latencies = {
         let before = std::cell::Cell::new(attached());
-        kill_20_times(&mut launcher, &["xenkvm-consoled", "serve", &run_dir], "the restarted consoled attached", |_| {
+        kill_times(20, &mut launcher, &["xenkvm-consoled", "serve", &run_dir], "the restarted consoled attached", |_| {
             let now = attached();
             now > before.get() && {
                 before.set(now);
@@ -702,6 +702,57 @@ fn test_consoled_killed_20_times_during_console_output_loses_nothing() {
     rd.assert_clean();
 }
 
+/// kill -9 of consoled, 5 times, while the guest writes numbered lines to
+/// a channel (a further PV console): each new consoled resumes the
+/// channel's connection where the last one left it (no xenbus handshake
+/// with the guest), and every line reaches the channel's log.
+#[test]
+fn test_channel_resumes_after_consoled_restarts_and_loses_nothing() {
+    let rd = RunDir::new();
+    let lines = 12_000u64;
+    let cfg = rd.config(
+        "cc",
+        &guest_config("cc", &format!("channel channel_lines={lines}"), "channel = [ \"name=org.xenkvm.test, connection=pty\" ]\n"),
+    );
+    let mut launcher = create_foreground(&rd, &cfg);
+    let consoled_log = || rd.log("cc", "consoled");
+    let connected = || consoled_log().matches("console.channel_connected").count();
+    wait_for("the channel connected", || connected() > 0);
+    let run_dir = rd.0.to_string_lossy().to_string();
+    let before = std::cell::Cell::new(connected());
+    let latencies = kill_times(5, &mut launcher, &["xenkvm-consoled", "serve", &run_dir], "the restarted consoled's channel", |_| {
+        let now = connected();
+        now > before.get() && {
+            before.set(now);
+            true
+        }
+    });
+    let kills = latencies.len();
+    let st = launcher.0.wait().unwrap();
+    assert_eq!(kills, 5, "the guest finished before 5 kills");
+    assert!(st.success(), "{st:?}");
+    let serial = rd.log("cc", "serial");
+    for check in ["PASS channel.connected", "PASS channel.lines", "PASS channel.closed"] {
+        assert!(serial.contains(check), "{check}\n{serial}\n{}", consoled_log());
+    }
+    assert_eq!(consoled_log().matches("xenbus.resume").count(), 5, "every restart resumed the channel\n{}", consoled_log());
+    let old = std::fs::read_to_string(rd.0.join("logs/org.xenkvm.test.log.old")).unwrap_or_default();
+    let text = old + &std::fs::read_to_string(rd.0.join("logs/org.xenkvm.test.log")).unwrap_or_default();
+    assert!(text.starts_with("hello from channel 1\n") && text.ends_with("CHANNEL DONE\n"), "{}", &text[text.len().saturating_sub(500)..]);
+    // Every numbered line is there, in order (a repeat right after a kill is allowed).
+    let numbers: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix("chan ")?.get(..6)?.parse().ok()).collect();
+    let mut next = 0u64;
+    for n in &numbers {
+        assert!(*n <= next, "line {next} is missing (found {n})");
+        if *n == next {
+            next += 1;
+        }
+    }
+    assert_eq!(next, lines, "{next} of {lines} lines");
+    print_latencies("consoled restart with a channel (kill to the channel connected again)", latencies, "");
+    rd.assert_clean();
+}
+
 /// kill -9 of xenstored, 20 times, while the guest runs a watch and
 /// transaction loop on its ring: the launcher sees it gone and restarts it,
 /// the new daemon takes the store, the domain, its watches and its ring
@@ -714,7 +765,7 @@ fn test_xenstored_killed_20_times_during_a_guest_watch_loop_recovers_every_time(
     let serial = || rd.log("xr", "serial");
     wait_for("the guest's loop", || serial().contains("XSLOOP 5 "));
     let run_dir = rd.0.to_string_lossy().to_string();
-    let latencies = kill_20_times(&mut launcher, &["xenkvm-xenstored", &run_dir], "the restarted xenstored", |pid| {
+    let latencies = kill_times(20, &mut launcher, &["xenkvm-xenstored", &run_dir], "the restarted xenstored", |pid| {
         pids_with(&["xenkvm-xenstored", &run_dir]).iter().any(|&p| p != pid)
             && std::os::unix::net::UnixStream::connect(rd.0.join("xenstored.sock")).is_ok()
     });
@@ -853,12 +904,12 @@ fn create_with_forbidden_syscall(rd: &RunDir, name: &str, who: &str) -> Output {
         .unwrap()
 }
 
-/// Kills the process whose command line has `parts` 20 times (or until the
+/// Kills the process whose command line has `parts` `times` times (or until the
 /// launcher exits), 300 ms apart, each time waiting until `back(killed pid)`
 /// says its successor serves; the time from each kill to that.
-fn kill_20_times(launcher: &mut Fg, parts: &[&str], what: &str, back: impl Fn(u32) -> bool) -> Vec<Duration> {
+fn kill_times(times: usize, launcher: &mut Fg, parts: &[&str], what: &str, back: impl Fn(u32) -> bool) -> Vec<Duration> {
     let mut latencies = Vec::new();
-    while latencies.len() < 20 {
+    while latencies.len() < times {
         std::thread::sleep(Duration::from_millis(300));
         if launcher.0.try_wait().unwrap().is_some() {
             break;

@@ -1,8 +1,9 @@
 //! Further PV consoles (xl's `channel`s): each a device under
 //! `/local/domain/0/backend/console/<domid>/<devid>` whose frontend grants
 //! a ring page and allocates an event channel. One thread each: the xenbus
-//! handshake, the grant held for as long as it is connected, output to a
-//! capped log of its own.
+//! life (as blkback's and netback's: resumed after a restart, closed and
+//! reconnected with the frontend), the grant held for as long as it is
+//! connected, output to a capped log of its own.
 
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
@@ -12,8 +13,10 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use xen_abi::xenbus::state;
+use xenbus::Disconnect;
 use xenkvm_grant::{map_domain, Access, GrantTable};
 use xenkvm_ipc::vmm as ipc_vmm;
+use xenkvm_ipc::Channel;
 use xenstore::client::Client;
 
 use crate::log::CappedLog;
@@ -46,30 +49,31 @@ fn log_name(name: &str, devid: u32) -> String {
 }
 
 fn serve(vmm_socket: &Path, xenstored: &Path, log_dir: &Path, log_max: u64, domid: u32, devid: u32) -> anyhow::Result<()> {
+    let ipc = crate::connect(vmm_socket)?;
+    ipc_vmm::hello(&ipc, &format!("console {devid}"))?;
     let mut be = xenbus::Backend::open(Client::connect(xenstored)?, "console", domid, devid)?;
-    let r = connect_and_run(&mut be, vmm_socket, log_dir, log_max, devid);
-    if let Err(e) = &r {
-        // Tell the frontend, as Xen's backends do: an error node and Closing.
-        let _ = be.client.write(0, &format!("{}/error", be.paths.backend), format!("{e:#}").as_bytes());
-        let _ = be.set_state(state::CLOSING);
-    }
-    r
+    let gone = || ipc.peer_closed();
+    // The xenbus life blkback and netback lead: a consoled restarted while
+    // the channel is connected picks it up where the last one left it.
+    be.run("console", &gone, |be| match connect_and_run(be, &ipc, log_dir, log_max, devid) {
+        Ok(end) => end,
+        Err(e) => Disconnect::Broken(format!("{e:#}")),
+    })?;
+    Ok(())
 }
 
-fn connect_and_run(be: &mut xenbus::Backend, vmm_socket: &Path, log_dir: &Path, log_max: u64, devid: u32) -> anyhow::Result<()> {
-    be.set_state(state::INIT_WAIT)?;
-    be.wait_frontend(|s| s == state::INITIALISED || s == state::CONNECTED, Duration::from_secs(24 * 3600)).map_err(anyhow::Error::msg)?;
+/// Connects to the frontend's ring and copies its output to the log until
+/// the connection ends.
+fn connect_and_run(be: &mut xenbus::Backend, ipc: &Channel, log_dir: &Path, log_max: u64, devid: u32) -> anyhow::Result<Disconnect> {
     let gref = be.frontend_number("ring-ref").map_err(anyhow::Error::msg)?;
     let port = be.frontend_number("port").map_err(anyhow::Error::msg)?;
     let name = log_name(&be.read_frontend("name").unwrap_or_default(), devid);
-    let ipc = crate::connect(vmm_socket)?;
-    ipc_vmm::hello(&ipc, &format!("console {devid}"))?;
-    let (memory, files) = ipc_vmm::attach(&ipc)?;
+    let (memory, files) = ipc_vmm::attach(ipc)?;
     let (ram, table) = map_domain(&memory, &files)?;
     let grants = GrantTable::new(&table, &ram, 0);
     let page = grants.map(gref, Access::Write).with_context(|| format!("ring-ref {gref}"))?;
     let ring = ConsoleRing::new(page.slice());
-    let (_, kick, notify) = ipc_vmm::bind(&ipc, port)?;
+    let (_, kick, notify) = ipc_vmm::bind(ipc, port)?;
     let log_path: PathBuf = log_dir.join(format!("{name}.log"));
     let mut log = CappedLog::open(&log_path, log_max)?;
     be.set_state(state::CONNECTED)?;
@@ -88,12 +92,12 @@ fn connect_and_run(be: &mut xenbus::Backend, vmm_socket: &Path, log_dir: &Path, 
                 let _ = (&kick).read(&mut b);
             } else {
                 tracing::info!(event = "console.channel_guest_gone", devid);
-                return Ok(());
+                return Ok(Disconnect::GuestGone);
             }
         }
         match ring.peek_output() {
             Ok((out, prod)) if !out.is_empty() => {
-                log.write(&out)?;
+                log.write(&out).with_context(|| format!("writing {}", log_path.display()))?;
                 ring.consume_output(prod);
                 let _ = (&notify).write(&1u64.to_ne_bytes());
             }
@@ -102,10 +106,10 @@ fn connect_and_run(be: &mut xenbus::Backend, vmm_socket: &Path, log_dir: &Path, 
         }
         if last_check.elapsed() > Duration::from_millis(200) {
             last_check = Instant::now();
-            if be.frontend_state() >= state::CLOSING {
-                be.set_state(state::CLOSED)?;
-                tracing::info!(event = "console.channel_closed", devid);
-                return Ok(());
+            match be.frontend_state() {
+                state::UNKNOWN => return Ok(Disconnect::Removed),
+                s if s >= state::CLOSING || s == state::INITIALISING => return Ok(Disconnect::FrontendClosing),
+                _ => {}
             }
         }
     }

@@ -278,7 +278,7 @@ pub fn run(start_info: u64) -> ! {
             crate::blkfront::scenario(&mut c, opts.num("blk_rounds").unwrap_or(1));
         }
         if opts.named("channel") {
-            crate::xenstore::scenario_channel(&mut c);
+            crate::xenstore::scenario_channel(&mut c, opts.num("channel_lines").unwrap_or(0));
         }
         if opts.named("wait_shutdown") {
             crate::xenstore::scenario_wait_shutdown(&mut c);

@@ -445,8 +445,10 @@ const CHANNEL_GREF: usize = 8;
 /// The frontend of a further PV console (xl's `channel`): waits for the
 /// toolstack's `device/console/1`, grants a ring page, allocates a port,
 /// publishes them at Initialised, writes through the ring once the backend
-/// is Connected, then closes.
-pub fn scenario_channel(c: &mut Checks) {
+/// is Connected (a greeting, then `lines` numbered lines as fast as the
+/// backend takes them), then closes as Linux's frontends do: Closing,
+/// Closed once the backend is Closing, and the backend then Closed.
+pub fn scenario_channel(c: &mut Checks, lines: u64) {
     use xen_abi::grant_table::{GrantEntryV1, GTF_PERMIT_ACCESS};
     use xen_abi::memory::{XenAddToPhysmap64, XENMAPSPACE_GRANT_TABLE, XENMEM_ADD_TO_PHYSMAP};
     let Some(mut xs) = Xs::open() else {
@@ -510,14 +512,42 @@ pub fn scenario_channel(c: &mut Checks) {
         ok && connected && wrote,
         "grant map {rm} port {port} published {ok} backend connected {connected} output taken {wrote}"
     );
+    if lines > 0 {
+        let mut line = *b"chan 000000 through a backend that may restart at any moment\n";
+        let mut sent = 0;
+        while sent < lines {
+            let mut v = sent;
+            for d in (5..11).rev() {
+                line[d] = b'0' + (v % 10) as u8;
+                v /= 10;
+            }
+            if !con.write(&line) {
+                break;
+            }
+            sent += 1;
+        }
+        let all = sent == lines && con.write(b"CHANNEL DONE\n") && con.drained();
+        check!(c, "channel.lines", all, "{sent} of {lines} lines taken");
+    }
+    // The state waits restart from now: a slow writer may have used up the first deadline.
+    let deadline = crate::events::now0() + 20_000_000_000;
     let _ = xs.write(0, b"device/console/1/state", b"5");
-    let mut closed = false;
+    let mut closing = false;
     while crate::events::now0() < deadline {
+        if matches!(xs.read(0, state_path), Ok(b"5") | Ok(b"6")) {
+            closing = true;
+            break;
+        }
+        xs.wait();
+    }
+    let _ = xs.write(0, b"device/console/1/state", b"6");
+    let mut closed = false;
+    while closing && crate::events::now0() < deadline {
         if xs.read(0, state_path) == Ok(&b"6"[..]) {
             closed = true;
             break;
         }
         xs.wait();
     }
-    check!(c, "channel.closed", closed, "backend reached Closed");
+    check!(c, "channel.closed", closed, "backend reached Closing {closing}, then Closed");
 }
