@@ -429,9 +429,13 @@ impl NetQueue {
         let mut frames = Vec::new();
         let mut cur: Option<RxFrame> = None;
         let mut used = 0;
+        // The extras follow a frame's first response; the frame ends after
+        // them when that response had no NETRXF_more_data (a GSO frame in
+        // one buffer), as Linux's netfront reads it.
+        let mut expect_extra = false;
+        let mut more = false;
         loop {
             let prod = self.word(self.rx_gfn, 8).load(Ordering::Acquire);
-            let mut expect_extra = false;
             while self.rx_cons != prod {
                 let at = 64 + (self.rx_cons % RX_SIZE) as usize * netif::RX_SLOT;
                 let mut b = [0u8; 8];
@@ -444,20 +448,22 @@ impl NetQueue {
                         c.gso = Some(e);
                     }
                     expect_extra = e.flags & netif::EXTRA_FLAG_MORE != 0;
-                    continue;
-                }
-                let r = RxResponse::read_from_bytes(&b[..]).expect("8 bytes");
-                let c = cur.get_or_insert(RxFrame { data: Vec::new(), flags: r.flags, gso: None, error: false });
-                if r.status < 0 {
-                    c.error = true;
                 } else {
-                    let (gfn, _) = self.rx_bufs[usize::from(r.id) % self.rx_bufs.len()];
-                    let mut d = vec![0u8; r.status as usize];
-                    self.dom.mem(gfn, usize::from(r.offset), d.len()).copy_to(&mut d);
-                    c.data.extend_from_slice(&d);
+                    let r = RxResponse::read_from_bytes(&b[..]).expect("8 bytes");
+                    let first = cur.is_none();
+                    let c = cur.get_or_insert(RxFrame { data: Vec::new(), flags: r.flags, gso: None, error: false });
+                    if r.status < 0 {
+                        c.error = true;
+                    } else {
+                        let (gfn, _) = self.rx_bufs[usize::from(r.id) % self.rx_bufs.len()];
+                        let mut d = vec![0u8; r.status as usize];
+                        self.dom.mem(gfn, usize::from(r.offset), d.len()).copy_to(&mut d);
+                        c.data.extend_from_slice(&d);
+                    }
+                    expect_extra = first && r.flags & netif::NETRXF_EXTRA_INFO != 0;
+                    more = r.flags & netif::NETRXF_MORE_DATA != 0;
                 }
-                expect_extra = r.flags & netif::NETRXF_EXTRA_INFO != 0 && c.data.len() == r.status.max(0) as usize;
-                if r.flags & netif::NETRXF_MORE_DATA == 0 && !expect_extra {
+                if !expect_extra && !more {
                     frames.extend(cur.take());
                 }
             }

@@ -664,16 +664,8 @@ fn test_consoled_killed_20_times_during_console_output_loses_nothing() {
     wait_for("consoled attached", || consoled_log().contains("console.attached"));
     let run_dir = rd.0.to_string_lossy().to_string();
     let attached = || consoled_log().matches("console.attached").count();
-    let latencies = {
-        let before = std::cell::Cell::new(attached());
-        kill_times(20, &mut launcher, &["xenkvm-consoled", "serve", &run_dir], "the restarted consoled attached", |_| {
-            let now = attached();
-            now > before.get() && {
-                before.set(now);
-                true
-            }
-        })
-    };
+    let latencies =
+        kill_until_counted(20, &mut launcher, &["xenkvm-consoled", "serve", &run_dir], "the restarted consoled attached", attached);
     let kills = latencies.len();
     let st = launcher.0.wait().unwrap();
     assert_eq!(kills, 20, "the guest finished before 20 kills");
@@ -682,23 +674,11 @@ fn test_consoled_killed_20_times_during_console_output_loses_nothing() {
     let text = old + &rd.log("cr", "console");
     let serial = rd.log("cr", "serial");
     assert!(serial.contains("PASS console.flood") && text.contains("FLOOD DONE"), "{serial}\n{}", &text[text.len().saturating_sub(2000)..]);
-    // Every numbered line is there, in order (a repeat right after a kill is allowed).
-    let numbers: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix("flood ")?.get(..6)?.parse().ok()).collect();
-    let mut next = 0u64;
-    for n in &numbers {
-        assert!(*n <= next, "line {next} is missing (found {n})");
-        if *n == next {
-            next += 1;
-        }
-    }
+    let (next, repeated) = numbered_lines(&text, "flood ");
     let line_len = text.lines().find(|l| l.starts_with("flood ")).map_or(1, |l| l.len() as u64 + 1);
     let expected = kib * 1024 / line_len + 1;
     assert!(next >= expected, "{next} of {expected} lines");
-    print_latencies(
-        "consoled restart (kill to attached again)",
-        latencies,
-        &format!("; {} lines, {} repeated", next, numbers.len() as u64 - next),
-    );
+    print_latencies("consoled restart (kill to attached again)", latencies, &format!("; {next} lines, {repeated} repeated"));
     rd.assert_clean();
 }
 
@@ -719,14 +699,8 @@ fn test_channel_resumes_after_consoled_restarts_and_loses_nothing() {
     let connected = || consoled_log().matches("console.channel_connected").count();
     wait_for("the channel connected", || connected() > 0);
     let run_dir = rd.0.to_string_lossy().to_string();
-    let before = std::cell::Cell::new(connected());
-    let latencies = kill_times(5, &mut launcher, &["xenkvm-consoled", "serve", &run_dir], "the restarted consoled's channel", |_| {
-        let now = connected();
-        now > before.get() && {
-            before.set(now);
-            true
-        }
-    });
+    let latencies =
+        kill_until_counted(5, &mut launcher, &["xenkvm-consoled", "serve", &run_dir], "the restarted consoled's channel", connected);
     let kills = latencies.len();
     let st = launcher.0.wait().unwrap();
     assert_eq!(kills, 5, "the guest finished before 5 kills");
@@ -739,17 +713,13 @@ fn test_channel_resumes_after_consoled_restarts_and_loses_nothing() {
     let old = std::fs::read_to_string(rd.0.join("logs/org.xenkvm.test.log.old")).unwrap_or_default();
     let text = old + &std::fs::read_to_string(rd.0.join("logs/org.xenkvm.test.log")).unwrap_or_default();
     assert!(text.starts_with("hello from channel 1\n") && text.ends_with("CHANNEL DONE\n"), "{}", &text[text.len().saturating_sub(500)..]);
-    // Every numbered line is there, in order (a repeat right after a kill is allowed).
-    let numbers: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix("chan ")?.get(..6)?.parse().ok()).collect();
-    let mut next = 0u64;
-    for n in &numbers {
-        assert!(*n <= next, "line {next} is missing (found {n})");
-        if *n == next {
-            next += 1;
-        }
-    }
+    let (next, repeated) = numbered_lines(&text, "chan ");
     assert_eq!(next, lines, "{next} of {lines} lines");
-    print_latencies("consoled restart with a channel (kill to the channel connected again)", latencies, "");
+    print_latencies(
+        "consoled restart with a channel (kill to the channel connected again)",
+        latencies,
+        &format!("; {next} lines, {repeated} repeated"),
+    );
     rd.assert_clean();
 }
 
@@ -921,6 +891,34 @@ fn kill_times(times: usize, launcher: &mut Fg, parts: &[&str], what: &str, back:
         latencies.push(t0.elapsed());
     }
     latencies
+}
+
+/// As [`kill_times`], each successor counted as serving once `count()`
+/// (of some log event) has grown past what it was before the kill.
+fn kill_until_counted(times: usize, launcher: &mut Fg, parts: &[&str], what: &str, count: impl Fn() -> usize) -> Vec<Duration> {
+    let before = std::cell::Cell::new(count());
+    kill_times(times, launcher, parts, what, |_| {
+        let now = count();
+        now > before.get() && {
+            before.set(now);
+            true
+        }
+    })
+}
+
+/// Checks that the lines of `text` numbered after `prefix` (six digits)
+/// run 0, 1, 2, … with none missing; a line repeated right after a kill is
+/// allowed. How many distinct lines, and how many repeats.
+fn numbered_lines(text: &str, prefix: &str) -> (u64, u64) {
+    let numbers: Vec<u64> = text.lines().filter_map(|l| l.strip_prefix(prefix)?.get(..6)?.parse().ok()).collect();
+    let mut next = 0u64;
+    for n in &numbers {
+        assert!(*n <= next, "line {next} is missing (found {n})");
+        if *n == next {
+            next += 1;
+        }
+    }
+    (next, numbers.len() as u64 - next)
 }
 
 /// Prints the median and worst of `latencies` (`what`: what was timed).
