@@ -230,12 +230,7 @@ impl NetQueue {
             self.dom.mem(self.rx_gfn, at, netif::RX_SLOT).copy_from(r.as_bytes());
             self.rx_prod = self.rx_prod.wrapping_add(1);
         }
-        let old = self.word(self.rx_gfn, 0).load(Ordering::Acquire);
-        fence(Ordering::SeqCst);
-        self.word(self.rx_gfn, 0).store(self.rx_prod, Ordering::Release);
-        fence(Ordering::SeqCst);
-        let event = self.word(self.rx_gfn, 4).load(Ordering::Acquire);
-        if self.rx_prod.wrapping_sub(event) < self.rx_prod.wrapping_sub(old) {
+        if self.push_requests(self.rx_gfn, self.rx_prod) {
             self.kick_rx();
         }
     }
@@ -264,14 +259,20 @@ impl NetQueue {
     /// written so far; kicks only when the backend asked (it sleeps after
     /// setting req_event).
     fn publish_tx(&mut self) {
-        let old = self.word(self.tx_gfn, 0).load(Ordering::Acquire);
-        fence(Ordering::SeqCst);
-        self.word(self.tx_gfn, 0).store(self.tx_prod, Ordering::Release);
-        fence(Ordering::SeqCst);
-        let event = self.word(self.tx_gfn, 4).load(Ordering::Acquire);
-        if self.tx_prod.wrapping_sub(event) < self.tx_prod.wrapping_sub(old) {
+        if self.push_requests(self.tx_gfn, self.tx_prod) {
             self.kick_tx();
         }
+    }
+
+    /// RING_PUSH_REQUESTS_AND_CHECK_NOTIFY on the ring at `gfn`: publishes
+    /// `prod`; true when the backend's `req_event` asks for a kick.
+    fn push_requests(&self, gfn: u64, prod: u32) -> bool {
+        let old = self.word(gfn, 0).load(Ordering::Acquire);
+        fence(Ordering::SeqCst);
+        self.word(gfn, 0).store(prod, Ordering::Release);
+        fence(Ordering::SeqCst);
+        let event = self.word(gfn, 4).load(Ordering::Acquire);
+        prod.wrapping_sub(event) < prod.wrapping_sub(old)
     }
 
     /// A granted page holding `data` (at offset `off`): (gref).

@@ -106,10 +106,8 @@ fn connect_and_run(be: &mut xenbus::Backend, ipc: &Channel, log_dir: &Path, log_
         }
         if last_check.elapsed() > Duration::from_millis(200) {
             last_check = Instant::now();
-            match be.frontend_state() {
-                state::UNKNOWN => return Ok(Disconnect::Removed),
-                s if s >= state::CLOSING || s == state::INITIALISING => return Ok(Disconnect::FrontendClosing),
-                _ => {}
+            if let Some(end) = be.frontend_left() {
+                return Ok(end);
             }
         }
     }

@@ -234,6 +234,16 @@ impl Backend {
         }
     }
 
+    /// How the frontend ended a connection, if it has: the device removed
+    /// (its state node gone), or the frontend closing or starting over.
+    pub fn frontend_left(&mut self) -> Option<Disconnect> {
+        match self.frontend_state() {
+            state::UNKNOWN => Some(Disconnect::Removed),
+            s if s >= state::CLOSING || s == state::INITIALISING => Some(Disconnect::FrontendClosing),
+            _ => None,
+        }
+    }
+
     /// Watches a connection being served until it ends: `broken` reports a
     /// reason from the queues, the device may be removed, the frontend may
     /// close or start over, the guest may go. `tick` runs about every
@@ -243,12 +253,8 @@ impl Backend {
             if let Some(why) = broken() {
                 return Disconnect::Broken(why);
             }
-            let fe = self.frontend_state();
-            if fe == state::UNKNOWN {
-                return Disconnect::Removed;
-            }
-            if fe >= state::CLOSING || fe == state::INITIALISING {
-                return Disconnect::FrontendClosing;
+            if let Some(end) = self.frontend_left() {
+                return end;
             }
             if gone() {
                 return Disconnect::GuestGone;
