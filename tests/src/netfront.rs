@@ -239,12 +239,7 @@ impl NetQueue {
     /// them, first waiting until the ring (and the TX data pages, reused
     /// round-robin) have room.
     pub fn put_tx_slots(&mut self, slots: &[Vec<u8>]) {
-        let limit = self.tx_pages.len().min(TX_SIZE as usize);
-        let start = Instant::now();
-        while self.tx_prod.wrapping_sub(self.tx_cons) as usize + slots.len() > limit && start.elapsed() < Duration::from_secs(10) {
-            let r = self.take_tx_responses(1, Duration::from_millis(100));
-            self.reaped.extend(r);
-        }
+        self.wait_tx_room(slots.len());
         for s in slots {
             let at = 64 + (self.tx_prod % TX_SIZE) as usize * netif::TX_SLOT;
             let mut b = [0u8; netif::TX_SLOT];
@@ -275,6 +270,18 @@ impl NetQueue {
         prod.wrapping_sub(event) < prod.wrapping_sub(old)
     }
 
+    /// Waits (up to 10 s) until `slots` more requests fit: on the ring,
+    /// and in the TX pages, which are reused in turn (a page is rewritten
+    /// only once the request that used it has been answered).
+    fn wait_tx_room(&mut self, slots: usize) {
+        let limit = self.tx_pages.len().min(TX_SIZE as usize);
+        let start = Instant::now();
+        while self.tx_prod.wrapping_sub(self.tx_cons) as usize + slots > limit && start.elapsed() < Duration::from_secs(10) {
+            let r = self.take_tx_responses(1, Duration::from_millis(100));
+            self.reaped.extend(r);
+        }
+    }
+
     /// A granted page holding `data` (at offset `off`): (gref).
     pub fn tx_page(&mut self, off: usize, data: &[u8]) -> u32 {
         let (gfn, gref) = self.tx_pages[self.next_tx_page % self.tx_pages.len()];
@@ -287,6 +294,8 @@ impl NetQueue {
     /// first and an optional GSO extra; returns the request ids used.
     pub fn send(&mut self, frame: &[u8], frag: usize, flags: u16, gso: Option<ExtraInfo>) -> Vec<u16> {
         let chunks: Vec<&[u8]> = frame.chunks(frag.clamp(1, PAGE)).collect();
+        // Room first: the pages written next may still be the backend's.
+        self.wait_tx_room(chunks.len() + usize::from(gso.is_some()));
         let mut slots = Vec::new();
         let mut ids = Vec::new();
         for (k, c) in chunks.iter().enumerate() {

@@ -193,13 +193,20 @@ impl<'a> GrantTable<'a> {
     // copies of the result were most of netback's per-slot cost).
     #[inline]
     pub fn map(&self, gref: u32, access: Access) -> Result<GrantedPage<'_, 'a>, GrantError> {
+        let page = self.pin(gref, access)?;
+        Ok(GrantedPage { table: self, gref, access, page })
+    }
+
+    /// Validates and marks `gref` in use; its page. The caller releases it.
+    #[inline]
+    fn pin(&self, gref: u32, access: Access) -> Result<VolatileSlice<'a>, GrantError> {
         let word = self.word(gref)?;
         let pins = self.lock_pins(gref);
         match self.acquire(gref, word, pins, access) {
             Ok(page) => {
                 let w = if access == Access::Write { PIN_WRITER } else { 0 };
                 self.unlock_pins(gref, pins + 1 + w);
-                Ok(GrantedPage { table: self, gref, access, page })
+                Ok(page)
             }
             Err(e) => {
                 self.unlock_pins(gref, pins);
@@ -365,6 +372,56 @@ impl Drop for GrantedPage<'_, '_> {
     }
 }
 
+/// Read pins on many grants, held together and released together: the
+/// pages of the TX frames a netback queue writes. Lighter than a
+/// [`GrantedPage`] each (a reference number per pin), for paths that pin
+/// a page per ring slot. Clearing or dropping it releases every pin.
+pub struct ReadPins<'t, 'a> {
+    table: &'t GrantTable<'a>,
+    grefs: Vec<u32>,
+}
+
+impl<'t, 'a> ReadPins<'t, 'a> {
+    /// No pins yet, on `table`.
+    pub fn new(table: &'t GrantTable<'a>) -> ReadPins<'t, 'a> {
+        ReadPins { table, grefs: Vec::new() }
+    }
+
+    /// Pins `gref` for reading (as [`GrantTable::map`] with
+    /// [`Access::Read`]); the `len` bytes at `offset` of its page (refused
+    /// past the page). The slice outlives the pin only as memory: the
+    /// caller stops reading it once the pins are cleared.
+    #[inline]
+    pub fn pin(&mut self, gref: u32, offset: usize, len: usize) -> Result<VolatileSlice<'a>, GrantError> {
+        let page = self.table.pin(gref, Access::Read)?;
+        self.grefs.push(gref);
+        page.subslice(offset, len).map_err(|_| GrantError::BadRef(gref))
+    }
+
+    /// Pins held.
+    pub fn len(&self) -> usize {
+        self.grefs.len()
+    }
+
+    /// Whether none are held.
+    pub fn is_empty(&self) -> bool {
+        self.grefs.is_empty()
+    }
+
+    /// Releases every pin.
+    pub fn clear(&mut self) {
+        for gref in self.grefs.drain(..) {
+            self.table.release(gref, Access::Read);
+        }
+    }
+}
+
+impl Drop for ReadPins<'_, '_> {
+    fn drop(&mut self) {
+        self.clear();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -439,6 +496,40 @@ mod tests {
         drop(held);
         assert_eq!(flags(&table, 9), GTF_PERMIT_ACCESS, "all released");
         assert_eq!(gt.pins[9].load(Ordering::SeqCst), 0);
+    }
+
+    #[test]
+    fn test_read_pins_hold_until_cleared_and_refuse_as_map_does() {
+        let (table, ram) = setup();
+        put(&table, 4, GTF_PERMIT_ACCESS, 0, 0x102);
+        put(&table, 5, GTF_PERMIT_ACCESS | GTF_READONLY, 0, 0x103);
+        put(&table, 6, GTF_PERMIT_ACCESS, 0, 0x900);
+        ram.page(0x102).unwrap().subslice(100, 3).unwrap().copy_from(b"abc");
+        let gt = GrantTable::new(&table, &ram, 0);
+        let mut pins = ReadPins::new(&gt);
+        let piece = pins.pin(4, 100, 3).unwrap();
+        let mut b = [0u8; 3];
+        piece.copy_to(&mut b[..]);
+        assert_eq!(&b, b"abc");
+        pins.pin(5, 0, PAGE_SIZE).unwrap();
+        // Nested with a GrantedPage of the same grant: the flags stay until both let go.
+        let other = gt.map(4, Access::Read).unwrap();
+        assert_eq!(flags(&table, 4), GTF_PERMIT_ACCESS | GTF_READING);
+        assert_eq!(flags(&table, 5), GTF_PERMIT_ACCESS | GTF_READONLY | GTF_READING);
+        assert_eq!(pins.pin(6, 0, 1).unwrap_err(), GrantError::FrameOutsideRam { gref: 6, frame: 0x900 });
+        assert_eq!(pins.pin(4, 4000, 200).unwrap_err(), GrantError::BadRef(4), "a piece past its page");
+        assert_eq!(pins.len(), 3, "the refused piece's pin is held until cleared like the others");
+        pins.clear();
+        assert!(pins.is_empty());
+        assert_eq!(flags(&table, 4), GTF_PERMIT_ACCESS | GTF_READING, "the other user still holds grant 4");
+        assert_eq!(flags(&table, 5), GTF_PERMIT_ACCESS | GTF_READONLY);
+        assert_eq!(flags(&table, 6), GTF_PERMIT_ACCESS, "a refused grant is left as it was");
+        drop(other);
+        assert_eq!(flags(&table, 4), GTF_PERMIT_ACCESS);
+        pins.pin(4, 0, 8).unwrap();
+        drop(pins);
+        assert_eq!(flags(&table, 4), GTF_PERMIT_ACCESS, "dropping releases");
+        assert!(gt.pins.iter().all(|p| p.load(Ordering::SeqCst) == 0));
     }
 
     #[test]

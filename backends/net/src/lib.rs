@@ -23,3 +23,4 @@ pub mod seccomp;
 pub mod stats;
 pub mod tap;
 pub mod tx;
+pub mod tx_writer;

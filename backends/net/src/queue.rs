@@ -18,7 +18,8 @@ use crate::offload::{VnetHdr, VNET_HDR_LEN};
 use crate::rx::{self, Received, RxFeatures};
 use crate::stats::Stats;
 use crate::tap::TapQueue;
-use crate::tx::{self, TxFeatures};
+use crate::tx::{TxBatch, TxFeatures};
+use crate::tx_writer::TxWriter;
 
 /// Packets moved each way per pass, so neither direction starves the other.
 const BUDGET: usize = 64;
@@ -69,8 +70,26 @@ fn drain(f: &File) {
     let _ = (&*f).read(&mut b);
 }
 
-/// Serves one queue until stopped or broken.
-pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: Channels) -> QueueEnd {
+/// TX batches per queue: one being built while the writer writes another.
+const TX_BATCHES: usize = 2;
+
+/// Serves one queue until stopped or broken, with its TX writer beside it.
+pub fn run(ctx: QueueCtx, tx_ring: SharedRing, rx_ring: SharedRing, ch: Channels) -> QueueEnd {
+    let end = std::thread::scope(|s| match TxWriter::spawn(s, ctx.tap, ctx.index) {
+        Ok(mut writer) => serve(&ctx, tx_ring, rx_ring, &ch, &mut writer),
+        Err(e) => QueueEnd::Corrupt(format!("starting the TX writer: {e}")),
+    });
+    tracing::info!(event = "netback.queue_end", queue = ctx.index, end = ?end);
+    end
+}
+
+fn serve<'t, 'a>(
+    ctx: &QueueCtx<'_, 't, 'a>,
+    mut tx_ring: SharedRing,
+    mut rx_ring: SharedRing,
+    ch: &Channels,
+    writer: &mut TxWriter<'t, 'a>,
+) -> QueueEnd {
     let (rx_kick, rx_notify) = match &ch.rx {
         Some((k, n)) => (Some(k), n),
         None => (None, &ch.tx_notify),
@@ -81,10 +100,14 @@ pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: 
     };
     let tap_fd = ctx.tap.file.as_raw_fd();
     let add = |fd: i32, tag: u64| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, tag));
-    if let Err(e) = add(ch.tx_kick.as_raw_fd(), 1).and_then(|_| add(tap_fd, 3)).and_then(|_| match rx_kick {
-        Some(k) => add(k.as_raw_fd(), 2),
-        None => Ok(()),
-    }) {
+    if let Err(e) =
+        add(ch.tx_kick.as_raw_fd(), 1).and_then(|_| add(tap_fd, 3)).and_then(|_| add(writer.done_fd().as_raw_fd(), 4)).and_then(|_| {
+            match rx_kick {
+                Some(k) => add(k.as_raw_fd(), 2),
+                None => Ok(()),
+            }
+        })
+    {
         return QueueEnd::Corrupt(format!("setting up the queue: {e}"));
     }
     let mut tap_watched = true;
@@ -92,22 +115,46 @@ pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: 
     let mut buf = vec![0u8; rx::FRAME_BUF];
     // Pages to map for the next frame read straight into RX buffers.
     let mut rx_guess = 1;
-    // TX packets are taken, written and answered a batch at a time.
-    let mut tx_batch = tx::TxBatch::new(BUDGET);
+    // TX packets are taken, written and answered a batch at a time; under
+    // load the writer writes one batch while the next is taken.
+    let mut tx_free: Vec<TxBatch> = (0..TX_BATCHES).map(|_| TxBatch::new(BUDGET, ctx.table)).collect();
     // A frame read from the tap and waiting for RX buffers.
     let mut pending: Option<(VnetHdr, usize, u32)> = None;
     let end = 'serve: loop {
         if ctx.stop.load(Ordering::Relaxed) {
             break QueueEnd::Stopped;
         }
-        // Guest to host.
-        let tx_moved = match tx_batch.pass(&mut tx_ring, ctx.table, ctx.tx_features, ctx.tap, ctx.stats, ctx.index) {
-            Ok(n) => n,
-            Err(why) => {
-                tx_ring.push_responses();
+        // Guest to host: answer what the writer wrote, take the next batch.
+        while let Some(mut b) = writer.try_done() {
+            b.answer(&mut tx_ring, ctx.stats, ctx.index);
+            tx_free.push(b);
+        }
+        if tx_free.is_empty() && writer.in_flight() == 0 {
+            tx_free.push(TxBatch::new(BUDGET, ctx.table));
+        }
+        let mut tx_full = false;
+        if let Some(mut b) = tx_free.pop() {
+            let (n, fatal) = b.take(&mut tx_ring, ctx.tx_features);
+            tx_full = b.is_full();
+            // A lone small batch is written here: handing it over would
+            // only add the writer's wake-up to its latency.
+            let inline = n == 0 || (writer.in_flight() == 0 && !tx_full) || fatal.is_some();
+            let b = if inline { Err(b) } else { writer.send(b) };
+            if let Err(mut b) = b {
+                if n > 0 {
+                    writer.wait_all(|mut w| {
+                        w.answer(&mut tx_ring, ctx.stats, ctx.index);
+                        tx_free.push(w);
+                    });
+                    b.write(ctx.tap);
+                    b.answer(&mut tx_ring, ctx.stats, ctx.index);
+                }
+                tx_free.push(b);
+            }
+            if let Some(why) = fatal {
                 break 'serve QueueEnd::Corrupt(why);
             }
-        };
+        }
         if tx_ring.push_responses() {
             kick(&ch.tx_notify);
         }
@@ -192,12 +239,16 @@ pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: 
         if rx_ring.push_responses() {
             kick(rx_notify);
         }
-        if tx_moved == BUDGET || rx_moved == BUDGET {
+        if tx_full || rx_moved == BUDGET {
             continue;
         }
-        // Ask for a kick at the next TX request, and at the next RX buffer
-        // when a frame waits for buffers; recheck after asking.
-        if tx_ring.final_check_for_requests() {
+        // Ask for a kick at the next TX request (when a batch is free to
+        // take it; otherwise for the writer's next batch back), and at the
+        // next RX buffer when a frame waits for buffers; recheck after asking.
+        if !tx_free.is_empty() && tx_ring.final_check_for_requests() {
+            continue;
+        }
+        if writer.in_flight() > 0 && writer.arm() {
             continue;
         }
         if let Some((_, _, needed)) = pending.filter(|_| rx_blocked) {
@@ -212,6 +263,7 @@ pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: 
             tap_watched = !rx_blocked;
         }
         let n = epoll.wait(100, &mut events).unwrap_or(0);
+        writer.disarm();
         for ev in &events[..n] {
             match ev.data() {
                 1 => drain(&ch.tx_kick),
@@ -224,6 +276,11 @@ pub fn run(ctx: QueueCtx, mut tx_ring: SharedRing, mut rx_ring: SharedRing, ch: 
             }
         }
     };
-    tracing::info!(event = "netback.queue_end", queue = ctx.index, end = ?end);
+    // Whatever the writer still holds is written and answered before the
+    // queue ends: no pin outlives it, no request goes unanswered.
+    writer.finish(|mut b| b.answer(&mut tx_ring, ctx.stats, ctx.index));
+    if tx_ring.push_responses() {
+        kick(&ch.tx_notify);
+    }
     end
 }

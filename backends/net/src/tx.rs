@@ -13,7 +13,7 @@
 use xen_abi::netif::{self, ExtraInfo, TxRequest, TxResponse};
 use xen_abi::PAGE_SIZE;
 use xenkvm_grant::ring::SharedRing;
-use xenkvm_grant::{Access, GrantTable, GrantedPage};
+use xenkvm_grant::{GrantTable, ReadPins};
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::offload::{tx_offload, VnetHdr, TX_HEAD, VNET_HDR_LEN};
@@ -55,20 +55,27 @@ pub enum Next {
 }
 
 /// A TX frame ready for the tap: its head copied out (and fixed for the
-/// offloads), the rest as pieces of granted pages, pinned until cleared.
-/// Reused from packet to packet, so a packet allocates nothing.
-#[derive(Default)]
+/// offloads), the rest as pieces (address, length) of granted pages,
+/// pinned until cleared. Reused from packet to packet, so a packet
+/// allocates nothing.
 pub struct TxFrame<'t, 'a> {
     head: Vec<u8>,
-    rest: Vec<(GrantedPage<'t, 'a>, usize, usize)>,
+    rest: Vec<(usize, usize)>,
+    pins: ReadPins<'t, 'a>,
     len: usize,
 }
 
-impl TxFrame<'_, '_> {
+impl<'t, 'a> TxFrame<'t, 'a> {
+    /// An empty frame whose pages come from `table`.
+    pub fn new(table: &'t GrantTable<'a>) -> TxFrame<'t, 'a> {
+        TxFrame { head: Vec::new(), rest: Vec::new(), pins: ReadPins::new(table), len: 0 }
+    }
+
     /// Forgets the last frame and unpins its pages.
     pub fn clear(&mut self) {
         self.head.clear();
         self.rest.clear();
+        self.pins.clear();
         self.len = 0;
     }
 
@@ -117,12 +124,7 @@ pub fn next_chain(ring: &mut SharedRing, avail: u32, chain: &mut TxChain) -> Nex
 
 /// Checks `chain`, copies its head and pins the pages of the rest into
 /// `frame`; the tap header for it, or the reason to drop it.
-pub fn build<'t, 'a>(
-    chain: &TxChain,
-    table: &'t GrantTable<'a>,
-    feats: TxFeatures,
-    frame: &mut TxFrame<'t, 'a>,
-) -> Result<VnetHdr, (Drop, String)> {
+pub fn build(chain: &TxChain, feats: TxFeatures, frame: &mut TxFrame) -> Result<VnetHdr, (Drop, String)> {
     if chain.data.len() > MAX_SLOTS {
         return Err((Drop::TxTooManySlots, format!("{} data slots (at most {MAX_SLOTS})", chain.data.len())));
     }
@@ -162,15 +164,15 @@ pub fn build<'t, 'a>(
         if offset + len > PAGE_SIZE {
             return Err((Drop::TxBadSize, format!("fragment at offset {offset} of {len} bytes crosses its page",)));
         }
-        let page = table.map(r.gref, Access::Read).map_err(|e| (Drop::TxBadGrant, e.to_string()))?;
+        let piece = frame.pins.pin(r.gref, offset, len).map_err(|e| (Drop::TxBadGrant, e.to_string()))?;
         let copy = len.min(TX_HEAD - frame.head.len());
         if copy > 0 {
             let at = frame.head.len();
             frame.head.resize(at + copy, 0);
-            page.read(offset, &mut frame.head[at..]).map_err(|e| (Drop::TxBadGrant, e.to_string()))?;
+            piece.copy_to(&mut frame.head[at..]);
         }
         if len > copy {
-            frame.rest.push((page, offset + copy, len - copy));
+            frame.rest.push((piece.ptr_guard().as_ptr() as usize + copy, len - copy));
         }
     }
     frame.len = total;
@@ -203,45 +205,54 @@ struct TxSlot<'t, 'a> {
     built: Result<(), (Drop, String)>,
 }
 
-/// A batch of TX packets: taken off the ring and built, written to the
-/// tap, then answered in ring order ([`TxBatch::pass`]). Everything is
-/// reused from batch to batch, so a packet allocates nothing.
+/// A batch of TX packets: taken off the ring and built ([`TxBatch::take`]),
+/// written to the tap ([`TxBatch::write`], on the queue's writer thread
+/// under load), then answered in ring order ([`TxBatch::answer`]).
+/// Everything is reused from batch to batch, so a packet allocates nothing.
 pub struct TxBatch<'t, 'a> {
     slots: Vec<TxSlot<'t, 'a>>,
     writes: FrameBatch,
+    /// Packets taken and not yet answered.
+    taken: usize,
+    /// Whether the last take stopped for lack of room, not of requests.
+    full: bool,
 }
 
 impl<'t, 'a> TxBatch<'t, 'a> {
-    /// Room for `packets` packets.
-    pub fn new(packets: usize) -> TxBatch<'t, 'a> {
-        let slot = || TxSlot { chain: TxChain::default(), frame: TxFrame::default(), hdr: [0; VNET_HDR_LEN], built: Ok(()) };
-        TxBatch { slots: (0..packets.max(1)).map(|_| slot()).collect(), writes: FrameBatch::default() }
+    /// Room for `packets` packets whose pages come from `table`.
+    pub fn new(packets: usize, table: &'t GrantTable<'a>) -> TxBatch<'t, 'a> {
+        let slot = || TxSlot { chain: TxChain::default(), frame: TxFrame::new(table), hdr: [0; VNET_HDR_LEN], built: Ok(()) };
+        TxBatch { slots: (0..packets.max(1)).map(|_| slot()).collect(), writes: FrameBatch::default(), taken: 0, full: false }
     }
 
-    /// One batch: packets taken, or why the ring is broken (the packets
-    /// taken before the break are still written and answered).
-    pub fn pass(
-        &mut self,
-        ring: &mut SharedRing,
-        table: &'t GrantTable<'a>,
-        feats: TxFeatures,
-        tap: &TapQueue,
-        stats: &Stats,
-        queue: u32,
-    ) -> Result<usize, String> {
-        let (n, fatal) = self.take(ring, table, feats);
+    /// Packets taken and not yet answered.
+    pub fn taken(&self) -> usize {
+        self.taken
+    }
+
+    /// Whether the last take filled the batch (more requests may wait).
+    pub fn is_full(&self) -> bool {
+        self.full
+    }
+
+    /// Takes packets off the ring and builds them, up to the batch's room
+    /// (an empty batch only): how many, and why the ring is broken if it is
+    /// (the packets taken before the break are still to be written and
+    /// answered).
+    pub fn take(&mut self, ring: &mut SharedRing, feats: TxFeatures) -> (usize, Option<String>) {
+        let (n, fatal) = self.take_packets(ring, feats);
+        self.taken = n;
+        (n, fatal)
+    }
+
+    /// Writes the frames built to the tap (pages stay pinned).
+    pub fn write(&mut self, tap: &TapQueue) {
         tap.write_batch(&mut self.writes);
-        self.answer(ring, n, stats, queue);
-        match fatal {
-            Some(why) => Err(why),
-            None => Ok(n),
-        }
     }
 
-    /// Takes packets off the ring and builds them, up to the batch's room:
-    /// how many, and why the ring is broken if it is.
-    fn take(&mut self, ring: &mut SharedRing, table: &'t GrantTable<'a>, feats: TxFeatures) -> (usize, Option<String>) {
+    fn take_packets(&mut self, ring: &mut SharedRing, feats: TxFeatures) -> (usize, Option<String>) {
         self.writes.clear();
+        self.full = false;
         let mut n = 0;
         let mut avail = match ring.unconsumed() {
             Ok(a) => a,
@@ -271,25 +282,23 @@ impl<'t, 'a> TxBatch<'t, 'a> {
             avail -= slots;
             used += slots;
             let writes = &mut self.writes;
-            slot.built = build(&slot.chain, table, feats, &mut slot.frame).and_then(|hdr| {
+            slot.built = build(&slot.chain, feats, &mut slot.frame).and_then(|hdr| {
                 slot.hdr = hdr.to_bytes();
                 let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2 + MAX_SLOTS];
                 iov[0] = libc::iovec { iov_base: slot.hdr.as_mut_ptr().cast(), iov_len: slot.hdr.len() };
                 iov[1] = libc::iovec { iov_base: slot.frame.head.as_mut_ptr().cast(), iov_len: slot.frame.head.len() };
                 let mut k = 2;
-                for (page, off, len) in &slot.frame.rest {
-                    // Every piece was checked against its page when built.
-                    let addr = page.addr(*off, *len).map_err(|e| (Drop::TxBadGrant, e.to_string()))?;
+                for &(addr, len) in &slot.frame.rest {
                     // Pieces that follow each other in our mapping (a guest
                     // frame in contiguous pages, as Linux's page frags are)
                     // go as one: each iovec costs the kernel's copy a restart.
                     let last = &mut iov[k - 1];
-                    if k > 2 && (last.iov_base as usize).wrapping_add(last.iov_len) == addr as usize {
-                        last.iov_len += *len;
+                    if k > 2 && (last.iov_base as usize).wrapping_add(last.iov_len) == addr {
+                        last.iov_len += len;
                         continue;
                     }
                     let v = iov.get_mut(k).ok_or_else(|| (Drop::TxTooManySlots, "a frame in too many pieces".to_string()))?;
-                    *v = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: *len };
+                    *v = libc::iovec { iov_base: addr as *mut libc::c_void, iov_len: len };
                     k += 1;
                 }
                 // The pages stay pinned in the slot until `answer`.
@@ -298,14 +307,17 @@ impl<'t, 'a> TxBatch<'t, 'a> {
             });
             n += 1;
         }
+        self.full = n == self.slots.len() || used >= BATCH_SLOTS;
         (n, None)
     }
 
-    /// Answers the `n` packets taken, in ring order, with how each went;
-    /// unpins their pages and counts them.
-    fn answer(&mut self, ring: &mut SharedRing, n: usize, stats: &Stats, queue: u32) {
+    /// Answers the packets taken, in ring order, with how each went (after
+    /// [`TxBatch::write`]; a packet built but never written is answered with
+    /// an error); unpins their pages and counts them.
+    pub fn answer(&mut self, ring: &mut SharedRing, stats: &Stats, queue: u32) {
         let (mut packets, mut bytes) = (0u64, 0u64);
         let mut written = 0;
+        let n = std::mem::take(&mut self.taken);
         for slot in &mut self.slots[..n] {
             let status = match std::mem::replace(&mut slot.built, Ok(())) {
                 Ok(()) => {
