@@ -49,6 +49,36 @@ fn start_netback(ns: &Netns, dom: &FakeDomain, xs: &XenstoredProc, tap: &str, ex
     )
 }
 
+/// Vif 0 of domain `domid` ready for traffic: netback on tap `tap` in a
+/// network namespace of its own, the tap up as 10.99.0.1/24, and a
+/// host-side netfront connected (`split`: one event channel per ring).
+/// Tests take it apart in the order its fields should drop in reverse:
+/// the frontend first, the namespace last.
+struct Vif {
+    f: Netfront,
+    netback: Proc,
+    dom: std::sync::Arc<FakeDomain>,
+    xs: XenstoredProc,
+    ns: Netns,
+    dir: std::path::PathBuf,
+}
+
+impl Vif {
+    fn up(ns_name: &str, domid: u16, ram_mib: u64, tap: &str, split: bool) -> Vif {
+        let ns = Netns::new(ns_name);
+        let xs = XenstoredProc::start(&[]);
+        let dir = tempdir();
+        let dom = FakeDomain::start(&dir, domid, ram_mib, 32);
+        Netfront::create_device(&xs.socket, domid, 0, "00:16:3e:12:34:56").unwrap();
+        let netback = start_netback(&ns, &dom, &xs, tap, &[], &dir);
+        let f = Netfront::connect(dom.clone(), &xs.socket, 0, split)
+            .unwrap_or_else(|e| panic!("{e:#}\n{}", std::fs::read_to_string(dir.join("netback.log")).unwrap_or_default()));
+        ns.run(&["ip", "addr", "add", "10.99.0.1/24", "dev", tap]);
+        ns.run(&["ip", "link", "set", tap, "up"]);
+        Vif { f, netback, dom, xs, ns, dir }
+    }
+}
+
 fn csum(data: &[u8]) -> u16 {
     let mut acc: u32 = data.chunks(2).map(|c| u32::from(u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]))).sum();
     while acc > 0xffff {
@@ -120,18 +150,10 @@ fn stat(path: &std::path::Path, key: &str) -> u64 {
 
 #[test]
 fn test_ping_udp_offload_and_malformed_tx_on_a_tap_in_a_netns() {
-    let ns = Netns::new("nb");
-    let xs = XenstoredProc::start(&[]);
-    let dir = tempdir();
-    let dom = FakeDomain::start(&dir, 4, 64, 32);
-    Netfront::create_device(&xs.socket, 4, 0, "00:16:3e:12:34:56").unwrap();
+    let Vif { ns, xs: _xs, dir, dom, netback: _netback, mut f } = Vif::up("nb", 4, 64, "xkt0", true);
     let (log, stats) = (dir.join("netback.log"), dir.join("netback.stats"));
-    let _netback = start_netback(&ns, &dom, &xs, "xkt0", &[], &dir);
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
-    let mut f = Netfront::connect(dom.clone(), &xs.socket, 0, true).unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
     assert_eq!(f.backend_key("feature-split-event-channels").unwrap(), "1");
-    ns.run(&["ip", "addr", "add", "10.99.0.1/24", "dev", "xkt0"]);
-    ns.run(&["ip", "link", "set", "xkt0", "up"]);
 
     // ARP and ICMP: the host pings the guest, the guest answers.
     let mut ping = Proc(ns.cmd("ping").args(["-c", "3", "-i", "0.2", "-W", "3", "10.99.0.2"]).stdout(Stdio::piped()).spawn().unwrap());
@@ -241,17 +263,9 @@ fn test_ping_udp_offload_and_malformed_tx_on_a_tap_in_a_netns() {
 #[test]
 fn test_a_tx_burst_arrives_whole_and_in_order() {
     const FRAMES: usize = 20_000;
-    let ns = Netns::new("burst");
-    let xs = XenstoredProc::start(&[]);
-    let dir = tempdir();
-    let dom = FakeDomain::start(&dir, 8, 64, 32);
-    Netfront::create_device(&xs.socket, 8, 0, "00:16:3e:12:34:56").unwrap();
+    let Vif { ns, xs: _xs, dir, dom: _dom, netback: _netback, mut f } = Vif::up("burst", 8, 64, "xkt5", false);
     let log = dir.join("netback.log");
-    let _netback = start_netback(&ns, &dom, &xs, "xkt5", &[], &dir);
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
-    let mut f = Netfront::connect(dom.clone(), &xs.socket, 0, false).unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
-    ns.run(&["ip", "addr", "add", "10.99.0.1/24", "dev", "xkt5"]);
-    ns.run(&["ip", "link", "set", "xkt5", "up"]);
     let link = String::from_utf8_lossy(&ns.cmd("ip").args(["-o", "link", "show", "xkt5"]).output().unwrap().stdout).to_string();
     let mac = link.split("link/ether ").nth(1).and_then(|r| r.split_whitespace().next()).unwrap_or_else(|| panic!("no MAC in {link}"));
     let host_mac: Vec<u8> = mac.split(':').map(|b| u8::from_str_radix(b, 16).unwrap()).collect();
@@ -353,17 +367,9 @@ fn parse_tcp(fr: &[u8]) -> Option<TcpSegment<'_>> {
 /// guest streams 256 KiB back in 16 KiB GSO segments of four TX slots each.
 #[test]
 fn test_tcp_bulk_with_gso_and_sg_both_ways() {
-    let ns = Netns::new("gso");
-    let xs = XenstoredProc::start(&[]);
-    let dir = tempdir();
-    let dom = FakeDomain::start(&dir, 5, 128, 32);
-    Netfront::create_device(&xs.socket, 5, 0, "00:16:3e:12:34:56").unwrap();
+    let Vif { ns, xs: _xs, dir, dom: _dom, netback: _netback, mut f } = Vif::up("gso", 5, 128, "xkt1", false);
     let log = dir.join("netback.log");
-    let _netback = start_netback(&ns, &dom, &xs, "xkt1", &[], &dir);
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
-    let mut f = Netfront::connect(dom.clone(), &xs.socket, 0, false).unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
-    ns.run(&["ip", "addr", "add", "10.99.0.1/24", "dev", "xkt1"]);
-    ns.run(&["ip", "link", "set", "xkt1", "up"]);
     const IN: usize = 1 << 20;
     let sender = ns
         .cmd("/usr/bin/python3")
