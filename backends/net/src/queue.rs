@@ -267,6 +267,7 @@ fn serve<'t, 'a>(
         for ev in &events[..n] {
             match ev.data() {
                 1 => drain(&ch.tx_kick),
+                4 => writer.woken(),
                 2 => {
                     if let Some(k) = rx_kick {
                         drain(k);

@@ -122,9 +122,13 @@ impl<'t, 'a> TxWriter<'t, 'a> {
         }
     }
 
-    /// After waking: no more wake-ups wanted; drains `done_fd`.
+    /// After waking: no more wake-ups wanted.
     pub fn disarm(&mut self) {
         self.shared.waiting.store(false, Ordering::Relaxed);
+    }
+
+    /// Consumes the wake-up when `done_fd` turned readable.
+    pub fn woken(&mut self) {
         let _ = self.shared.done.read();
     }
 
