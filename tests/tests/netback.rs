@@ -65,16 +65,24 @@ struct Vif {
 
 impl Vif {
     fn up(ns_name: &str, domid: u16, ram_mib: u64, tap: &str, split: bool) -> Vif {
+        let v = Vif::connected(ns_name, domid, ram_mib, tap, 1, split);
+        v.ns.run(&["ip", "addr", "add", "10.99.0.1/24", "dev", tap]);
+        v.ns.run(&["ip", "link", "set", tap, "up"]);
+        v
+    }
+
+    /// As [`Vif::up`] with `queues` queues, the tap left unconfigured.
+    fn connected(ns_name: &str, domid: u16, ram_mib: u64, tap: &str, queues: u32, split: bool) -> Vif {
         let ns = Netns::new(ns_name);
         let xs = XenstoredProc::start(&[]);
         let dir = tempdir();
         let dom = FakeDomain::start(&dir, domid, ram_mib, 32);
         Netfront::create_device(&xs.socket, domid, 0, "00:16:3e:12:34:56").unwrap();
-        let netback = start_netback(&ns, &dom, &xs, tap, &[], &dir);
-        let f = Netfront::connect(dom.clone(), &xs.socket, 0, split)
+        let max_queues = queues.to_string();
+        let extra: &[&str] = if queues > 1 { &["--max-queues", &max_queues] } else { &[] };
+        let netback = start_netback(&ns, &dom, &xs, tap, extra, &dir);
+        let f = Netfront::connect_queues(dom.clone(), &xs.socket, 0, queues, split)
             .unwrap_or_else(|e| panic!("{e:#}\n{}", std::fs::read_to_string(dir.join("netback.log")).unwrap_or_default()));
-        ns.run(&["ip", "addr", "add", "10.99.0.1/24", "dev", tap]);
-        ns.run(&["ip", "link", "set", tap, "up"]);
         Vif { f, netback, dom, xs, ns, dir }
     }
 }
@@ -518,15 +526,9 @@ fn rss_kib(pid: u32) -> u64 {
 /// (the host still pings through it) nor grow netback's memory.
 #[test]
 fn test_multi_queue_spread_and_a_flooding_queue_starves_nobody() {
-    let ns = Netns::new("mq");
-    let xs = XenstoredProc::start(&[]);
-    let dir = tempdir();
-    let dom = FakeDomain::start(&dir, 6, 128, 32);
-    Netfront::create_device(&xs.socket, 6, 0, "00:16:3e:12:34:56").unwrap();
+    let Vif { ns, xs: _xs, dir, dom: _dom, netback, mut f } = Vif::connected("mq", 6, 128, "xkt2", 2, false);
     let log = dir.join("netback.log");
-    let netback = start_netback(&ns, &dom, &xs, "xkt2", &["--max-queues", "2"], &dir);
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
-    let mut f = Netfront::connect_queues(dom.clone(), &xs.socket, 0, 2, false).unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
     assert_eq!(f.backend_key("multi-queue-max-queues").unwrap(), "2");
     ns.run(&["ip", "addr", "add", "10.99.0.1/24", "dev", "xkt2"]);
     ns.run(&["ip", "link", "set", "xkt2", "up"]);
@@ -625,14 +627,8 @@ fn recv_some(f: &mut Netfront, timeout: Duration) -> Vec<xenkvm_tests::netfront:
 
 #[test]
 fn test_rx_jumbo_frames_and_read_only_rx_buffers() {
-    let ns = Netns::new("nbrx");
-    let xs = XenstoredProc::start(&[]);
-    let dir = tempdir();
-    let dom = FakeDomain::start(&dir, 4, 64, 32);
-    Netfront::create_device(&xs.socket, 4, 0, "00:16:3e:12:34:56").unwrap();
-    let _netback = start_netback(&ns, &dom, &xs, "xkt2", &[], &dir);
+    let Vif { ns, xs: _xs, dir, dom, netback: _netback, mut f } = Vif::connected("nbrx", 4, 64, "xkt2", 1, false);
     let logs = || std::fs::read_to_string(dir.join("netback.log")).unwrap_or_default();
-    let mut f = Netfront::connect(dom.clone(), &xs.socket, 0, false).unwrap_or_else(|e| panic!("{e:#}\n{}", logs()));
     ns.run(&["ip", "addr", "add", "10.99.2.1/24", "dev", "xkt2"]);
     ns.run(&["ip", "link", "set", "xkt2", "mtu", "9000", "up"]);
     ns.run(&["ip", "neigh", "replace", "10.99.2.2", "lladdr", "00:16:3e:12:34:56", "dev", "xkt2"]);

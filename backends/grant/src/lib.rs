@@ -329,16 +329,9 @@ impl GrantedPage<'_, '_> {
         Ok(())
     }
 
-    /// The address of the `len` bytes at `offset`, to hand to the kernel
-    /// (an iovec the kernel reads); valid while this grant is held.
-    /// Refused past the page.
-    pub fn addr(&self, offset: usize, len: usize) -> Result<*const u8, GrantError> {
-        let s = self.page.subslice(offset, len).map_err(|_| GrantError::BadRef(self.gref))?;
-        Ok(s.ptr_guard().as_ptr())
-    }
-
-    /// As [`GrantedPage::addr`], for the kernel to write into (an iovec
-    /// of a read); refused for a read grant.
+    /// The address of the `len` bytes at `offset`, for the kernel to
+    /// write into (an iovec of a read); valid while this grant is held.
+    /// Refused past the page, and for a read grant.
     pub fn addr_mut(&self, offset: usize, len: usize) -> Result<*mut u8, GrantError> {
         if self.access != Access::Write {
             return Err(GrantError::ReadOnly(self.gref));

@@ -225,11 +225,6 @@ impl<'t, 'a> TxBatch<'t, 'a> {
         TxBatch { slots: (0..packets.max(1)).map(|_| slot()).collect(), writes: FrameBatch::default(), taken: 0, full: false }
     }
 
-    /// Packets taken and not yet answered.
-    pub fn taken(&self) -> usize {
-        self.taken
-    }
-
     /// Whether the last take filled the batch (more requests may wait).
     pub fn is_full(&self) -> bool {
         self.full

@@ -377,22 +377,29 @@ impl Net {
         }
     }
 
+    /// Ethernet and IPv4 headers (20 bytes, checksummed) to the peer at
+    /// `mac` in the first 34 bytes of `h` (zeroed by the caller), for an
+    /// IP packet of `ip_len` bytes carrying protocol `proto`.
+    fn ipv4_header(&self, h: &mut [u8], mac: [u8; 6], proto: u8, ip_len: usize) {
+        h[0..6].copy_from_slice(&mac);
+        h[6..12].copy_from_slice(&self.mac);
+        h[12..14].copy_from_slice(&[0x08, 0x00]);
+        h[14] = 0x45;
+        h[16..18].copy_from_slice(&(ip_len as u16).to_be_bytes());
+        h[22] = 64;
+        h[23] = proto;
+        h[26..30].copy_from_slice(&self.ip);
+        h[30..34].copy_from_slice(&self.peer);
+        let c = checksum(&h[14..34]);
+        h[24..26].copy_from_slice(&c.to_be_bytes());
+    }
+
     /// A TCP segment's headers (Ethernet, IPv4, TCP with `opts`) for
     /// `len` payload bytes, its checksum left to the backend.
     fn tcp_header(&self, h: &mut [u8; 64], flags: u8, seq: u32, opts: &[u8], len: usize) -> usize {
         let hl = 54 + opts.len();
         h[..hl].fill(0);
-        h[0..6].copy_from_slice(&self.peer_mac.unwrap_or([0xff; 6]));
-        h[6..12].copy_from_slice(&self.mac);
-        h[12..14].copy_from_slice(&[0x08, 0x00]);
-        h[14] = 0x45;
-        h[16..18].copy_from_slice(&((hl - 14 + len) as u16).to_be_bytes());
-        h[22] = 64;
-        h[23] = 6;
-        h[26..30].copy_from_slice(&self.ip);
-        h[30..34].copy_from_slice(&self.peer);
-        let c = checksum(&h[14..34]);
-        h[24..26].copy_from_slice(&c.to_be_bytes());
+        self.ipv4_header(h, self.peer_mac.unwrap_or([0xff; 6]), 6, hl - 14 + len);
         h[34..36].copy_from_slice(&TCP_PORT.to_be_bytes());
         h[36..38].copy_from_slice(&self.tcp.port.to_be_bytes());
         h[38..42].copy_from_slice(&seq.to_be_bytes());
@@ -532,17 +539,7 @@ impl Net {
     fn udp(&mut self, mac: [u8; 6], payload: &[u8]) {
         let mut f = [0u8; 128];
         let n = 42 + payload.len();
-        f[0..6].copy_from_slice(&mac);
-        f[6..12].copy_from_slice(&self.mac);
-        f[12..14].copy_from_slice(&[0x08, 0x00]);
-        f[14] = 0x45;
-        f[16..18].copy_from_slice(&((28 + payload.len()) as u16).to_be_bytes());
-        f[22] = 64;
-        f[23] = 17;
-        f[26..30].copy_from_slice(&self.ip);
-        f[30..34].copy_from_slice(&self.peer);
-        let c = checksum(&f[14..34]);
-        f[24..26].copy_from_slice(&c.to_be_bytes());
+        self.ipv4_header(&mut f, mac, 17, 28 + payload.len());
         f[34..36].copy_from_slice(&4321u16.to_be_bytes());
         f[36..38].copy_from_slice(&5555u16.to_be_bytes());
         f[38..40].copy_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
