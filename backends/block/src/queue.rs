@@ -116,10 +116,6 @@ pub struct QueueCtx<'s, 't, 'a> {
 
 const BATCH: usize = 64;
 
-/// Requests in flight from which io_uring runs new ones on its workers
-/// (see [`Uring::push`]).
-const DEEP_QUEUE: usize = 4;
-
 /// Where `job` can run asynchronously: the file and the offset in it (a
 /// flush needs no offset). Begins a direct I/O on the image (see
 /// [`Image::begin_direct`]); None leaves the job to the pool.
@@ -246,8 +242,7 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
                 ring.put_response(id, op, status);
             } else if let Some((u, (file, at))) = uring.as_mut().filter(|_| to_uring).zip(direct_target(ctx.image, &job)) {
                 via_uring += 1;
-                let deep = in_flight >= DEEP_QUEUE;
-                if let Err((job, e)) = u.push(file, at, job, deep) {
+                if let Err((job, e)) = u.push(file, at, job) {
                     if !matches!(job.work, Work::Flush) {
                         ctx.image.end_direct();
                     }
