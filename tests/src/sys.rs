@@ -84,3 +84,56 @@ pub fn packet_socket(ifname: &str, vnet_hdr: bool) -> std::io::Result<File> {
     }
     Ok(f)
 }
+
+/// How fast each CPU this process may run on goes through a fixed loop
+/// while all of them run it at once, relative to the fastest (1.0), in CPU
+/// order. On this project's shared machines one vCPU is at times 2–3× as
+/// slow as the other: a one-thread baseline runs on the fast one, a
+/// pipeline of threads waits for the slow one; the benchmarks print this
+/// so their ratios can be read.
+pub fn cpu_speeds() -> Vec<f64> {
+    // SAFETY: cpu_set_t is plain data; zeroed is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the set lives across the call and its size is passed.
+    if unsafe { libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) } != 0 {
+        return Vec::new();
+    }
+    // SAFETY: CPU_ISSET reads the set at an index below CPU_SETSIZE.
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize).filter(|&c| unsafe { libc::CPU_ISSET(c, &set) }).collect();
+    let start = std::sync::Barrier::new(cpus.len());
+    let times: Vec<f64> = std::thread::scope(|s| {
+        let runs: Vec<_> = cpus
+            .iter()
+            .map(|&cpu| {
+                let start = &start;
+                s.spawn(move || {
+                    // SAFETY: as above, for a set of one CPU of our own.
+                    let pinned = unsafe {
+                        let mut one: libc::cpu_set_t = std::mem::zeroed();
+                        libc::CPU_SET(cpu, &mut one);
+                        libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &one) == 0
+                    };
+                    start.wait();
+                    let t = std::time::Instant::now();
+                    let mut x = 0u64;
+                    for i in 0..20_000_000u64 {
+                        x = std::hint::black_box(x.wrapping_add(i));
+                    }
+                    if pinned {
+                        t.elapsed().as_secs_f64()
+                    } else {
+                        f64::NAN
+                    }
+                })
+            })
+            .collect();
+        runs.into_iter().map(|r| r.join().unwrap_or(f64::NAN)).collect()
+    });
+    let best = times.iter().copied().filter(|t| t.is_finite()).fold(f64::MAX, f64::min);
+    times.iter().map(|t| best / t).collect()
+}
+
+/// The slowest CPU's speed relative to the fastest (see [`cpu_speeds`]).
+pub fn cpu_balance() -> f64 {
+    cpu_speeds().into_iter().filter(|s| s.is_finite()).fold(1.0, f64::min)
+}
