@@ -26,7 +26,7 @@ use xenkvm_net::offload::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
 use xenkvm_net::tap::{self, TapQueue};
 use xenkvm_tests::blkfront::FakeDomain;
 use xenkvm_tests::netfront::Netfront;
-use xenkvm_tests::sys::{cpu_balance, packet_socket, poll_in, unshare_net};
+use xenkvm_tests::sys::{packet_socket, poll_in, unshare_net};
 use xenkvm_tests::{binary, tempdir, XenstoredProc};
 
 #[derive(Clone, Copy)]
@@ -235,9 +235,7 @@ fn main() -> anyhow::Result<()> {
         }
         let tx_frames = vec![granted];
         let mut pairs = Vec::new();
-        let mut balance = Vec::new();
         for _ in 0..rounds {
-            balance.push(cpu_balance());
             let (o, b) = if c.rx {
                 (rx_ours(&mut f, &c, slice), rx_direct(&direct, &c, slice))
             } else {
@@ -251,14 +249,7 @@ fn main() -> anyhow::Result<()> {
         pairs.sort_by(|x, y| x.2.total_cmp(&y.2));
         let (ours, base, ratio) = pairs[pairs.len() / 2];
         let unit = |pps: f64| if c.gso { format!("{:.2}Gbit/s", pps * c.size as f64 * 8.0 / 1e9) } else { format!("{pps:.0}pps") };
-        balance.sort_by(f64::total_cmp);
-        println!(
-            "BENCH case={} netback={} direct={} ratio={ratio:.2} target=0.80 cpu_balance={:.2}",
-            c.name,
-            unit(ours),
-            unit(base),
-            balance[balance.len() / 2]
-        );
+        println!("BENCH case={} netback={} direct={} ratio={ratio:.2} target=0.80", c.name, unit(ours), unit(base));
         worst = worst.min(ratio);
     }
     println!("# lowest ratio: {worst:.2}");
