@@ -348,8 +348,10 @@ fn main() -> anyhow::Result<()> {
         }
         f.close()?;
     }
-    let (name, r) = worst.iter().cloned().fold((String::new(), f64::MAX), |a, b| if b.1 < a.1 { b } else { a });
-    println!("# lowest ratio: {r:.2} ({name})");
+    match worst.iter().cloned().reduce(|a, b| if b.1 < a.1 { b } else { a }) {
+        Some((name, r)) => println!("# lowest ratio: {r:.2} ({name})"),
+        None => println!("# no case matched"),
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
