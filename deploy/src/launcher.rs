@@ -108,9 +108,17 @@ impl Record {
     }
 }
 
+/// Whether a process runs; a zombie (exited, not yet reaped) does not.
 fn alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    if let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        // The state follows the command name, which may itself hold ')'.
+        return stat.rsplit_once(')').and_then(|(_, rest)| rest.trim_start().chars().next()).is_some_and(|st| st != 'Z' && st != 'X');
+    }
     // SAFETY: signal 0 only checks that the process exists.
-    pid != 0 && unsafe { libc::kill(pid as libc::pid_t, 0) } == 0
+    unsafe { libc::kill(pid as libc::pid_t, 0) == 0 }
 }
 
 /// Running domains (records whose launcher is alive); stale ones are removed.
@@ -314,8 +322,9 @@ pub fn run(paths: &Paths, cfg: &DomainConfig, mut ready: impl FnMut(u16)) -> any
     record.save(paths)?;
     drop(lock);
     let result = supervise(paths, cfg, &mut record, &mut ready, &mut xenstored_child, &reports);
-    let _ = std::fs::remove_dir_all(paths.domain_dir(domid));
+    // The record goes last: `list` and `destroy` treat it as the domain.
     let _ = std::fs::remove_file(paths.vmm_socket(domid));
+    let _ = std::fs::remove_dir_all(paths.domain_dir(domid));
     result
 }
 
@@ -934,15 +943,16 @@ pub fn destroy(paths: &Paths, r: &Record) -> anyhow::Result<()> {
         // SAFETY: plain kill(2) of the vmm's pid from the record.
         unsafe { libc::kill(r.vmm_pid as libc::pid_t, libc::SIGKILL) };
     }
-    wait_gone(paths, r.domid, Duration::from_secs(10))
+    wait_gone(paths, r, Duration::from_secs(30))
 }
 
-/// Waits until a domain's record is gone.
-pub fn wait_gone(paths: &Paths, domid: u16, timeout: Duration) -> anyhow::Result<()> {
+/// Waits until a domain is gone: its record, and its launcher, which may
+/// still be removing the domain's other files when the record is gone.
+pub fn wait_gone(paths: &Paths, r: &Record, timeout: Duration) -> anyhow::Result<()> {
     let start = Instant::now();
-    while domains(paths).iter().any(|x| x.domid == domid) {
+    while domains(paths).iter().any(|x| x.domid == r.domid) || alive(r.launcher_pid) {
         if start.elapsed() > timeout {
-            bail!("domain {domid} is still there after {timeout:?}");
+            bail!("domain {} ({}) is still there after {timeout:?}", r.domid, r.name);
         }
         std::thread::sleep(Duration::from_millis(20));
     }

@@ -152,7 +152,7 @@ fn run(args: Args) -> anyhow::Result<i32> {
             let r = launcher::find(&paths, &domain)?;
             launcher::request_shutdown(&paths, &r, if reboot { "reboot" } else { "poweroff" })?;
             if wait {
-                launcher::wait_gone(&paths, r.domid, Duration::from_secs(60))?;
+                launcher::wait_gone(&paths, &r, Duration::from_secs(60))?;
             }
             Ok(0)
         }
