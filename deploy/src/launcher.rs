@@ -322,7 +322,8 @@ pub fn run(paths: &Paths, cfg: &DomainConfig, mut ready: impl FnMut(u16)) -> any
     record.save(paths)?;
     drop(lock);
     let result = supervise(paths, cfg, &mut record, &mut ready, &mut xenstored_child, &reports);
-    // The record goes last: `list` and `destroy` treat it as the domain.
+    // `destroy` and `shutdown -w` return once this process has ended, so
+    // nothing of the domain is left by then.
     let _ = std::fs::remove_file(paths.vmm_socket(domid));
     let _ = std::fs::remove_dir_all(paths.domain_dir(domid));
     result
