@@ -127,7 +127,8 @@ fn fold(mut acc: u32) -> u16 {
 pub const TX_HEAD: usize = 256;
 
 /// Prepares a frame of `len` bytes, whose first bytes (at least
-/// `min(len, TX_HEAD)`) are `pkt`, for a tap that finishes the checksum
+/// `min(len, TX_HEAD)`; not read when neither offload is asked) are `pkt`,
+/// for a tap that finishes the checksum
 /// (`csum_blank`) and, with `gso = Some((type, size))`, segments it;
 /// returns the header to write before it.
 pub fn tx_offload(pkt: &mut [u8], len: usize, csum_blank: bool, gso: Option<(u8, u16)>) -> Result<VnetHdr, OffloadError> {

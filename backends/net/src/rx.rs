@@ -273,6 +273,6 @@ mod tests {
         assert!(slots_needed(&gso4, MAX_PAGES * PAGE_SIZE + 1, sg).is_err(), "more than 17 buffers");
         assert_eq!(max_slots(sg), 18);
         assert_eq!(max_slots(RxFeatures::default()), 1);
-        assert!(FRAME_BUF > VNET_HDR_LEN + MAX_PAGES * PAGE_SIZE);
+        const { assert!(FRAME_BUF > VNET_HDR_LEN + MAX_PAGES * PAGE_SIZE) };
     }
 }

@@ -189,9 +189,7 @@ pub fn poll_briefly_any(ports: &[u32]) {
 
 /// Sleeps in `SCHEDOP_poll` until `port` is pending or 10 ms pass.
 pub fn poll_briefly(port: u32) {
-    let mut ports = [port];
-    let p = xen_abi::sched::SchedPoll64 { ports: ports.as_mut_ptr() as u64, nr_ports: 1, pad: 0, timeout: now(0) + 10_000_000 };
-    hcall::sched_op(xen_abi::sched::SCHEDOP_POLL, &p as *const _ as u64);
+    poll_briefly_any(&[port]);
 }
 
 #[no_mangle]

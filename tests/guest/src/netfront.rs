@@ -185,10 +185,21 @@ impl Net {
             id: (self.s.tx_prod % RING) as u16,
             size: frame.len() as u16,
         };
+        self.put_tx_slot(r);
+        self.publish_tx();
+    }
+
+    /// Writes `slot` (a request or an extra-info) at the next TX slot.
+    fn put_tx_slot<T: Copy>(&mut self, slot: T) {
+        const { assert!(core::mem::size_of::<T>() <= netif::TX_SLOT) };
         let at = 64 + (self.s.tx_prod % RING) as usize * netif::TX_SLOT;
-        // SAFETY: inside the TX ring page.
-        unsafe { write_volatile(tx_ring(self.q).add(at) as *mut TxRequest, r) };
+        // SAFETY: a slot of the TX ring page, and `T` fits in it.
+        unsafe { write_volatile(tx_ring(self.q).add(at) as *mut T, slot) };
         self.s.tx_prod = self.s.tx_prod.wrapping_add(1);
+    }
+
+    /// Publishes the TX requests written and kicks the backend.
+    fn publish_tx(&self) {
         fence(Ordering::SeqCst);
         word(tx_ring(self.q), 0).store(self.s.tx_prod, Ordering::Release);
         crate::events::notify(self.s.port);
@@ -456,23 +467,14 @@ impl Net {
                 id: (self.s.tx_prod % RING) as u16,
                 size: size as u16,
             };
-            let at = 64 + (self.s.tx_prod % RING) as usize * netif::TX_SLOT;
-            // SAFETY: inside the TX ring page.
-            unsafe { write_volatile(tx_ring(self.q).add(at) as *mut TxRequest, r) };
-            self.s.tx_prod = self.s.tx_prod.wrapping_add(1);
+            self.put_tx_slot(r);
             if p == 0 {
-                let e = ExtraInfo::gso(TCP_MSS - 12, netif::GSO_TYPE_TCPV4);
-                let at = 64 + (self.s.tx_prod % RING) as usize * netif::TX_SLOT;
-                // SAFETY: inside the TX ring page.
-                unsafe { write_volatile(tx_ring(self.q).add(at) as *mut ExtraInfo, e) };
-                self.s.tx_prod = self.s.tx_prod.wrapping_add(1);
+                self.put_tx_slot(ExtraInfo::gso(TCP_MSS - 12, netif::GSO_TYPE_TCPV4));
             }
         }
         // The round-robin single-slot frames start after these pages.
         self.s.next_tx = pages;
-        fence(Ordering::SeqCst);
-        word(tx_ring(self.q), 0).store(self.s.tx_prod, Ordering::Release);
-        crate::events::notify(self.s.port);
+        self.publish_tx();
         true
     }
 

@@ -437,7 +437,6 @@ pub fn scenario_wait_shutdown(c: &mut Checks) {
 }
 
 /// Grant-table frame and ring page of the channel frontend.
-static mut CHANNEL_GT: crate::hcall::Page = crate::hcall::Page([0; 4096]);
 static mut CHANNEL_RING: crate::hcall::Page = crate::hcall::Page([0; 4096]);
 /// The first grant reference a guest may use (0..7 are reserved).
 const CHANNEL_GREF: usize = 8;
@@ -449,8 +448,6 @@ const CHANNEL_GREF: usize = 8;
 /// backend takes them), then closes as Linux's frontends do: Closing,
 /// Closed once the backend is Closing, and the backend then Closed.
 pub fn scenario_channel(c: &mut Checks, lines: u64) {
-    use xen_abi::grant_table::{GrantEntryV1, GTF_PERMIT_ACCESS};
-    use xen_abi::memory::{XenAddToPhysmap64, XENMAPSPACE_GRANT_TABLE, XENMEM_ADD_TO_PHYSMAP};
     let Some(mut xs) = Xs::open() else {
         check!(c, "xs.ring", false, "no store ring");
         return;
@@ -472,19 +469,9 @@ pub fn scenario_channel(c: &mut Checks, lines: u64) {
         return;
     }
     // Grant the ring page to dom0.
-    let gt = addr_of_mut!(CHANNEL_GT) as u64;
     let ring = addr_of_mut!(CHANNEL_RING) as *mut u8;
-    let x = XenAddToPhysmap64 { domid: xen_abi::DOMID_SELF, size: 0, space: XENMAPSPACE_GRANT_TABLE, idx: 0, gpfn: gt >> 12 };
-    let rm = hcall::memory_op(XENMEM_ADD_TO_PHYSMAP, &x as *const _ as u64);
-    let entry = (gt as *mut GrantEntryV1).wrapping_add(CHANNEL_GREF);
-    // SAFETY: grant frame 0 is mapped at `gt`; domid and frame are written
-    // before the flags that make the entry valid, as Xen requires.
-    unsafe {
-        write_volatile(core::ptr::addr_of_mut!((*entry).frame), (ring as u64 >> 12) as u32);
-        write_volatile(core::ptr::addr_of_mut!((*entry).domid), 0);
-        fence(Ordering::SeqCst);
-        write_volatile(core::ptr::addr_of_mut!((*entry).flags), GTF_PERMIT_ACCESS);
-    }
+    let rm = crate::grants::map_table();
+    crate::grants::grant(CHANNEL_GREF as u32, ring as u64);
     let port = crate::events::alloc_unbound(0);
     let mut digits = [0u8; 20];
     let ok = rm == 0
