@@ -213,7 +213,9 @@ pub fn ensure_xenstored(paths: &Paths) -> anyhow::Result<Option<Child>> {
             }
             bail!("xenkvm-xenstored exited ({st}); see {}", log_path.display());
         }
-        if std::os::unix::net::UnixStream::connect(&paths.xenstored).is_ok() {
+        // Serving, not just bound: the socket listens before the daemon
+        // enters its jail, so only a reply says it got through.
+        if xenstored_answers(&paths.xenstored) {
             break;
         }
         if start.elapsed() > Duration::from_secs(10) {
@@ -223,6 +225,16 @@ pub fn ensure_xenstored(paths: &Paths) -> anyhow::Result<Option<Child>> {
     }
     tracing::info!(event = "launcher.xenstored_started", pid = child.id());
     Ok(Some(child))
+}
+
+/// Whether the daemon on `socket` answers a request (within 2 s).
+fn xenstored_answers(socket: &Path) -> bool {
+    xenstore::client::Client::connect(socket)
+        .and_then(|mut c| {
+            c.set_timeout(Duration::from_secs(2))?;
+            c.directory(0, "/")
+        })
+        .is_ok()
 }
 
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -379,17 +391,21 @@ fn supervise(
         let mut vmm = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(vmm_log).spawn().context("starting xenkvm-vmm")?;
         record.vmm_pid = vmm.id();
         record.save(paths)?;
-        // Device nodes exist before their backends look.
-        if !cfg.channels.is_empty() || !cfg.disks.is_empty() || !cfg.vifs.is_empty() {
-            wait_introduced(paths, cfg, domid)?;
-        }
-        if !cfg.channels.is_empty() {
-            add_channels(paths, cfg, domid)?;
-        }
-        let mut blkbacks = start_disks(paths, cfg, domid)?;
-        blkbacks.extend(start_vifs(paths, cfg, domid)?);
-        // Devices are in place: let the guest run (libxl's unpause).
-        unpause(paths, domid).with_context(|| format!("unpausing domain {domid}; see {}", paths.log(&cfg.name, "vmm").display()))?;
+        let mut blkbacks = match attach_devices_and_unpause(paths, cfg, domid) {
+            Ok(b) => b,
+            Err(e) => {
+                // The vmm dying first is the likely cause: say how it ended.
+                let deadline = Instant::now() + Duration::from_secs(1);
+                while matches!(vmm.try_wait(), Ok(None)) && Instant::now() < deadline {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                if let Ok(Some(st)) = vmm.try_wait() {
+                    report_vmm_end(paths, cfg, &st);
+                }
+                kill(&mut vmm);
+                return Err(e);
+            }
+        };
         let (xenstored, logs, vmm_socket, console_log, console_socket, consoled_log) = (
             paths.xenstored.clone(),
             paths.run_dir.join("logs"),
@@ -503,13 +519,7 @@ fn supervise(
             }
         }
         if xenkvm_sandbox::killed_by_seccomp(&status) {
-            tracing::error!(event = "launcher.vmm_killed", domid, "xenkvm-vmm was killed by its seccomp filter");
-            let _ = writeln!(
-                std::io::stderr(),
-                "xenkvm: xenkvm-vmm for {} was killed by its seccomp filter (SIGSYS: a syscall outside its allow-list); see {}",
-                cfg.name,
-                paths.log(&cfg.name, "vmm").display()
-            );
+            report_vmm_end(paths, cfg, &status);
         }
         let stopped = Stopped::from_code(status.code());
         let action = match stopped {
@@ -524,6 +534,41 @@ fn supervise(
             continue;
         }
         return Ok(stopped.exit_code());
+    }
+}
+
+/// Puts the guest's devices in place and lets it run (libxl's unpause);
+/// the backends started. A backend started before a failure is killed
+/// when it drops.
+fn attach_devices_and_unpause(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<Vec<Supervised>> {
+    // Device nodes exist before their backends look.
+    if !cfg.channels.is_empty() || !cfg.disks.is_empty() || !cfg.vifs.is_empty() {
+        wait_introduced(paths, cfg, domid)?;
+    }
+    if !cfg.channels.is_empty() {
+        add_channels(paths, cfg, domid)?;
+    }
+    let mut backends = start_disks(paths, cfg, domid)?;
+    backends.extend(start_vifs(paths, cfg, domid)?);
+    unpause(paths, domid).with_context(|| format!("unpausing domain {domid}; see {}", paths.log(&cfg.name, "vmm").display()))?;
+    Ok(backends)
+}
+
+/// Tells the user how a vmm that ended abnormally ended; a seccomp kill
+/// (a syscall outside its allow-list) is named as such.
+fn report_vmm_end(paths: &Paths, cfg: &DomainConfig, st: &std::process::ExitStatus) {
+    let log = paths.log(&cfg.name, "vmm");
+    if xenkvm_sandbox::killed_by_seccomp(st) {
+        tracing::error!(event = "launcher.vmm_killed", name = cfg.name, "xenkvm-vmm was killed by its seccomp filter");
+        let _ = writeln!(
+            std::io::stderr(),
+            "xenkvm: xenkvm-vmm for {} was killed by its seccomp filter (SIGSYS: a syscall outside its allow-list); see {}",
+            cfg.name,
+            log.display()
+        );
+    } else {
+        tracing::error!(event = "launcher.vmm_died", name = cfg.name, status = %st);
+        let _ = writeln!(std::io::stderr(), "xenkvm: xenkvm-vmm for {} ended ({st}) before its guest ran; see {}", cfg.name, log.display());
     }
 }
 
@@ -590,6 +635,16 @@ const CRASH_LOOP: Duration = Duration::from_millis(250);
 /// Restarts allowed within [`RESTART_WINDOW`].
 const MAX_RESTARTS: usize = 100;
 const RESTART_WINDOW: Duration = Duration::from_secs(60);
+
+/// A backend is never left behind: one dropped (its guest's set-up failed,
+/// or the guest is gone and it was reaped) is killed.
+impl Drop for Supervised {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            kill(&mut self.child);
+        }
+    }
+}
 
 impl Supervised {
     fn start(device: String, binary: &'static str, mut spawn: Box<dyn FnMut() -> anyhow::Result<Child>>) -> anyhow::Result<Supervised> {

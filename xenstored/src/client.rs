@@ -43,6 +43,11 @@ impl Client {
         Ok(Client { stream, input: Decoder::default(), next_req: 1, events: VecDeque::new() })
     }
 
+    /// How long a reply may take (30 s from [`Client::connect`]).
+    pub fn set_timeout(&mut self, timeout: Duration) -> Result<()> {
+        Ok(self.stream.set_read_timeout(Some(timeout))?)
+    }
+
     fn recv(&mut self) -> Result<Message> {
         loop {
             if let Some(m) = self.input.next().map_err(ClientError::Protocol)? {
