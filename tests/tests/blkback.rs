@@ -229,32 +229,41 @@ fn test_qcow2_four_queues_multi_page_rings_indirect_persistent_x86_32() {
     expect[20480 * 512..(20480 + 1024) * 512].fill(0);
     assert_eq!(f.call(3, &Req::Rw { op: blkif::OP_FLUSH_DISKCACHE, id: 15, sector: 0, segs: vec![], nr: 0 }).unwrap(), ok(15, 3));
     // Many requests in flight at once: reads and rewrites of allocated
-    // clusters go straight to the file through io_uring, while a discard on
-    // another queue (which may free clusters) waits for them.
+    // clusters go straight to the file through io_uring. Alone first (so
+    // they do take that path), then beside a discard on another queue
+    // (which may free clusters: whichever comes first, the other waits).
     let (rgfn, rsegs) = page_segments(&r.dom, 16, false);
     let (wgfn, wsegs) = page_segments(&r.dom, 16, true);
-    for i in 0..16u64 {
-        let rd_sector = 4096 + 64 + i * 8;
-        f.put(0, &Req::Rw { op: blkif::OP_READ, id: 100 + i, sector: rd_sector, segs: vec![rsegs[i as usize]], nr: 1 });
-        let wr_sector = 64 + i * 8;
-        let mut page = vec![0u8; 4096];
-        pattern(77, wr_sector, &mut page);
-        r.dom.mem(wgfn + i, 0, 4096).copy_from(&page);
-        expect[(wr_sector * 512) as usize..(wr_sector * 512) as usize + 4096].copy_from_slice(&page);
-        f.put(0, &Req::Rw { op: blkif::OP_WRITE, id: 200 + i, sector: wr_sector, segs: vec![wsegs[i as usize]], nr: 1 });
-    }
-    f.put(2, &Req::Discard { id: 300, sector: 3 * 4096, count: 128, secure: false });
-    expect[3 * 4096 * 512..(3 * 4096 + 128) * 512].fill(0);
-    f.push(0);
-    f.push(2);
-    let rsps = f.wait_responses(0, 32, std::time::Duration::from_secs(20)).unwrap();
-    assert!(rsps.iter().all(|r| r.status == blkif::RSP_OKAY), "{rsps:?}");
-    assert_eq!(f.wait_responses(2, 1, std::time::Duration::from_secs(20)).unwrap(), [ok(300, blkif::OP_DISCARD)]);
-    for i in 0..16u64 {
-        let mut page = vec![0u8; 4096];
-        r.dom.mem(rgfn + i, 0, 4096).copy_to(&mut page);
-        let at = ((4096 + 64 + i * 8) * 512) as usize;
-        assert!(page == expect[at..at + 4096], "in-flight read {i}");
+    for with_discard in [false, true] {
+        for i in 0..16u64 {
+            let rd_sector = 4096 + 64 + i * 8;
+            f.put(0, &Req::Rw { op: blkif::OP_READ, id: 100 + i, sector: rd_sector, segs: vec![rsegs[i as usize]], nr: 1 });
+            let wr_sector = 64 + i * 8;
+            let mut page = vec![0u8; 4096];
+            pattern(if with_discard { 78 } else { 77 }, wr_sector, &mut page);
+            r.dom.mem(wgfn + i, 0, 4096).copy_from(&page);
+            expect[(wr_sector * 512) as usize..(wr_sector * 512) as usize + 4096].copy_from_slice(&page);
+            f.put(0, &Req::Rw { op: blkif::OP_WRITE, id: 200 + i, sector: wr_sector, segs: vec![wsegs[i as usize]], nr: 1 });
+        }
+        if with_discard {
+            f.put(2, &Req::Discard { id: 300, sector: 3 * 4096, count: 128, secure: false });
+            expect[3 * 4096 * 512..(3 * 4096 + 128) * 512].fill(0);
+        }
+        f.push(0);
+        if with_discard {
+            f.push(2);
+        }
+        let rsps = f.wait_responses(0, 32, std::time::Duration::from_secs(20)).unwrap();
+        assert!(rsps.iter().all(|r| r.status == blkif::RSP_OKAY), "{rsps:?}");
+        if with_discard {
+            assert_eq!(f.wait_responses(2, 1, std::time::Duration::from_secs(20)).unwrap(), [ok(300, blkif::OP_DISCARD)]);
+        }
+        for i in 0..16u64 {
+            let mut page = vec![0u8; 4096];
+            r.dom.mem(rgfn + i, 0, 4096).copy_to(&mut page);
+            let at = ((4096 + 64 + i * 8) * 512) as usize;
+            assert!(page == expect[at..at + 4096], "in-flight read {i} (beside a discard: {with_discard})");
+        }
     }
     // Persistent grants: a grant reused across requests stays held by the
     // backend (GTF_reading) between them.
