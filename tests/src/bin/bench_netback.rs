@@ -15,6 +15,12 @@
 //! ratio of packets/s (Gbit/s for GSO). Target ≥ 0.8.
 //!
 //! Usage: bench-netback [--seconds S] [--rounds N] [--case NAME-PART] [--verbose]
+//!        [--compare PATH]
+//!
+//! `--compare PATH` also runs another netback build (PATH, on a second vif
+//! and tap) in the same slices, and prints its ratio and ours to it: an
+//! A/B test of a change that this machine's drifting CPU speed cannot
+//! swamp, as two separate runs are.
 
 use std::io::Write;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -139,9 +145,9 @@ fn generator(ifname: &str, c: Case, stop: Arc<AtomicBool>) -> std::thread::JoinH
 }
 
 /// Host to guest through netback: frames per second reaching the guest.
-fn rx_ours(f: &mut Netfront, c: &Case, secs: f64) -> f64 {
+fn rx_ours(f: &mut Netfront, tap: &str, c: &Case, secs: f64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
-    let g = generator("xkb0", *c, stop.clone());
+    let g = generator(tap, *c, stop.clone());
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     let mut n = 0u64;
@@ -194,26 +200,37 @@ fn main() -> anyhow::Result<()> {
     let rounds: usize = get("--rounds").map(|s| s.parse()).transpose()?.unwrap_or(5).max(1);
     let case_filter = get("--case");
     let verbose = args.iter().any(|a| a == "--verbose");
+    let compare = get("--compare");
     unshare_net().map_err(|e| anyhow::anyhow!("a network namespace of our own (needs root): {e}"))?;
     ip(&["link", "set", "lo", "up"])?;
     let dir = tempdir();
     let xs = XenstoredProc::start(&[]);
     let dom = FakeDomain::start(&dir, 7, 512, 64);
-    Netfront::create_device(&xs.socket, 7, 0, "00:16:3e:12:34:56")?;
-    let mut netback = std::process::Command::new(binary("xenkvm-netback"))
-        .arg("--vmm-socket")
-        .arg(&dom.socket)
-        .arg("--xenstored")
-        .arg(&xs.socket)
-        .args(["--devid", "0", "--tap", "xkb0", "--max-queues", "1", "--log"])
-        .arg(dir.join("netback.log"))
-        // Profiling needs the binary visible (the jail's root is empty).
-        .args(std::env::var_os("BENCH_NO_SANDBOX").map(|_| "--no-sandbox"))
-        .spawn()?;
-    let mut f = Netfront::connect(dom.clone(), &xs.socket, 0, false)?;
+    // Ours on vif 0 (tap xkb0); `--compare`'s build on vif 1 (xkb2).
+    let mut builds = vec![(binary("xenkvm-netback"), "xkb0")];
+    if let Some(other) = &compare {
+        builds.push((other.into(), "xkb2"));
+    }
+    let mut sides = Vec::new();
+    for (devid, (path, tap_name)) in builds.into_iter().enumerate() {
+        let devid = devid as u32;
+        Netfront::create_device(&xs.socket, 7, devid, &format!("00:16:3e:12:34:5{}", 6 + devid))?;
+        let netback = std::process::Command::new(path)
+            .arg("--vmm-socket")
+            .arg(&dom.socket)
+            .arg("--xenstored")
+            .arg(&xs.socket)
+            .args(["--devid", &devid.to_string(), "--tap", tap_name, "--max-queues", "1", "--log"])
+            .arg(dir.join(format!("netback-{devid}.log")))
+            // Profiling needs the binary visible (the jail's root is empty).
+            .args(std::env::var_os("BENCH_NO_SANDBOX").map(|_| "--no-sandbox"))
+            .spawn()?;
+        let f = Netfront::connect(dom.clone(), &xs.socket, devid, false)?;
+        sides.push((netback, f, tap_name));
+    }
     let direct = tap::open("xkb1", 1)?.remove(0);
     direct.set_offload(tap::TUN_F_CSUM | tap::TUN_F_TSO4)?;
-    for t in ["xkb0", "xkb1"] {
+    for t in ["xkb0", "xkb1"].into_iter().chain(compare.as_ref().map(|_| "xkb2")) {
         ip(&["link", "set", t, "up"])?;
     }
     println!("# bench-netback: one queue, {secs} s per case and side in {rounds} alternating slices (median ratio)");
@@ -228,34 +245,61 @@ fn main() -> anyhow::Result<()> {
         // runs of 8 contiguous pages with a page between runs, as Linux's
         // TCP puts an skb's data in 32 KiB page frags: netback sees the
         // layout a real guest gives it, not one contiguous buffer.
-        let mut granted = Vec::new();
-        for run in frame(c.size).chunks(8 * 4096) {
-            granted.extend(f.grant_frame(run, 4096));
-            dom.alloc_pages(1);
-        }
-        let tx_frames = vec![granted];
-        let mut pairs = Vec::new();
-        for _ in 0..rounds {
-            let (o, b) = if c.rx {
-                (rx_ours(&mut f, &c, slice), rx_direct(&direct, &c, slice))
-            } else {
-                (tx_ours(&mut f, &tx_frames, &c, slice), tx_direct(&direct, &c, slice))
-            };
-            if verbose {
-                println!("# slice {} netback={o:.0} direct={b:.0} ratio={:.2}", c.name, o / b.max(1.0));
+        let mut tx_frames = Vec::new();
+        for (_, f, _) in &mut sides {
+            let mut granted = Vec::new();
+            for run in frame(c.size).chunks(8 * 4096) {
+                granted.extend(f.grant_frame(run, 4096));
+                dom.alloc_pages(1);
             }
-            pairs.push((o, b, o / b.max(1.0)));
+            tx_frames.push(vec![granted]);
         }
-        pairs.sort_by(|x, y| x.2.total_cmp(&y.2));
-        let (ours, base, ratio) = pairs[pairs.len() / 2];
+        // Per side: (its rate, the direct rate of its round, the ratio).
+        let mut pairs = vec![Vec::new(); sides.len()];
+        for round in 0..rounds {
+            let b = if c.rx { rx_direct(&direct, &c, slice) } else { tx_direct(&direct, &c, slice) };
+            // The builds take turns going first, so neither gains from its place.
+            let mut order: Vec<usize> = (0..sides.len()).collect();
+            if round % 2 == 1 {
+                order.reverse();
+            }
+            for k in order {
+                let (_, f, tap_name) = &mut sides[k];
+                let o = if c.rx { rx_ours(f, tap_name, &c, slice) } else { tx_ours(f, &tx_frames[k], &c, slice) };
+                if verbose {
+                    println!("# slice {} build {k} netback={o:.0} direct={b:.0} ratio={:.2}", c.name, o / b.max(1.0));
+                }
+                pairs[k].push((o, b, o / b.max(1.0)));
+            }
+        }
         let unit = |pps: f64| if c.gso { format!("{:.2}Gbit/s", pps * c.size as f64 * 8.0 / 1e9) } else { format!("{pps:.0}pps") };
-        println!("BENCH case={} netback={} direct={} ratio={ratio:.2} target=0.80", c.name, unit(ours), unit(base));
+        if pairs.len() > 1 {
+            // Ours against the other build, slice by slice (same round).
+            let mut ab: Vec<f64> = pairs[0].iter().zip(&pairs[1]).map(|(a, b)| a.0 / b.0.max(1.0)).collect();
+            ab.sort_by(f64::total_cmp);
+            let mut theirs = pairs[1].clone();
+            theirs.sort_by(|x, y| x.2.total_cmp(&y.2));
+            let (o, b, r) = theirs[theirs.len() / 2];
+            println!(
+                "# compare case={} other={} direct={} ratio={r:.2}; this build/other median {:.2}",
+                c.name,
+                unit(o),
+                unit(b),
+                ab[ab.len() / 2]
+            );
+        }
+        let mut ours = std::mem::take(&mut pairs[0]);
+        ours.sort_by(|x, y| x.2.total_cmp(&y.2));
+        let (o, base, ratio) = ours[ours.len() / 2];
+        println!("BENCH case={} netback={} direct={} ratio={ratio:.2} target=0.80", c.name, unit(o), unit(base));
         worst = worst.min(ratio);
     }
     println!("# lowest ratio: {worst:.2}");
-    f.close()?;
-    let _ = netback.kill();
-    let _ = netback.wait();
+    for (mut netback, mut f, _) in sides {
+        f.close()?;
+        let _ = netback.kill();
+        let _ = netback.wait();
+    }
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
