@@ -391,7 +391,7 @@ fn supervise(
         let mut vmm = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(vmm_log).spawn().context("starting xenkvm-vmm")?;
         record.vmm_pid = vmm.id();
         record.save(paths)?;
-        let mut blkbacks = match attach_devices_and_unpause(paths, cfg, domid) {
+        let mut blkbacks = match attach_devices_and_unpause(paths, cfg, domid, &mut vmm) {
             Ok(b) => b,
             Err(e) => {
                 // The vmm dying first is the likely cause: say how it ended.
@@ -540,17 +540,17 @@ fn supervise(
 /// Puts the guest's devices in place and lets it run (libxl's unpause);
 /// the backends started. A backend started before a failure is killed
 /// when it drops.
-fn attach_devices_and_unpause(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<Vec<Supervised>> {
+fn attach_devices_and_unpause(paths: &Paths, cfg: &DomainConfig, domid: u16, vmm: &mut Child) -> anyhow::Result<Vec<Supervised>> {
     // Device nodes exist before their backends look.
     if !cfg.channels.is_empty() || !cfg.disks.is_empty() || !cfg.vifs.is_empty() {
-        wait_introduced(paths, cfg, domid)?;
+        wait_introduced(paths, cfg, domid, vmm)?;
     }
     if !cfg.channels.is_empty() {
         add_channels(paths, cfg, domid)?;
     }
     let mut backends = start_disks(paths, cfg, domid)?;
     backends.extend(start_vifs(paths, cfg, domid)?);
-    unpause(paths, domid).with_context(|| format!("unpausing domain {domid}; see {}", paths.log(&cfg.name, "vmm").display()))?;
+    unpause(paths, domid, vmm).with_context(|| format!("unpausing domain {domid}; see {}", paths.log(&cfg.name, "vmm").display()))?;
     Ok(backends)
 }
 
@@ -752,10 +752,13 @@ fn report_backend_death(name: &str, domid: u16, device: &str, st: &std::process:
 
 /// Waits until the vmm has introduced the guest to xenstored (its home
 /// exists, so device nodes can go under it).
-fn wait_introduced(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<()> {
+fn wait_introduced(paths: &Paths, cfg: &DomainConfig, domid: u16, vmm: &mut Child) -> anyhow::Result<()> {
     let mut c = xenstore::client::Client::connect(&paths.xenstored)?;
     let start = Instant::now();
     while !c.is_domain_introduced(u32::from(domid))? {
+        if let Ok(Some(st)) = vmm.try_wait() {
+            bail!("the vmm ended ({st}) before it introduced domain {domid}; see {}", paths.log(&cfg.name, "vmm").display());
+        }
         if start.elapsed() > Duration::from_secs(10) {
             bail!("the vmm did not introduce domain {domid}; see {}", paths.log(&cfg.name, "vmm").display());
         }
@@ -765,8 +768,22 @@ fn wait_introduced(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Res
 }
 
 /// Sends `Unpause` on the vmm's ipc socket.
-fn unpause(paths: &Paths, domid: u16) -> anyhow::Result<()> {
-    let ch = xenkvm_ipc::vmm::connect(&paths.vmm_socket(domid), Duration::from_secs(10))?;
+fn unpause(paths: &Paths, domid: u16, vmm: &mut Child) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let ch = loop {
+        match xenkvm_ipc::vmm::connect(&paths.vmm_socket(domid), Duration::ZERO) {
+            Ok(ch) => break ch,
+            Err(e) => {
+                if let Ok(Some(st)) = vmm.try_wait() {
+                    bail!("the vmm ended ({st})");
+                }
+                if start.elapsed() > Duration::from_secs(10) {
+                    return Err(e.into());
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    };
     xenkvm_ipc::vmm::hello(&ch, "launcher")?;
     xenkvm_ipc::vmm::call(&ch, &xenkvm_ipc::vmm::Request::Unpause)?;
     Ok(())

@@ -861,6 +861,50 @@ fn test_a_vmm_killed_by_its_filter_is_reported_by_the_launcher() {
     rd.assert_clean();
 }
 
+/// A vmm that dies before its guest runs (its timer thread makes a
+/// forbidden syscall while the launcher is still setting the guest up) is
+/// named with how it ended, at once (the launcher stops waiting for it),
+/// and nothing of the domain is left behind.
+#[test]
+fn test_a_vmm_dying_before_its_guest_runs_is_reported() {
+    let rd = RunDir::new();
+    let cfg = rd.config("vd", &guest_config("vd", "xen_version", "vif = [ \"vifname=xkd0\" ]\n"));
+    let t0 = Instant::now();
+    let out = Command::new(binary("xenkvm"))
+        .env("XENKVM_SELFTEST_FORBIDDEN_SYSCALL", "xenkvm-vmm/timers")
+        .arg("--run-dir")
+        .arg(&rd.0)
+        .args(["create", "-F", cfg.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("xenkvm-vmm for vd was killed by its seccomp filter"), "{err}");
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(8), "the launcher waited out a dead vmm: {err}");
+    assert!(!rd.log("vd", "serial").contains("PASS"), "the guest never ran");
+    rd.assert_clean();
+}
+
+/// A set-up that fails after a device backend started (here the second
+/// device: its tap name is taken by the loopback) takes the paused vmm and
+/// the backend down with it: nothing of the domain is left running (the
+/// launcher used to exit with the vmm still waiting to be unpaused).
+#[test]
+fn test_a_failed_set_up_leaves_no_backend_or_vmm_behind() {
+    let rd = RunDir::new();
+    let image = rd.0.join("fs.raw");
+    std::fs::File::create(&image).unwrap().set_len(16 << 20).unwrap();
+    let devices = format!("disk = [ \"format=raw, vdev=xvda, access=rw, target={}\" ]\nvif = [ \"vifname=lo\" ]\n", image.display());
+    let cfg = rd.config("fs", &guest_config("fs", "xen_version", &devices));
+    let out = Command::new(binary("xenkvm")).arg("--run-dir").arg(&rd.0).args(["create", "-F", cfg.to_str().unwrap()]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("creating tap lo"), "{err}");
+    assert_ne!(out.status.code(), Some(0), "{err}");
+    assert!(err.contains("\"launcher.disk\""), "the disk's backend had started: {err}");
+    assert!(!rd.log("fs", "serial").contains("PASS"), "the guest never ran");
+    rd.assert_clean();
+}
+
 /// `xenkvm create -F` of a short guest whose process (or thread) type `who`
 /// makes the test-only forbidden syscall.
 fn create_with_forbidden_syscall(rd: &RunDir, name: &str, who: &str) -> Output {
