@@ -200,6 +200,67 @@ fn raw_disk_one_queue(extra: &[&str], engine: &str) {
     let _ = std::fs::remove_dir_all(&r.dir);
 }
 
+/// A loop device over `file`, detached when dropped.
+struct LoopDevice(String);
+
+impl LoopDevice {
+    fn attach(file: &Path) -> LoopDevice {
+        let out = std::process::Command::new("losetup").args(["--find", "--show"]).arg(file).output().expect("losetup (mount)");
+        assert!(out.status.success(), "losetup: {}", String::from_utf8_lossy(&out.stderr));
+        LoopDevice(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    }
+}
+
+impl Drop for LoopDevice {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("losetup").args(["-d", &self.0]).status();
+    }
+}
+
+/// A block device (a loop device over a file): its size and discard limits
+/// come from the device (a loop device discards, in its file's blocks, and
+/// cannot erase securely); writes, reads, a flush and a discard land in the
+/// file underneath.
+#[test]
+fn test_a_block_device_write_read_flush_discard() {
+    let dir = tempdir();
+    let file = raw_image(&dir, 0x6b);
+    let dev = LoopDevice::attach(&file);
+    let mut r = rig(Path::new(&dev.0), "raw", "w", &[]);
+    let mut f = Blkfront::connect(r.dom.clone(), &r.xs.socket, DEVID, &FrontOpts::default()).unwrap();
+    assert_eq!(f.sectors, DISK_MIB * 2048);
+    for (k, v) in [("feature-discard", "1"), ("discard-secure", "0"), ("sector-size", "512")] {
+        assert_eq!(f.backend_key(k).unwrap(), v, "{k}");
+    }
+    let name = dev.0.trim_start_matches("/dev/");
+    let kernel = std::fs::read_to_string(format!("/sys/block/{name}/queue/discard_granularity")).unwrap();
+    assert_eq!(f.backend_key("discard-granularity").unwrap(), kernel.trim(), "the device's own granularity");
+    let mut expect = vec![0x6bu8; (DISK_MIB << 20) as usize];
+    assert_eq!(write_pages(&mut f, 0, 1, 0, 11, 1, &mut expect), ok(1, blkif::OP_WRITE));
+    assert_eq!(write_pages(&mut f, 0, 2, 2048, 64, 2, &mut expect), ok(2, blkif::OP_INDIRECT));
+    let last = DISK_MIB * 2048 - 8;
+    assert_eq!(write_pages(&mut f, 0, 3, last, 1, 3, &mut expect), ok(3, blkif::OP_WRITE));
+    let (rsp, data) = read_pages(&mut f, 0, 4, 2048, 64);
+    assert_eq!(rsp, ok(4, blkif::OP_INDIRECT));
+    assert!(data == expect[2048 * 512..2048 * 512 + 64 * 4096], "read back through the device");
+    let rsp = f.call(0, &Req::Discard { id: 5, sector: 8192, count: 2048, secure: false }).unwrap();
+    assert_eq!(rsp, ok(5, blkif::OP_DISCARD));
+    expect[8192 * 512..10240 * 512].fill(0);
+    let rsp = f.call(0, &Req::Discard { id: 6, sector: 0, count: 8, secure: true }).unwrap();
+    assert_eq!(rsp.status, blkif::RSP_EOPNOTSUPP, "a loop device cannot erase securely");
+    // Past the end of the device.
+    let rsp = f.call(0, &Req::Discard { id: 7, sector: DISK_MIB * 2048 - 8, count: 16, secure: false }).unwrap();
+    assert_eq!(rsp.status, blkif::RSP_ERROR);
+    assert_eq!(f.call(0, &Req::Rw { op: blkif::OP_FLUSH_DISKCACHE, id: 8, sector: 0, segs: vec![], nr: 0 }).unwrap(), ok(8, 3));
+    f.close().unwrap();
+    assert!(r.blkback.alive());
+    drop(r.blkback);
+    drop(dev);
+    assert!(std::fs::read(&file).unwrap() == expect, "the file under the device holds exactly what was written");
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_dir_all(&r.dir);
+}
+
 #[test]
 fn test_qcow2_four_queues_multi_page_rings_indirect_persistent_x86_32() {
     let dir = tempdir();

@@ -92,6 +92,8 @@ pub struct Image {
     logical_sector: u32,
     physical_sector: u32,
     block_device: bool,
+    /// The block device erases securely (`discard-secure`).
+    secure_erase: bool,
 }
 
 const BLKGETSIZE64: libc::c_ulong = 0x8008_1272;
@@ -99,6 +101,42 @@ const BLKSSZGET: libc::c_ulong = 0x1268;
 const BLKPBSZGET: libc::c_ulong = 0x127b;
 /// `BLKDISCARD` (also in the seccomp filter).
 pub(crate) const BLKDISCARD: libc::c_ulong = 0x1277;
+/// `BLKSECDISCARD` (also in the seccomp filter).
+pub(crate) const BLKSECDISCARD: libc::c_ulong = 0x127d;
+
+/// What a block device can discard (as Linux's blkback asks
+/// `bdev_max_discard_sectors` and `bdev_max_secure_erase_sectors`): the
+/// granularity in bytes when it can discard at all, and whether it erases
+/// securely.
+fn block_device_discard(file: &File, meta: &std::fs::Metadata, physical: u32) -> (Option<u32>, bool) {
+    use std::os::unix::fs::MetadataExt;
+    if !block_device_takes(file, BLKDISCARD) {
+        return (None, false);
+    }
+    // The granularity is only in sysfs; a device that does not say gets its
+    // physical sector (at least a page).
+    let rdev = meta.rdev();
+    let dev = std::path::PathBuf::from(format!("/sys/dev/block/{}:{}", libc::major(rdev), libc::minor(rdev)));
+    // A partition's limits are its disk's.
+    let queue = if dev.join("partition").exists() { dev.join("../queue") } else { dev.join("queue") };
+    let granularity = std::fs::read_to_string(queue.join("discard_granularity"))
+        .ok()
+        .and_then(|s| s.trim().parse::<u32>().ok())
+        .filter(|&g| g >= 512)
+        .unwrap_or(physical.max(4096));
+    (Some(granularity), block_device_takes(file, BLKSECDISCARD))
+}
+
+/// Whether a block device opened for writing takes `request` (BLKDISCARD
+/// or BLKSECDISCARD). The kernel checks that the device can before it reads
+/// the range: given none, it answers EFAULT where it can and EOPNOTSUPP
+/// where it cannot, and touches nothing.
+fn block_device_takes(file: &File, request: libc::c_ulong) -> bool {
+    // SAFETY: a null range: the kernel answers before reading it or fails
+    // to copy from it; no memory of ours is read or written.
+    let r = unsafe { libc::ioctl(file.as_raw_fd(), request, std::ptr::null::<u64>()) };
+    r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EFAULT)
+}
 
 fn ioctl_u64(file: &File, req: libc::c_ulong) -> std::io::Result<u64> {
     let mut v: u64 = 0;
@@ -146,14 +184,15 @@ impl Image {
                 let file = o.open(&spec.path).with_context(what)?;
                 let meta = file.metadata().with_context(what)?;
                 let block_device = meta.file_type().is_block_device();
-                let (size, logical, physical, granularity) = if block_device {
+                let (size, logical, physical, granularity, secure_erase) = if block_device {
                     let size = ioctl_u64(&file, BLKGETSIZE64).with_context(what)?;
                     let logical = ioctl_int(&file, BLKSSZGET).unwrap_or(512);
                     let physical = ioctl_int(&file, BLKPBSZGET).unwrap_or(logical);
-                    (size, logical, physical, Some(physical.max(4096)))
+                    let (granularity, secure) = if spec.readonly { (None, false) } else { block_device_discard(&file, &meta, physical) };
+                    (size, logical, physical, granularity, secure)
                 } else if meta.is_file() {
                     use std::os::unix::fs::MetadataExt;
-                    (meta.len(), 512, meta.blksize().clamp(512, 65536) as u32, Some(meta.blksize().clamp(512, 1 << 20) as u32))
+                    (meta.len(), 512, meta.blksize().clamp(512, 65536) as u32, Some(meta.blksize().clamp(512, 1 << 20) as u32), false)
                 } else {
                     anyhow::bail!("{} is neither a file nor a block device", spec.path.display());
                 };
@@ -165,6 +204,7 @@ impl Image {
                     logical_sector: logical,
                     physical_sector: physical,
                     block_device,
+                    secure_erase: secure_erase && !spec.readonly,
                 })
             }
             Format::Qcow2 => {
@@ -195,6 +235,7 @@ impl Image {
                     logical_sector: 512,
                     physical_sector: 4096,
                     block_device: false,
+                    secure_erase: false,
                 })
             }
         }
@@ -273,10 +314,11 @@ impl Image {
         }
     }
 
-    /// Whether secure discard is possible (never on files and qcow2: the
-    /// freed blocks may survive in the host filesystem).
+    /// Whether secure discard is possible: on a block device that erases
+    /// securely; never on files and qcow2 (the freed blocks may survive in
+    /// the host filesystem).
     pub fn discard_secure(&self) -> bool {
-        false
+        self.secure_erase
     }
 
     /// Reads `offset..offset+len(bufs)` into the guest's pages.
@@ -327,16 +369,19 @@ impl Image {
         }
     }
 
-    /// Discards `len` bytes at `offset`; afterwards they read as zeroes.
-    pub fn discard(&self, offset: u64, len: u64) -> std::io::Result<()> {
-        if self.readonly || self.discard_granularity.is_none() {
+    /// Discards `len` bytes at `offset` (`secure`: erases them so that
+    /// they cannot be recovered, where [`Image::discard_secure`]); afterwards
+    /// they read as zeroes.
+    pub fn discard(&self, offset: u64, len: u64, secure: bool) -> std::io::Result<()> {
+        if self.readonly || self.discard_granularity.is_none() || (secure && !self.secure_erase) {
             return Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP));
         }
         match &self.backend {
             Backend::Raw(f) if self.block_device => {
                 let range = [offset, len];
-                // SAFETY: BLKDISCARD reads two u64s from `range`, which lives across the call.
-                let r = unsafe { libc::ioctl(f.as_raw_fd(), BLKDISCARD, range.as_ptr()) };
+                let request = if secure { BLKSECDISCARD } else { BLKDISCARD };
+                // SAFETY: BLKDISCARD and BLKSECDISCARD read two u64s from `range`, which lives across the call.
+                let r = unsafe { libc::ioctl(f.as_raw_fd(), request, range.as_ptr()) };
                 if r < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
@@ -386,14 +431,17 @@ mod tests {
         std::fs::write(&raw, vec![0xabu8; 1 << 20]).unwrap();
         let img = Image::open(&ImageSpec { path: raw.clone(), format: Format::Raw, readonly: false, direct: false }).unwrap();
         assert_eq!(img.size(), 1 << 20);
-        img.discard(65536, 65536).unwrap();
+        img.discard(65536, 65536, false).unwrap();
+        // Freed blocks of a file may survive in the host filesystem.
+        assert!(!img.discard_secure());
+        assert_eq!(img.discard(0, 4096, true).unwrap_err().raw_os_error(), Some(libc::EOPNOTSUPP));
         img.flush().unwrap();
         let data = std::fs::read(&raw).unwrap();
         assert!(data[65536..131072].iter().all(|&b| b == 0), "punched hole reads zero");
         assert_eq!(data[65535], 0xab);
         assert_eq!(data[131072], 0xab);
         let ro = Image::open(&ImageSpec { path: raw, format: Format::Raw, readonly: true, direct: false }).unwrap();
-        assert!(ro.discard(0, 4096).is_err());
+        assert!(ro.discard(0, 4096, false).is_err());
         assert!(ro.write(&[], 0).is_err());
 
         let q = dir.path().join("d.qcow2");
@@ -402,7 +450,7 @@ mod tests {
             let img = Image::open(&ImageSpec { path: q, format: Format::Qcow2, readonly: false, direct: false }).unwrap();
             assert_eq!(img.size(), 4 << 20);
             assert_eq!(img.discard_granularity(), Some(65536));
-            img.discard(0, 65536).unwrap();
+            img.discard(0, 65536, false).unwrap();
             img.flush().unwrap();
         }
         assert!(Image::open(&ImageSpec { path: dir.path().join("none"), format: Format::Raw, readonly: false, direct: false }).is_err());

@@ -54,7 +54,7 @@ fn run_job(image: &Image, job: &Job) -> std::io::Result<()> {
             pre.and_then(|_| image.write(bufs, *offset)).and_then(|_| if *flush { image.flush() } else { Ok(()) })
         }
         Work::Flush => image.flush(),
-        Work::Discard { offset, len } => image.discard(*offset, *len),
+        Work::Discard { offset, len, secure } => image.discard(*offset, *len, *secure),
     }
 }
 

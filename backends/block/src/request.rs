@@ -66,6 +66,8 @@ pub enum Work<'t, 'a> {
         offset: u64,
         /// Bytes.
         len: u64,
+        /// `BLKIF_DISCARD_SECURE`: erase, not just free.
+        secure: bool,
     },
 }
 
@@ -150,7 +152,8 @@ pub fn prepare<'t, 'a>(req: RawRequest, grants: &mut Grants<'t, 'a>, limits: &De
                 return Err(refuse(id, operation, blkif::RSP_EOPNOTSUPP, "secure discard is not offered".into()));
             }
             check_range(sector, nr_sectors, limits).map_err(err)?;
-            Ok(Job { id, operation, barrier: false, work: Work::Discard { offset: sector * SECTOR, len: nr_sectors * SECTOR } })
+            let secure = flag & blkif::DISCARD_SECURE != 0;
+            Ok(Job { id, operation, barrier: false, work: Work::Discard { offset: sector * SECTOR, len: nr_sectors * SECTOR, secure } })
         }
         RawRequest::Rw { operation: op, sector, segments, nr_segments, .. } => {
             let needs_data = op == blkif::OP_READ || op == blkif::OP_WRITE;

@@ -1,7 +1,7 @@
 //! The block backend's seccomp allow-list: the common rules plus file I/O
 //! on the image it already holds (positional and vectored reads and
 //! writes, syncs, hole punching, growing a qcow2), its io_uring, and the
-//! one ioctl a block device needs at run time.
+//! two ioctls a block device needs at run time (discard, secure erase).
 
 use xenkvm_sandbox::{allow, allow_arg, common_rules, Rules};
 
@@ -28,7 +28,7 @@ pub fn rules() -> Rules {
             libc::SYS_io_uring_register,
         ],
     );
-    allow_arg(&mut r, libc::SYS_ioctl, 1, &[crate::image::BLKDISCARD]);
+    allow_arg(&mut r, libc::SYS_ioctl, 1, &[crate::image::BLKDISCARD, crate::image::BLKSECDISCARD]);
     r
 }
 
