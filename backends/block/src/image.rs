@@ -130,7 +130,9 @@ fn block_device_discard(file: &File, meta: &std::fs::Metadata, physical: u32) ->
 /// Whether a block device opened for writing takes `request` (BLKDISCARD
 /// or BLKSECDISCARD). The kernel checks that the device can before it reads
 /// the range: given none, it answers EFAULT where it can and EOPNOTSUPP
-/// where it cannot, and touches nothing.
+/// where it cannot, and touches nothing. (Kernels before 5.19 check secure
+/// erase only later: there the probe says yes, and a secure discard the
+/// device cannot do gets an error response.)
 fn block_device_takes(file: &File, request: libc::c_ulong) -> bool {
     // SAFETY: a null range: the kernel answers before reading it or fails
     // to copy from it; no memory of ours is read or written.
