@@ -7,7 +7,7 @@ use crate::*;
 #[test]
 fn messages_round_trip_with_descriptors() {
     let (a, b) = Channel::pair().unwrap();
-    let mut f = std::fs::File::from(std::os::fd::OwnedFd::from(tempfile()));
+    let mut f = std::fs::File::from(tempfile());
     f.write_all(b"guest ram").unwrap();
     a.send(&Request::BindInterdomain { guest_port: 7 }, &[f.as_fd()]).unwrap();
     let (req, fds) = b.recv::<Request>().unwrap();

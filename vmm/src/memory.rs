@@ -109,7 +109,7 @@ impl Backing {
 
     /// An atomic view of the naturally aligned u32 at `offset`.
     pub fn atomic_u32(&self, offset: usize) -> Option<&AtomicU32> {
-        if offset % 4 != 0 {
+        if !offset.is_multiple_of(4) {
             return None;
         }
         self.mmap.get_atomic_ref::<AtomicU32>(offset).ok()
@@ -287,7 +287,7 @@ impl Physmap {
     }
 
     fn atomic_slot(&self, gpa: u64, size: usize) -> Result<(&Backing, usize)> {
-        if gpa % size as u64 != 0 {
+        if !gpa.is_multiple_of(size as u64) {
             return Err(Error::Misaligned(gpa));
         }
         let (b, off, avail) = self.locate(gpa).ok_or(Error::Unmapped { gpa, len: size })?;

@@ -50,7 +50,7 @@ impl Client {
 
     fn recv(&mut self) -> Result<Message> {
         loop {
-            if let Some(m) = self.input.next().map_err(ClientError::Protocol)? {
+            if let Some(m) = self.input.next_message().map_err(ClientError::Protocol)? {
                 return Ok(m);
             }
             let mut buf = [0u8; 8192];

@@ -485,7 +485,7 @@ mod tests {
         let bytes: Vec<u8> = c.output.iter().copied().collect();
         let mut d = Decoder::default();
         d.push(&bytes);
-        let m = d.next().ok()??;
+        let m = d.next_message().ok()??;
         c.sent(m.encode().len());
         Some(m)
     }
@@ -518,8 +518,8 @@ mod tests {
         // Special watches.
         assert_eq!(req(&mut xs, dom0, ty::WATCH, 0, b"@releaseDomain\0r\0").payload, b"OK\0");
         assert_eq!(next(&mut xs, dom0).unwrap().payload, b"@releaseDomain\0r\0");
-        assert_eq!(req(&mut xs, dom0, ty::INTRODUCE, 0, b"9\0100\01\0").payload, b"OK\0");
-        assert_eq!(req(&mut xs, dom0, ty::INTRODUCE, 0, b"9\0101\01\0").payload, b"EEXIST\0");
+        assert_eq!(req(&mut xs, dom0, ty::INTRODUCE, 0, b"9\x00100\x001\0").payload, b"OK\0");
+        assert_eq!(req(&mut xs, dom0, ty::INTRODUCE, 0, b"9\x00101\x001\0").payload, b"EEXIST\0");
         // The event and the reply may come in either order (as in C xenstored).
         let mut got = [req(&mut xs, dom0, ty::RELEASE, 0, b"9\0").payload, next(&mut xs, dom0).unwrap().payload];
         got.sort();
@@ -529,7 +529,9 @@ mod tests {
     #[test]
     fn guests_cannot_manage_domains_and_have_a_transaction_quota() {
         let (mut xs, dom0, g) = setup();
-        for (t, p) in [(ty::INTRODUCE, &b"5\01\01\0"[..]), (ty::RELEASE, b"5\0"), (ty::SET_TARGET, b"4\05\0"), (ty::CONTROL, b"quota\0")] {
+        for (t, p) in
+            [(ty::INTRODUCE, &b"5\x001\x001\0"[..]), (ty::RELEASE, b"5\0"), (ty::SET_TARGET, b"4\x005\0"), (ty::CONTROL, b"quota\0")]
+        {
             assert_eq!(req(&mut xs, g, t, 0, p).payload, b"EACCES\0", "type {t}");
         }
         let t1 = req(&mut xs, g, ty::TRANSACTION_START, 0, b"\0");
@@ -551,7 +553,7 @@ mod tests {
         xs.domains.insert(6, Domain { domid: 6, gfn: 1, port: 1, conn: other });
         xs.domains.insert(4, Domain { domid: 4, gfn: 1, port: 1, conn: g });
         assert_eq!(req(&mut xs, other, ty::WRITE, 0, b"/local/domain/4/x\0v").payload, b"EACCES\0");
-        assert_eq!(req(&mut xs, dom0, ty::SET_TARGET, 0, b"6\04\0").payload, b"OK\0");
+        assert_eq!(req(&mut xs, dom0, ty::SET_TARGET, 0, b"6\x004\0").payload, b"OK\0");
         assert_eq!(req(&mut xs, other, ty::WRITE, 0, b"/local/domain/4/x\0v").payload, b"OK\0");
     }
 }

@@ -306,12 +306,11 @@ impl Daemon {
         let ids: Vec<ConnId> = self.xs.conns.keys().copied().collect();
         let mut actions = Vec::new();
         for id in ids {
-            loop {
-                let Some(c) = self.xs.conns.get_mut(&id) else { break };
+            while let Some(c) = self.xs.conns.get_mut(&id) {
                 if c.is_domain && c.replies_queued >= self.xs.quota.outstanding {
                     break;
                 }
-                let msg = match c.input.next() {
+                let msg = match c.input.next_message() {
                     Ok(Some(m)) => m,
                     Ok(None) => break,
                     Err(why) => {

@@ -177,7 +177,7 @@ impl Decoder {
 
     /// The next complete message; `Err` if the stream breaks the protocol
     /// (a payload over [`PAYLOAD_MAX`]), after which the connection must go.
-    pub fn next(&mut self) -> Result<Option<Message>, String> {
+    pub fn next_message(&mut self) -> Result<Option<Message>, String> {
         if self.buf.len() < HEADER_LEN {
             return Ok(None);
         }
@@ -209,13 +209,13 @@ mod tests {
         for chunk in bytes.chunks(5) {
             d.push(chunk);
         }
-        assert_eq!(d.next().unwrap().unwrap(), m);
-        assert_eq!(d.next().unwrap().unwrap().header.req_id, 8);
-        assert_eq!(d.next().unwrap(), None);
+        assert_eq!(d.next_message().unwrap().unwrap(), m);
+        assert_eq!(d.next_message().unwrap().unwrap().header.req_id, 8);
+        assert_eq!(d.next_message().unwrap(), None);
         let mut big = Header { ty: ty::WRITE, req_id: 1, tx_id: 0, len: 4097 }.bytes().to_vec();
         big.extend_from_slice(&[0; 8]);
         d.push(&big);
-        assert!(d.next().is_err());
+        assert!(d.next_message().is_err());
     }
 
     #[test]

@@ -39,7 +39,7 @@ proptest! {
         for chunk in bytes.chunks(cut) {
             d.push(chunk);
             loop {
-                match d.next() {
+                match d.next_message() {
                     Ok(Some(m)) => {
                         let enc = m.encode();
                         prop_assert!(m.payload.len() <= PAYLOAD_MAX);
@@ -95,7 +95,7 @@ proptest! {
             let bytes: Vec<u8> = c.output.drain(..).collect();
             let mut d = Decoder::default();
             d.push(&bytes);
-            while let Some(m) = d.next().expect("replies are well formed") {
+            while let Some(m) = d.next_message().expect("replies are well formed") {
                 prop_assert!(m.payload.len() <= PAYLOAD_MAX);
             }
             prop_assert_eq!(d.pending(), 0);

@@ -38,7 +38,7 @@ fn echo_server(path: std::path::PathBuf) {
                         Ok(n) => n,
                     };
                     d.push(&buf[..n]);
-                    while let Ok(Some(m)) = d.next() {
+                    while let Ok(Some(m)) = d.next_message() {
                         if s.write_all(&Message::reply(&m.header, b"OK\0".to_vec()).encode()).is_err() {
                             return;
                         }

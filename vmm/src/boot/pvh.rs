@@ -105,7 +105,7 @@ pub fn load(physmap: &Physmap, layout: &MemoryLayout, kernel: &[u8], cmdline: &s
     // Check every segment before copying any.
     let mut image_end = 0u64;
     for s in &image.segments {
-        let end = s.paddr.checked_add(s.memsz).unwrap_or(u64::MAX);
+        let end = s.paddr.saturating_add(s.memsz);
         let range = (s.paddr, end);
         if overlaps(range, reserved) {
             return Err(Error::SegmentOverlapsReserved { start: s.paddr, end, reserved_start: reserved.0, reserved_end: reserved.1 });

@@ -142,7 +142,7 @@ pub fn vcpu_op(ctx: &HypercallCtx<'_>, cmd: u32, vcpuid: u32, arg: u64) -> HcRes
 /// The guest-physical address of a registered area: translated once, with
 /// the caller's page tables, and required to be RAM within one page.
 fn area_gpa(ctx: &HypercallCtx<'_>, gva: u64, size: usize) -> Result<u64, XenErrno> {
-    if (gva & 0xfff) as usize + size > PAGE_SIZE || gva % 4 != 0 {
+    if (gva & 0xfff) as usize + size > PAGE_SIZE || !gva.is_multiple_of(4) {
         return Err(XenErrno::EINVAL);
     }
     let pm = ctx.domain.physmap();
@@ -220,7 +220,7 @@ fn register_vcpu_info(ctx: &HypercallCtx<'_>, target: &VcpuShared, r: VcpuRegist
     if target.id != ctx.vcpu && target.online.load(Ordering::SeqCst) {
         return Err(XenErrno::EINVAL);
     }
-    if r.offset as usize > PAGE_SIZE - VCPU_INFO_SIZE || r.offset % 8 != 0 || r.mfn >= (1 << (52 - PAGE_SHIFT)) {
+    if r.offset as usize > PAGE_SIZE - VCPU_INFO_SIZE || !r.offset.is_multiple_of(8) || r.mfn >= (1 << (52 - PAGE_SHIFT)) {
         return Err(XenErrno::EINVAL);
     }
     let gpa = (r.mfn << PAGE_SHIFT) + u64::from(r.offset);
