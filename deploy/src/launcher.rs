@@ -394,8 +394,9 @@ fn supervise(
         let mut blkbacks = match attach_devices_and_unpause(paths, cfg, domid, &mut vmm) {
             Ok(b) => b,
             Err(e) => {
-                // The vmm dying first is the likely cause: say how it ended.
-                let deadline = Instant::now() + Duration::from_secs(1);
+                // The vmm dying first is the likely cause: say how it ended
+                // (a process just killed is reaped within milliseconds).
+                let deadline = Instant::now() + Duration::from_millis(250);
                 while matches!(vmm.try_wait(), Ok(None)) && Instant::now() < deadline {
                     std::thread::sleep(Duration::from_millis(10));
                 }

@@ -372,8 +372,8 @@ impl Image {
     }
 
     /// Discards `len` bytes at `offset` (`secure`: erases them so that
-    /// they cannot be recovered, where [`Image::discard_secure`]); afterwards
-    /// they read as zeroes.
+    /// they cannot be recovered, where [`Image::discard_secure`]); on files
+    /// and qcow2 they read as zeroes afterwards, on a device as it decides.
     pub fn discard(&self, offset: u64, len: u64, secure: bool) -> std::io::Result<()> {
         if self.readonly || self.discard_granularity.is_none() || (secure && !self.secure_erase) {
             return Err(std::io::Error::from_raw_os_error(libc::EOPNOTSUPP));
