@@ -290,11 +290,20 @@ fn kill(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Waits for `child` to end until `deadline`; how it ended, if it has.
+fn wait_until(child: &mut Child, deadline: Instant) -> Option<std::process::ExitStatus> {
+    loop {
+        match child.try_wait() {
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(10)),
+            Ok(st) => return st,
+            Err(_) => return None,
+        }
+    }
+}
+
 /// Lets a child leave on its own until `deadline`, then kills it.
 fn reap(child: &mut Child, deadline: Instant) {
-    while matches!(child.try_wait(), Ok(None)) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    wait_until(child, deadline);
     kill(child);
 }
 
@@ -396,11 +405,7 @@ fn supervise(
             Err(e) => {
                 // The vmm dying first is the likely cause: say how it ended
                 // (a process just killed is reaped within milliseconds).
-                let deadline = Instant::now() + Duration::from_millis(250);
-                while matches!(vmm.try_wait(), Ok(None)) && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(10));
-                }
-                if let Ok(Some(st)) = vmm.try_wait() {
+                if let Some(st) = wait_until(&mut vmm, Instant::now() + Duration::from_millis(250)) {
                     report_vmm_end(paths, cfg, &st);
                 }
                 kill(&mut vmm);
@@ -641,9 +646,8 @@ const RESTART_WINDOW: Duration = Duration::from_secs(60);
 /// or the guest is gone and it was reaped) is killed.
 impl Drop for Supervised {
     fn drop(&mut self) {
-        if matches!(self.child.try_wait(), Ok(None)) {
-            kill(&mut self.child);
-        }
+        // Nothing for one already reaped.
+        kill(&mut self.child);
     }
 }
 

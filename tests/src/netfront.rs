@@ -241,13 +241,19 @@ impl NetQueue {
     pub fn put_tx_slots(&mut self, slots: &[Vec<u8>]) {
         self.wait_tx_room(slots.len());
         for s in slots {
-            let at = 64 + (self.tx_prod % TX_SIZE) as usize * netif::TX_SLOT;
-            let mut b = [0u8; netif::TX_SLOT];
-            b[..s.len()].copy_from_slice(s);
-            self.dom.mem(self.tx_gfn, at, netif::TX_SLOT).copy_from(&b);
-            self.tx_prod = self.tx_prod.wrapping_add(1);
+            self.put_tx_slot(s);
         }
         self.publish_tx();
+    }
+
+    /// Writes one TX slot (a request or an extra, zero-padded to the slot)
+    /// at `tx_prod`, not yet published.
+    fn put_tx_slot(&mut self, bytes: &[u8]) {
+        let at = 64 + (self.tx_prod % TX_SIZE) as usize * netif::TX_SLOT;
+        let mut b = [0u8; netif::TX_SLOT];
+        b[..bytes.len()].copy_from_slice(bytes);
+        self.dom.mem(self.tx_gfn, at, netif::TX_SLOT).copy_from(&b);
+        self.tx_prod = self.tx_prod.wrapping_add(1);
     }
 
     /// RING_PUSH_REQUESTS_AND_CHECK_NOTIFY: publishes the TX requests
@@ -274,7 +280,12 @@ impl NetQueue {
     /// and in the TX pages, which are reused in turn (a page is rewritten
     /// only once the request that used it has been answered).
     fn wait_tx_room(&mut self, slots: usize) {
-        let limit = self.tx_pages.len().min(TX_SIZE as usize);
+        self.wait_ring_room(slots, self.tx_pages.len().min(TX_SIZE as usize));
+    }
+
+    /// Waits (up to 10 s) until `slots` more requests fit under `limit`
+    /// requests in flight.
+    fn wait_ring_room(&mut self, slots: usize, limit: usize) {
         let start = Instant::now();
         while self.tx_prod.wrapping_sub(self.tx_cons) as usize + slots > limit && start.elapsed() < Duration::from_secs(10) {
             let r = self.take_tx_responses(1, Duration::from_millis(100));
@@ -340,17 +351,8 @@ impl NetQueue {
     /// and an optional GSO extra. Waits for ring room first.
     pub fn send_granted(&mut self, chunks: &[(u32, u16)], flags: u16, gso: Option<ExtraInfo>) {
         let total: u32 = chunks.iter().map(|c| u32::from(c.1)).sum();
-        let slots = chunks.len() + usize::from(gso.is_some());
-        let start = Instant::now();
-        while self.tx_prod.wrapping_sub(self.tx_cons) as usize + slots > TX_SIZE as usize && start.elapsed() < Duration::from_secs(10) {
-            let r = self.take_tx_responses(1, Duration::from_millis(100));
-            self.reaped.extend(r);
-        }
-        let put = |q: &mut NetQueue, bytes: &[u8]| {
-            let at = 64 + (q.tx_prod % TX_SIZE) as usize * netif::TX_SLOT;
-            q.dom.mem(q.tx_gfn, at, bytes.len()).copy_from(bytes);
-            q.tx_prod = q.tx_prod.wrapping_add(1);
-        };
+        // Its pages are its own: only the ring limits it.
+        self.wait_ring_room(chunks.len() + usize::from(gso.is_some()), TX_SIZE as usize);
         for (k, &(gref, len)) in chunks.iter().enumerate() {
             let mut f = if k == 0 { flags } else { 0 };
             if k + 1 < chunks.len() {
@@ -361,10 +363,10 @@ impl NetQueue {
             }
             let size = if k == 0 { total as u16 } else { len };
             let id = self.tx_prod as u16;
-            put(self, TxRequest { gref, offset: 0, flags: f, id, size }.as_bytes());
+            self.put_tx_slot(TxRequest { gref, offset: 0, flags: f, id, size }.as_bytes());
             if k == 0 {
                 if let Some(e) = gso {
-                    put(self, e.as_bytes());
+                    self.put_tx_slot(e.as_bytes());
                 }
             }
         }

@@ -754,7 +754,7 @@ fn test_xenstored_killed_20_times_during_a_guest_watch_loop_recovers_every_time(
 #[test]
 fn test_xenstored_killed_by_its_filter_is_reported_by_the_launcher() {
     let rd = RunDir::new();
-    let out = create_with_forbidden_syscall(&rd, "xk", "xenkvm-xenstored");
+    let out = create_with_forbidden_syscall(&rd, "xk", "xenkvm-xenstored", "");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("xenkvm-xenstored was killed by its seccomp filter"), "{err}");
     let log = std::fs::read_to_string(rd.0.join("logs/xenstored.log")).unwrap_or_default();
@@ -854,7 +854,7 @@ fn test_the_launcher_reports_hardening_the_host_refuses() {
 #[test]
 fn test_a_vmm_killed_by_its_filter_is_reported_by_the_launcher() {
     let rd = RunDir::new();
-    let out = create_with_forbidden_syscall(&rd, "vk", "xenkvm-vmm/vcpu");
+    let out = create_with_forbidden_syscall(&rd, "vk", "xenkvm-vmm/vcpu", "");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("xenkvm-vmm for vk was killed by its seccomp filter"), "{err}");
     assert_ne!(out.status.code(), Some(0), "{err}");
@@ -868,15 +868,8 @@ fn test_a_vmm_killed_by_its_filter_is_reported_by_the_launcher() {
 #[test]
 fn test_a_vmm_dying_before_its_guest_runs_is_reported() {
     let rd = RunDir::new();
-    let cfg = rd.config("vd", &guest_config("vd", "xen_version", "vif = [ \"vifname=xkd0\" ]\n"));
     let t0 = Instant::now();
-    let out = Command::new(binary("xenkvm"))
-        .env("XENKVM_SELFTEST_FORBIDDEN_SYSCALL", "xenkvm-vmm/timers")
-        .arg("--run-dir")
-        .arg(&rd.0)
-        .args(["create", "-F", cfg.to_str().unwrap()])
-        .output()
-        .unwrap();
+    let out = create_with_forbidden_syscall(&rd, "vd", "xenkvm-vmm/timers", "vif = [ \"vifname=xkd0\" ]\n");
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("xenkvm-vmm for vd was killed by its seccomp filter"), "{err}");
     assert_ne!(out.status.code(), Some(0), "{err}");
@@ -896,7 +889,7 @@ fn test_a_failed_set_up_leaves_no_backend_or_vmm_behind() {
     std::fs::File::create(&image).unwrap().set_len(16 << 20).unwrap();
     let devices = format!("disk = [ \"format=raw, vdev=xvda, access=rw, target={}\" ]\nvif = [ \"vifname=lo\" ]\n", image.display());
     let cfg = rd.config("fs", &guest_config("fs", "xen_version", &devices));
-    let out = Command::new(binary("xenkvm")).arg("--run-dir").arg(&rd.0).args(["create", "-F", cfg.to_str().unwrap()]).output().unwrap();
+    let out = rd.xenkvm(&["create", "-F", cfg.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("creating tap lo"), "{err}");
     assert_ne!(out.status.code(), Some(0), "{err}");
@@ -905,10 +898,10 @@ fn test_a_failed_set_up_leaves_no_backend_or_vmm_behind() {
     rd.assert_clean();
 }
 
-/// `xenkvm create -F` of a short guest whose process (or thread) type `who`
-/// makes the test-only forbidden syscall.
-fn create_with_forbidden_syscall(rd: &RunDir, name: &str, who: &str) -> Output {
-    let cfg = rd.config(name, &guest_config(name, "xen_version", ""));
+/// `xenkvm create -F` of a short guest (its config ending in `extra`) whose
+/// process (or thread) type `who` makes the test-only forbidden syscall.
+fn create_with_forbidden_syscall(rd: &RunDir, name: &str, who: &str, extra: &str) -> Output {
+    let cfg = rd.config(name, &guest_config(name, "xen_version", extra));
     Command::new(binary("xenkvm"))
         .env("XENKVM_SELFTEST_FORBIDDEN_SYSCALL", who)
         .arg("--run-dir")

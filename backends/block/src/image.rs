@@ -206,7 +206,7 @@ impl Image {
                     logical_sector: logical,
                     physical_sector: physical,
                     block_device,
-                    secure_erase: secure_erase && !spec.readonly,
+                    secure_erase,
                 })
             }
             Format::Qcow2 => {
