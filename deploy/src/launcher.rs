@@ -400,7 +400,7 @@ fn supervise(
         let mut vmm = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(vmm_log).spawn().context("starting xenkvm-vmm")?;
         record.vmm_pid = vmm.id();
         record.save(paths)?;
-        let mut blkbacks = match attach_devices_and_unpause(paths, cfg, domid, &mut vmm) {
+        let (mut consoled, mut blkbacks) = match attach_devices_and_unpause(paths, cfg, domid, &mut vmm) {
             Ok(b) => b,
             Err(e) => {
                 // The vmm dying first is the likely cause: say how it ended
@@ -412,34 +412,6 @@ fn supervise(
                 return Err(e);
             }
         };
-        let (xenstored, logs, vmm_socket, console_log, console_socket, consoled_log) = (
-            paths.xenstored.clone(),
-            paths.run_dir.join("logs"),
-            paths.vmm_socket(domid),
-            paths.log(&cfg.name, "console"),
-            paths.console_socket(domid),
-            paths.log(&cfg.name, "consoled"),
-        );
-        let spawn_consoled = move || -> anyhow::Result<Child> {
-            Command::new(sibling("xenkvm-consoled"))
-                .arg("serve")
-                .arg("--xenstored")
-                .arg(&xenstored)
-                .arg("--channel-log-dir")
-                .arg(&logs)
-                .arg("--vmm-socket")
-                .arg(&vmm_socket)
-                .arg("--log")
-                .arg(&console_log)
-                .arg("--attach-socket")
-                .arg(&console_socket)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&consoled_log)?)
-                .spawn()
-                .context("starting xenkvm-consoled")
-        };
-        let mut consoled = Supervised::start("console".into(), "xenkvm-consoled", Box::new(spawn_consoled))?;
         tracing::info!(event = "launcher.started", domid, name = cfg.name, vmm = vmm.id(), consoled = consoled.child.id());
         let mut announced = false;
         let mut xenstored_checked = Instant::now();
@@ -546,18 +518,75 @@ fn supervise(
 /// Puts the guest's devices in place and lets it run (libxl's unpause);
 /// the backends started. A backend started before a failure is killed
 /// when it drops.
-fn attach_devices_and_unpause(paths: &Paths, cfg: &DomainConfig, domid: u16, vmm: &mut Child) -> anyhow::Result<Vec<Supervised>> {
+fn attach_devices_and_unpause(
+    paths: &Paths,
+    cfg: &DomainConfig,
+    domid: u16,
+    vmm: &mut Child,
+) -> anyhow::Result<(Supervised, Vec<Supervised>)> {
     // Device nodes exist before their backends look.
     if !cfg.channels.is_empty() || !cfg.disks.is_empty() || !cfg.vifs.is_empty() {
-        wait_introduced(paths, cfg, domid, vmm)?;
+        // Its home exists, so device nodes can go under it.
+        let mut xs = xenstore::client::Client::connect(&paths.xenstored)?;
+        wait_for_set_up_step(
+            paths,
+            cfg,
+            vmm,
+            &format!("see domain {domid} introduced"),
+            || Ok(xs.is_domain_introduced(u32::from(domid))?),
+        )?;
     }
     if !cfg.channels.is_empty() {
         add_channels(paths, cfg, domid)?;
     }
+    let consoled = start_consoled(paths, cfg, domid, vmm)?;
     let mut backends = start_disks(paths, cfg, domid)?;
     backends.extend(start_vifs(paths, cfg, domid)?);
     unpause(paths, domid, vmm).with_context(|| format!("unpausing domain {domid}; see {}", paths.log(&cfg.name, "vmm").display()))?;
-    Ok(backends)
+    Ok((consoled, backends))
+}
+
+/// Starts the primary console's backend and waits until it holds the
+/// console ring (its terminal socket is up), as xl has the console backend
+/// in place before it unpauses: a guest that writes and ends at once is
+/// still logged.
+fn start_consoled(paths: &Paths, cfg: &DomainConfig, domid: u16, vmm: &mut Child) -> anyhow::Result<Supervised> {
+    // A socket left by a launcher that was killed is not this backend's.
+    let _ = std::fs::remove_file(paths.console_socket(domid));
+    let (xenstored, logs, vmm_socket, console_log, console_socket, consoled_log) = (
+        paths.xenstored.clone(),
+        paths.run_dir.join("logs"),
+        paths.vmm_socket(domid),
+        paths.log(&cfg.name, "console"),
+        paths.console_socket(domid),
+        paths.log(&cfg.name, "consoled"),
+    );
+    let spawn_consoled = move || -> anyhow::Result<Child> {
+        Command::new(sibling("xenkvm-consoled"))
+            .arg("serve")
+            .arg("--xenstored")
+            .arg(&xenstored)
+            .arg("--channel-log-dir")
+            .arg(&logs)
+            .arg("--vmm-socket")
+            .arg(&vmm_socket)
+            .arg("--log")
+            .arg(&console_log)
+            .arg("--attach-socket")
+            .arg(&console_socket)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&consoled_log)?)
+            .spawn()
+            .context("starting xenkvm-consoled")
+    };
+    let mut consoled = Supervised::start("console".into(), "xenkvm-consoled", Box::new(spawn_consoled))?;
+    // One that ends first is the supervisor's to report or restart (its
+    // status stays with the child); the guest's output waits in the ring.
+    wait_for_set_up_step(paths, cfg, vmm, "attach the console", || {
+        Ok(paths.console_socket(domid).exists() || !matches!(consoled.child.try_wait(), Ok(None)))
+    })?;
+    Ok(consoled)
 }
 
 /// Tells the user how a vmm that ended abnormally ended; a seccomp kill
@@ -755,17 +784,24 @@ fn report_backend_death(name: &str, domid: u16, device: &str, st: &std::process:
     }
 }
 
-/// Waits until the vmm has introduced the guest to xenstored (its home
-/// exists, so device nodes can go under it).
-fn wait_introduced(paths: &Paths, cfg: &DomainConfig, domid: u16, vmm: &mut Child) -> anyhow::Result<()> {
-    let mut c = xenstore::client::Client::connect(&paths.xenstored)?;
+/// Polls `done` (every 5 ms) until a set-up step is done; fails when the
+/// vmm ends first (its log says why) or after 10 s. `what` says what the
+/// launcher waits for, as "the launcher waits to {what}".
+fn wait_for_set_up_step(
+    paths: &Paths,
+    cfg: &DomainConfig,
+    vmm: &mut Child,
+    what: &str,
+    mut done: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let start = Instant::now();
-    while !c.is_domain_introduced(u32::from(domid))? {
+    while !done()? {
+        let log = paths.log(&cfg.name, "vmm");
         if let Ok(Some(st)) = vmm.try_wait() {
-            bail!("the vmm ended ({st}) before it introduced domain {domid}; see {}", paths.log(&cfg.name, "vmm").display());
+            bail!("the vmm ended ({st}) before the launcher could {what}; see {}", log.display());
         }
         if start.elapsed() > Duration::from_secs(10) {
-            bail!("the vmm did not introduce domain {domid}; see {}", paths.log(&cfg.name, "vmm").display());
+            bail!("timed out after 10 s waiting to {what}; see {}", log.display());
         }
         std::thread::sleep(Duration::from_millis(5));
     }

@@ -682,6 +682,43 @@ fn test_consoled_killed_20_times_during_console_output_loses_nothing() {
     rd.assert_clean();
 }
 
+/// A guest that writes its console and powers off at once: the console
+/// backend holds the ring before the guest runs (xl starts it before the
+/// unpause), and logs what the guest wrote last before it leaves. Once at
+/// full speed, once with consoled made as slow to start as on a loaded
+/// host: 1.5 s before it connects to the vmm (the launcher must wait for
+/// it) and 1.5 s once it holds the ring (the guest ends meanwhile, and its
+/// output waits in the ring).
+#[test]
+fn test_a_guest_that_ends_at_once_has_all_its_console_output_logged() {
+    let rd = RunDir::new();
+    for (round, delay_ms) in [0, 1500].into_iter().enumerate() {
+        let name = format!("q{round}");
+        let cfg = rd.config(&name, &guest_config(&name, "console_flood=1", ""));
+        let out = Command::new(binary("xenkvm"))
+            .arg("--run-dir")
+            .arg(&rd.0)
+            .args(["create", "-F", cfg.to_str().unwrap()])
+            .env("XENKVM_SELFTEST_CONSOLED_DELAY_MS", delay_ms.to_string())
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let serial = rd.log(&name, "serial");
+        assert!(serial.contains("PASS console.flood"), "{serial}");
+        let text = rd.log(&name, "console");
+        let consoled = rd.log(&name, "consoled");
+        let (next, repeated) = numbered_lines(&text, "flood ");
+        let line_len = text.lines().find(|l| l.starts_with("flood ")).map_or(1, |l| l.len() as u64 + 1);
+        assert!(
+            next == 1024 / line_len + 1 && repeated == 0,
+            "delay {delay_ms} ms: {next} lines, {repeated} repeated: {text:?}\n{consoled}"
+        );
+        assert!(text.ends_with("FLOOD DONE\n"), "delay {delay_ms} ms: the last line is logged: {text:?}\n{consoled}");
+        assert!(consoled.contains("console.guest_gone"), "consoled left because the guest was gone: {consoled}");
+    }
+    rd.assert_clean();
+}
+
 /// kill -9 of consoled, 5 times, while the guest writes numbered lines to
 /// a channel (a further PV console): each new consoled resumes the
 /// channel's connection where the last one left it (no xenbus handshake

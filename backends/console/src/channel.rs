@@ -22,11 +22,9 @@ use xenstore::client::Client;
 use crate::log::CappedLog;
 use crate::ring::ConsoleRing;
 
-/// Starts a thread for each further console the guest has.
-pub fn start_all(vmm_socket: &Path, xenstored: &Path, log_dir: &Path, log_max: u64) -> anyhow::Result<()> {
-    let ipc = crate::connect(vmm_socket)?;
-    let domid = u32::from(ipc_vmm::hello(&ipc, "console channels")?);
-    drop(ipc);
+/// Starts a thread for each further console guest `domid` has.
+pub fn start_all(vmm_socket: &Path, xenstored: &Path, log_dir: &Path, log_max: u64, domid: u16) -> anyhow::Result<()> {
+    let domid = u32::from(domid);
     let mut c = Client::connect(xenstored).with_context(|| format!("xenstored at {}", xenstored.display()))?;
     for devid in xenbus::backend_devices(&mut c, "console", domid)?.into_iter().filter(|&d| d != 0) {
         let (vmm, xs, dir) = (vmm_socket.to_path_buf(), xenstored.to_path_buf(), log_dir.to_path_buf());

@@ -107,8 +107,8 @@ fn main() -> anyhow::Result<()> {
                 };
                 Ok(xenkvm_sandbox::enter_unless_disabled(no_sandbox, policy)?)
             };
-            let channels = || match (xenstored, channel_log_dir) {
-                (Some(xs), Some(dir)) => channel::start_all(&vmm_socket, &xs, &dir, log_max_bytes),
+            let channels = |domid| match (xenstored, channel_log_dir) {
+                (Some(xs), Some(dir)) => channel::start_all(&vmm_socket, &xs, &dir, log_max_bytes, domid),
                 _ => Ok(()),
             };
             serve(&vmm_socket, &log, log_max_bytes, attach_socket.as_deref(), jail, channels)
@@ -121,6 +121,15 @@ pub(crate) fn connect(path: &Path) -> anyhow::Result<Channel> {
     xenkvm_ipc::vmm::connect(path, Duration::from_secs(10)).with_context(|| format!("connecting to the vmm at {}", path.display()))
 }
 
+/// Test-only: `XENKVM_SELFTEST_CONSOLED_DELAY_MS` makes the start as slow
+/// as on a loaded host: a pause before connecting to the vmm and another
+/// once the ring is ours (the launcher lets the guest run from there).
+fn selftest_pause() {
+    if let Some(ms) = std::env::var("XENKVM_SELFTEST_CONSOLED_DELAY_MS").ok().and_then(|v| v.parse().ok()) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+}
+
 /// Serves the primary console; `jail` runs once set up (before the first
 /// guest byte), then `channels` starts the further consoles' threads.
 fn serve(
@@ -129,8 +138,9 @@ fn serve(
     log_max: u64,
     attach: Option<&Path>,
     jail: impl FnOnce() -> anyhow::Result<()>,
-    channels: impl FnOnce() -> anyhow::Result<()>,
+    channels: impl FnOnce(u16) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    selftest_pause();
     let ipc = connect(vmm_socket)?;
     let domid = ipc_vmm::hello(&ipc, "console")?;
     let att = ipc_vmm::attach_ring(&ipc, |m| m.console)?;
@@ -153,8 +163,10 @@ fn serve(
         }
         None => None,
     };
+    selftest_pause();
     jail()?;
-    channels()?;
+    channels(domid)?;
+    let mut guest_gone = false;
     let mut client: Option<UnixStream> = None;
     let mut to_guest: Vec<u8> = Vec::new();
     let mut to_client: Vec<u8> = Vec::new();
@@ -175,13 +187,11 @@ fn serve(
                     let _ = (&att.kick).read(&mut b);
                 }
                 IPC => {
-                    // The vmm closed: the guest is gone.
+                    // The vmm closed: the guest is gone. What it wrote last
+                    // is still in the ring (our mapping outlives the vmm):
+                    // log it below, then leave.
                     let _ = ipc.set_nonblocking(true);
-                    if !matches!(ipc.recv::<ipc_vmm::Reply>(), Err(xenkvm_ipc::Error::Io(ref e)) if e.kind() == std::io::ErrorKind::WouldBlock)
-                    {
-                        tracing::info!(event = "console.guest_gone");
-                        return Ok(());
-                    }
+                    guest_gone |= !matches!(ipc.recv::<ipc_vmm::Reply>(), Err(xenkvm_ipc::Error::Io(ref e)) if e.kind() == std::io::ErrorKind::WouldBlock);
                 }
                 LISTEN => {
                     if let Some(l) = &listener {
@@ -274,6 +284,10 @@ fn serve(
                     Err(_) => break,
                 }
             }
+        }
+        if guest_gone {
+            tracing::info!(event = "console.guest_gone");
+            return Ok(());
         }
         if notify {
             let _ = (&att.notify).write(&1u64.to_ne_bytes());
