@@ -524,6 +524,9 @@ fn attach_devices_and_unpause(
     domid: u16,
     vmm: &mut Child,
 ) -> anyhow::Result<(Supervised, Vec<Supervised>)> {
+    // consoled lists the guest's channels once, when it starts: with none,
+    // it starts at once, beside the vmm's own start.
+    let mut consoled = if cfg.channels.is_empty() { Some(start_consoled(paths, cfg, domid)?) } else { None };
     // Device nodes exist before their backends look.
     if !cfg.channels.is_empty() || !cfg.disks.is_empty() || !cfg.vifs.is_empty() {
         // Its home exists, so device nodes can go under it.
@@ -539,18 +542,26 @@ fn attach_devices_and_unpause(
     if !cfg.channels.is_empty() {
         add_channels(paths, cfg, domid)?;
     }
-    let consoled = start_consoled(paths, cfg, domid, vmm)?;
+    let mut consoled = match consoled.take() {
+        Some(c) => c,
+        None => start_consoled(paths, cfg, domid)?,
+    };
     let mut backends = start_disks(paths, cfg, domid)?;
     backends.extend(start_vifs(paths, cfg, domid)?);
+    // The console backend holds the ring before the guest runs, as xl has
+    // it in place before the unpause: a guest that writes and ends at once
+    // is still logged. One that ends first is the supervisor's to report
+    // or restart (its status stays with the child); the output waits in
+    // the ring.
+    wait_for_set_up_step(paths, cfg, vmm, "attach the console", || {
+        Ok(paths.console_socket(domid).exists() || !matches!(consoled.child.try_wait(), Ok(None)))
+    })?;
     unpause(paths, domid, vmm).with_context(|| format!("unpausing domain {domid}; see {}", paths.log(&cfg.name, "vmm").display()))?;
     Ok((consoled, backends))
 }
 
-/// Starts the primary console's backend and waits until it holds the
-/// console ring (its terminal socket is up), as xl has the console backend
-/// in place before it unpauses: a guest that writes and ends at once is
-/// still logged.
-fn start_consoled(paths: &Paths, cfg: &DomainConfig, domid: u16, vmm: &mut Child) -> anyhow::Result<Supervised> {
+/// Starts the primary console's backend (it connects once the vmm listens).
+fn start_consoled(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<Supervised> {
     // A socket left by a launcher that was killed is not this backend's.
     let _ = std::fs::remove_file(paths.console_socket(domid));
     let (xenstored, logs, vmm_socket, console_log, console_socket, consoled_log) = (
@@ -580,13 +591,7 @@ fn start_consoled(paths: &Paths, cfg: &DomainConfig, domid: u16, vmm: &mut Child
             .spawn()
             .context("starting xenkvm-consoled")
     };
-    let mut consoled = Supervised::start("console".into(), "xenkvm-consoled", Box::new(spawn_consoled))?;
-    // One that ends first is the supervisor's to report or restart (its
-    // status stays with the child); the guest's output waits in the ring.
-    wait_for_set_up_step(paths, cfg, vmm, "attach the console", || {
-        Ok(paths.console_socket(domid).exists() || !matches!(consoled.child.try_wait(), Ok(None)))
-    })?;
-    Ok(consoled)
+    Supervised::start("console".into(), "xenkvm-consoled", Box::new(spawn_consoled))
 }
 
 /// Tells the user how a vmm that ended abnormally ended; a seccomp kill
