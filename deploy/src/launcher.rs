@@ -531,13 +531,9 @@ fn attach_devices_and_unpause(
     if !cfg.channels.is_empty() || !cfg.disks.is_empty() || !cfg.vifs.is_empty() {
         // Its home exists, so device nodes can go under it.
         let mut xs = xenstore::client::Client::connect(&paths.xenstored)?;
-        wait_for_set_up_step(
-            paths,
-            cfg,
-            vmm,
-            &format!("see domain {domid} introduced"),
-            || Ok(xs.is_domain_introduced(u32::from(domid))?),
-        )?;
+        wait_for_set_up_step(paths, cfg, vmm, (&format!("see domain {domid} introduced"), "vmm"), || {
+            Ok(xs.is_domain_introduced(u32::from(domid))?)
+        })?;
     }
     if !cfg.channels.is_empty() {
         add_channels(paths, cfg, domid)?;
@@ -553,7 +549,7 @@ fn attach_devices_and_unpause(
     // is still logged. One that ends first is the supervisor's to report
     // or restart (its status stays with the child); the output waits in
     // the ring.
-    wait_for_set_up_step(paths, cfg, vmm, "attach the console", || {
+    wait_for_set_up_step(paths, cfg, vmm, ("attach the console", "consoled"), || {
         Ok(paths.console_socket(domid).exists() || !matches!(consoled.child.try_wait(), Ok(None)))
     })?;
     unpause(paths, domid, vmm).with_context(|| format!("unpausing domain {domid}; see {}", paths.log(&cfg.name, "vmm").display()))?;
@@ -790,23 +786,22 @@ fn report_backend_death(name: &str, domid: u16, device: &str, st: &std::process:
 }
 
 /// Polls `done` (every 5 ms) until a set-up step is done; fails when the
-/// vmm ends first (its log says why) or after 10 s. `what` says what the
-/// launcher waits for, as "the launcher waits to {what}".
+/// vmm ends first (its log says why) or after 10 s (`slow` names the log of
+/// the process that is late). `what` completes "the launcher waits to".
 fn wait_for_set_up_step(
     paths: &Paths,
     cfg: &DomainConfig,
     vmm: &mut Child,
-    what: &str,
+    (what, slow): (&str, &str),
     mut done: impl FnMut() -> anyhow::Result<bool>,
 ) -> anyhow::Result<()> {
     let start = Instant::now();
     while !done()? {
-        let log = paths.log(&cfg.name, "vmm");
         if let Ok(Some(st)) = vmm.try_wait() {
-            bail!("the vmm ended ({st}) before the launcher could {what}; see {}", log.display());
+            bail!("the vmm ended ({st}) before the launcher could {what}; see {}", paths.log(&cfg.name, "vmm").display());
         }
         if start.elapsed() > Duration::from_secs(10) {
-            bail!("timed out after 10 s waiting to {what}; see {}", log.display());
+            bail!("timed out after 10 s waiting to {what}; see {}", paths.log(&cfg.name, slow).display());
         }
         std::thread::sleep(Duration::from_millis(5));
     }
