@@ -526,19 +526,19 @@ fn attach_devices_and_unpause(
 ) -> anyhow::Result<(Supervised, Vec<Supervised>)> {
     // consoled lists the guest's channels once, when it starts: with none,
     // it starts at once, beside the vmm's own start.
-    let mut consoled = if cfg.channels.is_empty() { Some(start_consoled(paths, cfg, domid)?) } else { None };
+    let early = if cfg.channels.is_empty() { Some(start_consoled(paths, cfg, domid)?) } else { None };
     // Device nodes exist before their backends look.
     if !cfg.channels.is_empty() || !cfg.disks.is_empty() || !cfg.vifs.is_empty() {
         // Its home exists, so device nodes can go under it.
         let mut xs = xenstore::client::Client::connect(&paths.xenstored)?;
         wait_for_set_up_step(paths, cfg, vmm, (&format!("see domain {domid} introduced"), "vmm"), || {
-            Ok(xs.is_domain_introduced(u32::from(domid))?)
+            Ok(xs.is_domain_introduced(u32::from(domid))?.then_some(()))
         })?;
     }
     if !cfg.channels.is_empty() {
         add_channels(paths, cfg, domid)?;
     }
-    let mut consoled = match consoled.take() {
+    let mut consoled = match early {
         Some(c) => c,
         None => start_consoled(paths, cfg, domid)?,
     };
@@ -550,9 +550,9 @@ fn attach_devices_and_unpause(
     // or restart (its status stays with the child); the output waits in
     // the ring.
     wait_for_set_up_step(paths, cfg, vmm, ("attach the console", "consoled"), || {
-        Ok(paths.console_socket(domid).exists() || !matches!(consoled.child.try_wait(), Ok(None)))
+        Ok((paths.console_socket(domid).exists() || !matches!(consoled.child.try_wait(), Ok(None))).then_some(()))
     })?;
-    unpause(paths, domid, vmm).with_context(|| format!("unpausing domain {domid}; see {}", paths.log(&cfg.name, "vmm").display()))?;
+    unpause(paths, cfg, domid, vmm).with_context(|| format!("unpausing domain {domid}; see {}", paths.log(&cfg.name, "vmm").display()))?;
     Ok((consoled, backends))
 }
 
@@ -785,18 +785,22 @@ fn report_backend_death(name: &str, domid: u16, device: &str, st: &std::process:
     }
 }
 
-/// Polls `done` (every 5 ms) until a set-up step is done; fails when the
-/// vmm ends first (its log says why) or after 10 s (`slow` names the log of
-/// the process that is late). `what` completes "the launcher waits to".
-fn wait_for_set_up_step(
+/// Polls `done` (every 5 ms) until a set-up step is done (what it gives);
+/// fails when the vmm ends first (its log says why) or after 10 s (`slow`
+/// names the log of the process that is late). `what` completes "the
+/// launcher waits to".
+fn wait_for_set_up_step<T>(
     paths: &Paths,
     cfg: &DomainConfig,
     vmm: &mut Child,
     (what, slow): (&str, &str),
-    mut done: impl FnMut() -> anyhow::Result<bool>,
-) -> anyhow::Result<()> {
+    mut done: impl FnMut() -> anyhow::Result<Option<T>>,
+) -> anyhow::Result<T> {
     let start = Instant::now();
-    while !done()? {
+    loop {
+        if let Some(v) = done()? {
+            return Ok(v);
+        }
         if let Ok(Some(st)) = vmm.try_wait() {
             bail!("the vmm ended ({st}) before the launcher could {what}; see {}", paths.log(&cfg.name, "vmm").display());
         }
@@ -805,26 +809,14 @@ fn wait_for_set_up_step(
         }
         std::thread::sleep(Duration::from_millis(5));
     }
-    Ok(())
 }
 
 /// Sends `Unpause` on the vmm's ipc socket.
-fn unpause(paths: &Paths, domid: u16, vmm: &mut Child) -> anyhow::Result<()> {
-    let start = Instant::now();
-    let ch = loop {
-        match xenkvm_ipc::vmm::connect(&paths.vmm_socket(domid), Duration::ZERO) {
-            Ok(ch) => break ch,
-            Err(e) => {
-                if let Ok(Some(st)) = vmm.try_wait() {
-                    bail!("the vmm ended ({st})");
-                }
-                if start.elapsed() > Duration::from_secs(10) {
-                    return Err(e.into());
-                }
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
-    };
+fn unpause(paths: &Paths, cfg: &DomainConfig, domid: u16, vmm: &mut Child) -> anyhow::Result<()> {
+    let socket = paths.vmm_socket(domid);
+    let ch = wait_for_set_up_step(paths, cfg, vmm, ("reach the vmm's socket", "vmm"), || {
+        Ok(xenkvm_ipc::vmm::connect(&socket, Duration::ZERO).ok())
+    })?;
     xenkvm_ipc::vmm::hello(&ch, "launcher")?;
     xenkvm_ipc::vmm::call(&ch, &xenkvm_ipc::vmm::Request::Unpause)?;
     Ok(())
