@@ -158,6 +158,13 @@ pub fn sibling(name: &str) -> PathBuf {
         .unwrap_or_else(|| PathBuf::from(name))
 }
 
+/// Starts a backend `what` with no stdin or stdout and its stderr (what it
+/// says before its own log is open) appended to `log`.
+fn spawn_with_log(mut cmd: Command, log: &Path, what: &str) -> anyhow::Result<Child> {
+    let stderr = std::fs::OpenOptions::new().create(true).append(true).open(log).with_context(|| format!("opening {}", log.display()))?;
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(stderr).spawn().with_context(|| format!("starting {what}"))
+}
+
 /// An exclusive lock on the run directory (domid allocation).
 struct RunLock(#[allow(dead_code)] std::fs::File);
 
@@ -569,8 +576,8 @@ fn start_consoled(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Resu
         paths.log(&cfg.name, "consoled"),
     );
     let spawn_consoled = move || -> anyhow::Result<Child> {
-        Command::new(sibling("xenkvm-consoled"))
-            .arg("serve")
+        let mut cmd = Command::new(sibling("xenkvm-consoled"));
+        cmd.arg("serve")
             .arg("--xenstored")
             .arg(&xenstored)
             .arg("--channel-log-dir")
@@ -580,12 +587,8 @@ fn start_consoled(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Resu
             .arg("--log")
             .arg(&console_log)
             .arg("--attach-socket")
-            .arg(&console_socket)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&consoled_log)?)
-            .spawn()
-            .context("starting xenkvm-consoled")
+            .arg(&console_socket);
+        spawn_with_log(cmd, &consoled_log, "xenkvm-consoled")
     };
     Supervised::start("console".into(), "xenkvm-consoled", Box::new(spawn_consoled))
 }
@@ -862,20 +865,16 @@ fn start_disks(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<
         let log = paths.log(&cfg.name, &format!("blkback-{}", d.vdev));
         let (vmm_socket, xenstored) = (paths.vmm_socket(domid), paths.xenstored.clone());
         let spawn = move || -> anyhow::Result<Child> {
-            Command::new(sibling("xenkvm-blkback"))
-                .arg("--vmm-socket")
+            let mut cmd = Command::new(sibling("xenkvm-blkback"));
+            cmd.arg("--vmm-socket")
                 .arg(&vmm_socket)
                 .arg("--xenstored")
                 .arg(&xenstored)
                 .arg("--devid")
                 .arg(devid.to_string())
                 .arg("--log")
-                .arg(&log)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log)?)
-                .spawn()
-                .context("starting xenkvm-blkback")
+                .arg(&log);
+            spawn_with_log(cmd, &log, "xenkvm-blkback")
         };
         let s = Supervised::start(d.vdev.clone(), "xenkvm-blkback", Box::new(spawn))?;
         tracing::info!(event = "launcher.disk", domid, vdev = d.vdev, devid, target = %target.display(), format, pid = s.child.id());
@@ -990,12 +989,7 @@ fn start_vifs(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<V
                 q.set_inheritable(true)?;
                 cmd.arg("--tap-fd").arg(q.raw_fd().to_string());
             }
-            let child = cmd
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(std::fs::OpenOptions::new().create(true).append(true).open(&log)?)
-                .spawn()
-                .context("starting xenkvm-netback");
+            let child = spawn_with_log(cmd, &log, "xenkvm-netback");
             for q in &queues {
                 q.set_inheritable(false)?;
             }
