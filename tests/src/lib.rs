@@ -368,6 +368,28 @@ pub fn bench_field(line: &str, key: &str) -> anyhow::Result<f64> {
     Ok(v.parse()?)
 }
 
+/// The first quartile and the third of a case's slice ratios, sorted (its
+/// median is the middle one), printed beside the median so a reader sees
+/// whether a ratio near its target sits there or only touched it.
+pub fn quartiles(sorted: &[f64]) -> (f64, f64) {
+    let n = sorted.len();
+    if n == 0 {
+        return (f64::NAN, f64::NAN);
+    }
+    (sorted[n / 4], sorted[(3 * n / 4).min(n - 1)])
+}
+
+#[cfg(test)]
+mod quartile_tests {
+    #[test]
+    fn test_quartiles_of_slice_ratios() {
+        assert_eq!(super::quartiles(&[0.8, 0.85, 0.9, 0.95, 1.0]), (0.85, 0.95));
+        assert_eq!(super::quartiles(&[0.7]), (0.7, 0.7));
+        assert_eq!(super::quartiles(&[0.1, 0.2, 0.3, 0.4]), (0.2, 0.4));
+        assert!(super::quartiles(&[]).0.is_nan());
+    }
+}
+
 /// A network namespace, deleted at the end.
 pub struct Netns(pub String);
 
