@@ -379,17 +379,6 @@ pub fn quartiles(sorted: &[f64]) -> (f64, f64) {
     (sorted[n / 4], sorted[(3 * n / 4).min(n - 1)])
 }
 
-#[cfg(test)]
-mod quartile_tests {
-    #[test]
-    fn test_quartiles_of_slice_ratios() {
-        assert_eq!(super::quartiles(&[0.8, 0.85, 0.9, 0.95, 1.0]), (0.85, 0.95));
-        assert_eq!(super::quartiles(&[0.7]), (0.7, 0.7));
-        assert_eq!(super::quartiles(&[0.1, 0.2, 0.3, 0.4]), (0.2, 0.4));
-        assert!(super::quartiles(&[]).0.is_nan());
-    }
-}
-
 /// A network namespace, deleted at the end.
 pub struct Netns(pub String);
 
@@ -417,5 +406,16 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
+    }
+}
+
+#[cfg(test)]
+mod quartile_tests {
+    #[test]
+    fn test_quartiles_of_slice_ratios() {
+        assert_eq!(super::quartiles(&[0.8, 0.85, 0.9, 0.95, 1.0]), (0.85, 0.95));
+        assert_eq!(super::quartiles(&[0.7]), (0.7, 0.7));
+        assert_eq!(super::quartiles(&[0.1, 0.2, 0.3, 0.4]), (0.2, 0.4));
+        assert!(super::quartiles(&[]).0.is_nan());
     }
 }
