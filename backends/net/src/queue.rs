@@ -253,6 +253,8 @@ fn serve<'t, 'a>(
         }
         if let Some((_, _, needed)) = pending.filter(|_| rx_blocked) {
             if rx_ring.final_check_for_at_least(needed) {
+                // Not sleeping after all: the writer need not wake us.
+                writer.disarm();
                 continue;
             }
         }
