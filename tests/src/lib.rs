@@ -368,15 +368,25 @@ pub fn bench_field(line: &str, key: &str) -> anyhow::Result<f64> {
     Ok(v.parse()?)
 }
 
-/// The first quartile and the third of a case's slice ratios, sorted (its
-/// median is the middle one), printed beside the median so a reader sees
-/// whether a ratio near its target sits there or only touched it.
-pub fn quartiles(sorted: &[f64]) -> (f64, f64) {
-    let n = sorted.len();
-    if n == 0 {
-        return (f64::NAN, f64::NAN);
-    }
-    (sorted[n / 4], sorted[(3 * n / 4).min(n - 1)])
+/// A benchmark case's slices summed up by one figure of each (its ratio):
+/// the median slice, and the first and third quartiles of that figure,
+/// printed beside the median so a reader sees whether a ratio near its
+/// target sits there or only touched it.
+pub struct Spread<T> {
+    /// The slice with the median figure.
+    pub median: T,
+    /// The first quartile of the figure.
+    pub q1: f64,
+    /// The third quartile.
+    pub q3: f64,
+}
+
+/// Sorts `slices` (at least one: a benchmark runs one slice or more) by
+/// `figure` and sums them up.
+pub fn spread<T: Copy>(slices: &mut [T], figure: impl Fn(&T) -> f64) -> Spread<T> {
+    slices.sort_by(|a, b| figure(a).total_cmp(&figure(b)));
+    let n = slices.len();
+    Spread { median: slices[n / 2], q1: figure(&slices[n / 4]), q3: figure(&slices[(3 * n / 4).min(n - 1)]) }
 }
 
 /// A network namespace, deleted at the end.
@@ -410,12 +420,14 @@ impl Drop for Netns {
 }
 
 #[cfg(test)]
-mod quartile_tests {
+mod spread_tests {
     #[test]
-    fn test_quartiles_of_slice_ratios() {
-        assert_eq!(super::quartiles(&[0.8, 0.85, 0.9, 0.95, 1.0]), (0.85, 0.95));
-        assert_eq!(super::quartiles(&[0.7]), (0.7, 0.7));
-        assert_eq!(super::quartiles(&[0.1, 0.2, 0.3, 0.4]), (0.2, 0.4));
-        assert!(super::quartiles(&[]).0.is_nan());
+    fn test_spread_of_slice_ratios() {
+        let s = super::spread(&mut [(1, 0.95), (2, 0.8), (3, 1.0), (4, 0.9), (5, 0.85)], |x| x.1);
+        assert_eq!((s.median, s.q1, s.q3), ((4, 0.9), 0.85, 0.95));
+        let s = super::spread(&mut [0.7], |x| *x);
+        assert_eq!((s.median, s.q1, s.q3), (0.7, 0.7, 0.7));
+        let s = super::spread(&mut [0.4, 0.1, 0.3, 0.2], |x| *x);
+        assert_eq!((s.median, s.q1, s.q3), (0.3, 0.2, 0.4));
     }
 }

@@ -9,8 +9,8 @@
 //! (as fio --direct=1 would; `--cached` uses the page cache instead).
 //!
 //! The two sides run in alternating slices and the median of the slices'
-//! ratios is printed (with their quartiles, `q1`/`q3`): this shared machine's disk speed drifts too much for
-//! one long run of each. The frontend polls for responses for up to
+//! ratios is printed, with their quartiles (`q1`/`q3`): this shared
+//! machine's disk speed drifts too much for one long run of each. The frontend polls for responses for up to
 //! `--halt-poll-us` (200) before sleeping, as KVM polls a halted vCPU for
 //! `halt_poll_ns` (200 µs by default) before descheduling it.
 //!
@@ -31,7 +31,7 @@ use std::time::{Duration, Instant};
 
 use xen_abi::blkif;
 use xenkvm_tests::blkfront::{indirect_pages, page_segments, BlkbackProc, Blkfront, FakeDomain, FrontOpts, Req};
-use xenkvm_tests::{quartiles, tempdir, XenstoredProc};
+use xenkvm_tests::{spread, tempdir, XenstoredProc};
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -329,13 +329,11 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             if !to_uring.is_empty() {
-                to_uring.sort_by(|x, y| x.1.total_cmp(&y.1));
-                let (u, r) = to_uring[to_uring.len() / 2];
+                let (u, r) = spread(&mut to_uring, |x| x.1).median;
                 println!("# {format} {}: one thread through io_uring {u:.0}/s; blkback/that {r:.2}", c.name);
             }
-            pairs.sort_by(|x, y| x.2.total_cmp(&y.2));
-            let (ours, base, ratio) = pairs[pairs.len() / 2];
-            let (q1, q3) = quartiles(&pairs.iter().map(|p| p.2).collect::<Vec<_>>());
+            let s = spread(&mut pairs, |p| p.2);
+            let ((ours, base, ratio), q1, q3) = (s.median, s.q1, s.q3);
             let unit =
                 |iops: f64| if c.bs >= 1 << 20 { format!("{:.0} MB/s", iops * c.bs as f64 / 1e6) } else { format!("{iops:.0} IOPS") };
             println!(

@@ -34,7 +34,7 @@ use xenkvm_net::tap::{self, TapQueue};
 use xenkvm_tests::blkfront::FakeDomain;
 use xenkvm_tests::netfront::Netfront;
 use xenkvm_tests::sys::{packet_socket, poll_in, unshare_net};
-use xenkvm_tests::{binary, quartiles, tempdir, XenstoredProc};
+use xenkvm_tests::{binary, spread, tempdir, XenstoredProc};
 
 #[derive(Clone, Copy)]
 struct Case {
@@ -277,22 +277,17 @@ fn main() -> anyhow::Result<()> {
         if pairs.len() > 1 {
             // Ours against the other build, slice by slice (same round).
             let mut ab: Vec<f64> = pairs[0].iter().zip(&pairs[1]).map(|(a, b)| a.0 / b.0.max(1.0)).collect();
-            ab.sort_by(f64::total_cmp);
-            let mut theirs = pairs[1].clone();
-            theirs.sort_by(|x, y| x.2.total_cmp(&y.2));
-            let (o, b, r) = theirs[theirs.len() / 2];
+            let (o, b, r) = spread(&mut pairs[1], |p| p.2).median;
             println!(
                 "# compare case={} other={} direct={} ratio={r:.2}; this build/other median {:.2}",
                 c.name,
                 unit(o),
                 unit(b),
-                ab[ab.len() / 2]
+                spread(&mut ab, |x| *x).median
             );
         }
-        let mut ours = std::mem::take(&mut pairs[0]);
-        ours.sort_by(|x, y| x.2.total_cmp(&y.2));
-        let (o, base, ratio) = ours[ours.len() / 2];
-        let (q1, q3) = quartiles(&ours.iter().map(|p| p.2).collect::<Vec<_>>());
+        let s = spread(&mut pairs[0], |p| p.2);
+        let ((o, base, ratio), q1, q3) = (s.median, s.q1, s.q3);
         println!("BENCH case={} netback={} direct={} ratio={ratio:.2} q1={q1:.2} q3={q3:.2} target=0.80", c.name, unit(o), unit(base));
         worst = worst.min(ratio);
     }
