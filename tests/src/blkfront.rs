@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{fence, AtomicU16, AtomicU32, AtomicU64, Ordering};
@@ -24,7 +24,7 @@ use zerocopy::IntoBytes;
 
 const PAGE: usize = 4096;
 
-use crate::sys::{eventfd, memfd, poll_in};
+use crate::sys::{eventfd, halt, memfd};
 
 type Ports = Arc<Mutex<HashMap<u32, (File, File)>>>;
 
@@ -551,19 +551,9 @@ impl Blkfront {
             if out.len() >= n {
                 break;
             }
-            let polled = Instant::now();
-            while polled.elapsed() < self.halt_poll && self.word(q, 8).load(Ordering::Acquire) == self.queues[q].rsp_cons {
-                // KVM polls a halted vCPU only while nothing else wants its
-                // CPU (`single_task_running()`): yield to any such task.
-                std::thread::yield_now();
-            }
-            if self.word(q, 8).load(Ordering::Acquire) != self.queues[q].rsp_cons {
-                continue;
-            }
             let left = timeout.checked_sub(start.elapsed()).with_context(|| format!("{} of {n} responses", out.len()))?;
-            poll_in(&self.queues[q].notify, left.min(Duration::from_millis(100)));
-            let mut b = [0u8; 8];
-            let _ = (&self.queues[q].notify).read(&mut b);
+            let ready = || self.word(q, 8).load(Ordering::Acquire) != self.queues[q].rsp_cons;
+            halt(self.halt_poll, ready, &self.queues[q].notify, left.min(Duration::from_millis(100)));
         }
         Ok(out)
     }

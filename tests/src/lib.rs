@@ -389,6 +389,51 @@ pub fn spread<T: Copy>(slices: &mut [T], figure: impl Fn(&T) -> f64) -> Spread<T
     Spread { median: slices[n / 2], q1: figure(&slices[n / 4]), q3: figure(&slices[(3 * n / 4).min(n - 1)]) }
 }
 
+/// The machine's CPU time so far, all CPUs together, as `/proc/stat`
+/// counts it (in clock ticks): everything, and the part the hypervisor
+/// under this VM gave to others while our CPUs wanted to run (steal).
+/// Benchmarks print the steal share of each side's slices: on this
+/// shared host it rises when both of our CPUs are busy or keep waking,
+/// which a backend's threads do and a one-thread baseline does not.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CpuTime {
+    /// All ticks.
+    pub total: u64,
+    /// Stolen ticks.
+    pub steal: u64,
+}
+
+impl CpuTime {
+    /// Now (zero where `/proc/stat` cannot be read).
+    pub fn now() -> CpuTime {
+        std::fs::read_to_string("/proc/stat").ok().and_then(|s| CpuTime::parse(&s)).unwrap_or_default()
+    }
+
+    /// From `/proc/stat`'s text: its first (`cpu `) line.
+    pub fn parse(stat: &str) -> Option<CpuTime> {
+        let line = stat.lines().next()?.strip_prefix("cpu ")?;
+        let ticks: Vec<u64> = line.split_whitespace().map(|v| v.parse().ok()).collect::<Option<_>>()?;
+        // user nice system idle iowait irq softirq steal [guest guest_nice],
+        // where guest time is already inside user.
+        Some(CpuTime { total: ticks.iter().take(8).sum(), steal: *ticks.get(7)? })
+    }
+
+    /// Adds the time from `start` to `end`.
+    pub fn add_span(&mut self, start: CpuTime, end: CpuTime) {
+        self.total += end.total.saturating_sub(start.total);
+        self.steal += end.steal.saturating_sub(start.steal);
+    }
+
+    /// The stolen share of this time (0 when none was counted).
+    pub fn steal_share(&self) -> f64 {
+        if self.total == 0 {
+            0.0
+        } else {
+            self.steal as f64 / self.total as f64
+        }
+    }
+}
+
 /// A network namespace, deleted at the end.
 pub struct Netns(pub String);
 
@@ -420,7 +465,7 @@ impl Drop for Netns {
 }
 
 #[cfg(test)]
-mod spread_tests {
+mod bench_stats_tests {
     #[test]
     fn test_spread_of_slice_ratios() {
         let s = super::spread(&mut [(1, 0.95), (2, 0.8), (3, 1.0), (4, 0.9), (5, 0.85)], |x| x.1);
@@ -429,5 +474,21 @@ mod spread_tests {
         assert_eq!((s.median, s.q1, s.q3), (0.7, 0.7, 0.7));
         let s = super::spread(&mut [0.4, 0.1, 0.3, 0.2], |x| *x);
         assert_eq!((s.median, s.q1, s.q3), (0.3, 0.2, 0.4));
+    }
+
+    #[test]
+    fn test_cpu_time_steal_share_from_proc_stat() {
+        let a = super::CpuTime::parse("cpu  100 0 50 800 10 0 5 35 7 0\ncpu0 1 2 3\n").unwrap();
+        assert_eq!(a, super::CpuTime { total: 1000, steal: 35 });
+        let b = super::CpuTime::parse("cpu  150 0 80 900 10 0 5 75 9 0\n").unwrap();
+        let mut span = super::CpuTime::default();
+        assert_eq!(span.steal_share(), 0.0);
+        span.add_span(a, b);
+        assert_eq!(span, super::CpuTime { total: 220, steal: 40 });
+        assert!((span.steal_share() - 40.0 / 220.0).abs() < 1e-12);
+        // Not the aggregate line, or a field that is not a number.
+        assert!(super::CpuTime::parse("cpu0 1 2 3 4 5 6 7 8\n").is_none());
+        assert!(super::CpuTime::parse("cpu  1 2 x 4 5 6 7 8\n").is_none());
+        assert!(super::CpuTime::parse("cpu  1 2 3\n").is_none());
     }
 }

@@ -2,6 +2,7 @@
 //! eventfds, poll).
 
 use std::fs::File;
+use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::Duration;
 
@@ -32,6 +33,30 @@ pub fn poll_in(f: &File, timeout: Duration) -> bool {
     // SAFETY: one pollfd that lives across the call.
     let r = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis().min(i32::MAX as u128) as i32) };
     r > 0
+}
+
+/// Waits for a backend's notification as a guest vCPU halted for an
+/// interrupt does under KVM: polls `ready` for up to `halt_poll` (KVM's
+/// `halt_poll_ns`), yielding to any other task that wants the CPU (KVM
+/// polls only while none does), then sleeps on the eventfd `notify` for up
+/// to `timeout` and consumes what it signalled. True when `ready` turned
+/// true while polling.
+pub fn halt(halt_poll: Duration, ready: impl Fn() -> bool, notify: &File, timeout: Duration) -> bool {
+    let start = std::time::Instant::now();
+    while start.elapsed() < halt_poll {
+        if ready() {
+            return true;
+        }
+        std::thread::yield_now();
+    }
+    if ready() {
+        return true;
+    }
+    if poll_in(notify, timeout) {
+        let mut b = [0u8; 8];
+        let _ = (&*notify).read(&mut b);
+    }
+    false
 }
 
 /// Moves this process into a fresh network namespace (needs root); the

@@ -10,7 +10,9 @@
 //!
 //! The two sides run in alternating slices and the median of the slices'
 //! ratios is printed, with their quartiles (`q1`/`q3`): this shared
-//! machine's disk speed drifts too much for one long run of each. The frontend polls for responses for up to
+//! machine's disk speed drifts too much for one long run of each. Beside
+//! them, the share of CPU time the host stole during each side's slices
+//! (`steal`, `direct_steal`). The frontend polls for responses for up to
 //! `--halt-poll-us` (200) before sleeping, as KVM polls a halted vCPU for
 //! `halt_poll_ns` (200 µs by default) before descheduling it.
 //!
@@ -31,7 +33,7 @@ use std::time::{Duration, Instant};
 
 use xen_abi::blkif;
 use xenkvm_tests::blkfront::{indirect_pages, page_segments, BlkbackProc, Blkfront, FakeDomain, FrontOpts, Req};
-use xenkvm_tests::{spread, tempdir, XenstoredProc};
+use xenkvm_tests::{spread, tempdir, CpuTime, XenstoredProc};
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -314,9 +316,15 @@ fn main() -> anyhow::Result<()> {
             let slice = secs / rounds as f64;
             let mut pairs = Vec::new();
             let mut to_uring = Vec::new();
+            // The host's steal during each side's slices.
+            let (mut steal, mut steal_direct) = (CpuTime::default(), CpuTime::default());
             for _ in 0..rounds {
+                let t0 = CpuTime::now();
                 let b = baseline(path, &c, file_size, slice, direct);
+                let t1 = CpuTime::now();
                 let o = through_blkback(&mut f, &c, size, slice);
+                steal_direct.add_span(t0, t1);
+                steal.add_span(t1, CpuTime::now());
                 pairs.push((o, b, o / b));
                 if uring_base {
                     let u = uring_baseline(path, &c, file_size, slice, direct);
@@ -337,11 +345,13 @@ fn main() -> anyhow::Result<()> {
             let unit =
                 |iops: f64| if c.bs >= 1 << 20 { format!("{:.0} MB/s", iops * c.bs as f64 / 1e6) } else { format!("{iops:.0} IOPS") };
             println!(
-                "BENCH format={format} case={} blkback={} direct={} ratio={ratio:.2} q1={q1:.2} q3={q3:.2} target={}",
+                "BENCH format={format} case={} blkback={} direct={} ratio={ratio:.2} q1={q1:.2} q3={q3:.2} target={} steal={:.2} direct_steal={:.2}",
                 c.name,
                 unit(ours).replace(' ', ""),
                 unit(base).replace(' ', ""),
-                if format == "raw" { "0.90" } else { "0.75" }
+                if format == "raw" { "0.90" } else { "0.75" },
+                steal.steal_share(),
+                steal_direct.steal_share()
             );
             worst.push((format!("{format} {}", c.name), ratio));
         }

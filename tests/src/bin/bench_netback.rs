@@ -13,10 +13,16 @@
 //!
 //! Each case alternates short slices of both sides and prints the median
 //! ratio of packets/s (Gbit/s for GSO), with the slices' quartiles
-//! (`q1`/`q3`). Target ≥ 0.8.
+//! (`q1`/`q3`) and the share of CPU time the host stole during each
+//! side's slices (`steal`, `direct_steal`). Target ≥ 0.8.
+//!
+//! The frontend polls its rings for up to `--halt-poll-us` (200) before
+//! sleeping on its event channel, as KVM polls a halted vCPU for
+//! `halt_poll_ns` (200 µs by default) before descheduling it (as
+//! bench-blkback's does).
 //!
 //! Usage: bench-netback [--seconds S] [--rounds N] [--case NAME-PART] [--verbose]
-//!        [--compare PATH]
+//!        [--compare PATH] [--halt-poll-us N]
 //!
 //! `--compare PATH` also runs another netback build (PATH, on a second vif
 //! and tap) in the same slices, and prints its ratio and ours to it: an
@@ -34,7 +40,7 @@ use xenkvm_net::tap::{self, TapQueue};
 use xenkvm_tests::blkfront::FakeDomain;
 use xenkvm_tests::netfront::Netfront;
 use xenkvm_tests::sys::{packet_socket, poll_in, unshare_net};
-use xenkvm_tests::{binary, spread, tempdir, XenstoredProc};
+use xenkvm_tests::{binary, spread, tempdir, CpuTime, XenstoredProc};
 
 #[derive(Clone, Copy)]
 struct Case {
@@ -202,6 +208,7 @@ fn main() -> anyhow::Result<()> {
     let case_filter = get("--case");
     let verbose = args.iter().any(|a| a == "--verbose");
     let compare = get("--compare");
+    let halt_poll = Duration::from_micros(get("--halt-poll-us").map(|s| s.parse()).transpose()?.unwrap_or(200));
     unshare_net().map_err(|e| anyhow::anyhow!("a network namespace of our own (needs root): {e}"))?;
     ip(&["link", "set", "lo", "up"])?;
     let dir = tempdir();
@@ -226,7 +233,8 @@ fn main() -> anyhow::Result<()> {
             // Profiling needs the binary visible (the jail's root is empty).
             .args(std::env::var_os("BENCH_NO_SANDBOX").map(|_| "--no-sandbox"))
             .spawn()?;
-        let f = Netfront::connect(dom.clone(), &xs.socket, devid, false)?;
+        let mut f = Netfront::connect(dom.clone(), &xs.socket, devid, false)?;
+        f.halt_poll = halt_poll;
         sides.push((netback, f, tap_name));
     }
     let direct = tap::open("xkb1", 1)?.remove(0);
@@ -257,8 +265,12 @@ fn main() -> anyhow::Result<()> {
         }
         // Per side: (its rate, the direct rate of its round, the ratio).
         let mut pairs = vec![Vec::new(); sides.len()];
+        // The host's steal during each side's slices (ours, and direct).
+        let (mut steal, mut steal_direct) = (vec![CpuTime::default(); sides.len()], CpuTime::default());
         for round in 0..rounds {
+            let t0 = CpuTime::now();
             let b = if c.rx { rx_direct(&direct, &c, slice) } else { tx_direct(&direct, &c, slice) };
+            steal_direct.add_span(t0, CpuTime::now());
             // The builds take turns going first, so neither gains from its place.
             let mut order: Vec<usize> = (0..sides.len()).collect();
             if round % 2 == 1 {
@@ -266,7 +278,9 @@ fn main() -> anyhow::Result<()> {
             }
             for k in order {
                 let (_, f, tap_name) = &mut sides[k];
+                let t0 = CpuTime::now();
                 let o = if c.rx { rx_ours(f, tap_name, &c, slice) } else { tx_ours(f, &tx_frames[k], &c, slice) };
+                steal[k].add_span(t0, CpuTime::now());
                 if verbose {
                     println!("# slice {} build {k} netback={o:.0} direct={b:.0} ratio={:.2}", c.name, o / b.max(1.0));
                 }
@@ -279,16 +293,24 @@ fn main() -> anyhow::Result<()> {
             let mut ab: Vec<f64> = pairs[0].iter().zip(&pairs[1]).map(|(a, b)| a.0 / b.0.max(1.0)).collect();
             let (o, b, r) = spread(&mut pairs[1], |p| p.2).median;
             println!(
-                "# compare case={} other={} direct={} ratio={r:.2}; this build/other median {:.2}",
+                "# compare case={} other={} direct={} ratio={r:.2} steal={:.2}; this build/other median {:.2}",
                 c.name,
                 unit(o),
                 unit(b),
+                steal[1].steal_share(),
                 spread(&mut ab, |x| *x).median
             );
         }
         let s = spread(&mut pairs[0], |p| p.2);
         let ((o, base, ratio), q1, q3) = (s.median, s.q1, s.q3);
-        println!("BENCH case={} netback={} direct={} ratio={ratio:.2} q1={q1:.2} q3={q3:.2} target=0.80", c.name, unit(o), unit(base));
+        println!(
+            "BENCH case={} netback={} direct={} ratio={ratio:.2} q1={q1:.2} q3={q3:.2} target=0.80 steal={:.2} direct_steal={:.2}",
+            c.name,
+            unit(o),
+            unit(base),
+            steal[0].steal_share(),
+            steal_direct.steal_share()
+        );
         worst = worst.min(ratio);
     }
     println!("# lowest ratio: {worst:.2}");
