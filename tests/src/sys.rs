@@ -39,24 +39,20 @@ pub fn poll_in(f: &File, timeout: Duration) -> bool {
 /// interrupt does under KVM: polls `ready` for up to `halt_poll` (KVM's
 /// `halt_poll_ns`), yielding to any other task that wants the CPU (KVM
 /// polls only while none does), then sleeps on the eventfd `notify` for up
-/// to `timeout` and consumes what it signalled. True when `ready` turned
-/// true while polling.
-pub fn halt(halt_poll: Duration, ready: impl Fn() -> bool, notify: &File, timeout: Duration) -> bool {
+/// to `timeout` and consumes what it signalled. Returns early once
+/// `ready` holds; the caller looks again either way.
+pub fn halt(halt_poll: Duration, ready: impl Fn() -> bool, notify: &File, timeout: Duration) {
     let start = std::time::Instant::now();
     while start.elapsed() < halt_poll {
         if ready() {
-            return true;
+            return;
         }
         std::thread::yield_now();
     }
-    if ready() {
-        return true;
-    }
-    if poll_in(notify, timeout) {
+    if !ready() && poll_in(notify, timeout) {
         let mut b = [0u8; 8];
         let _ = (&*notify).read(&mut b);
     }
-    false
 }
 
 /// Moves this process into a fresh network namespace (needs root); the
