@@ -4,6 +4,8 @@
 
 use std::path::PathBuf;
 
+use xenkvm_sandbox::cpus::CpuList;
+
 use crate::xlcfg::{Setting, Value};
 
 /// What to do when the guest powers off, reboots or crashes.
@@ -83,6 +85,10 @@ pub struct DomainConfig {
     pub xen_version: Option<String>,
     /// `max_grant_frames`.
     pub max_grant_frames: Option<u32>,
+    /// `netback_tx_writer_cpus` (xenkvm's own key; xl ignores it): host
+    /// CPUs for every netback queue's TX writer thread, as `taskset -c`
+    /// writes them. Unpinned when absent.
+    pub netback_tx_writer_cpus: Option<CpuList>,
     /// Keys that were ignored, one line each (file:line: key: why).
     pub warnings: Vec<String>,
 }
@@ -307,6 +313,7 @@ impl DomainConfig {
             "on_crash",
             "xen_version",
             "max_grant_frames",
+            "netback_tx_writer_cpus",
         ];
         for s in settings {
             if !known.contains(&s.key.as_str()) {
@@ -353,6 +360,10 @@ impl DomainConfig {
             Some((v, line)) if !(1..=4096).contains(&v) => return Err(err(line, format!("max_grant_frames = {v}: 1 to 4096"))),
             Some((v, _)) => Some(v as u32),
         };
+        let netback_tx_writer_cpus = match string("netback_tx_writer_cpus")? {
+            None => None,
+            Some((v, line)) => Some(v.parse::<CpuList>().map_err(|m| err(line, format!("netback_tx_writer_cpus: {m}")))?),
+        };
         let disks = list("disk")?
             .into_iter()
             .map(|(s, line)| parse_disk(&s).map_err(|m| err(line, format!("disk {s:?}: {m}"))))
@@ -389,6 +400,7 @@ impl DomainConfig {
             on_crash: on("on_crash", OnEvent::Destroy)?,
             xen_version: string("xen_version")?.map(|(v, _)| v),
             max_grant_frames,
+            netback_tx_writer_cpus,
             warnings,
         })
     }
@@ -425,6 +437,7 @@ vif = [ "mac=00:16:3e:01:02:03, bridge=br0", "" ]
 channel = [ "name=org.example.agent, connection=pty" ]
 on_reboot = "destroy"
 max_grant_frames = 32
+netback_tx_writer_cpus = "2-3,5"
 uuid = "1234"
 frobnicate = 1
 "#)
@@ -450,7 +463,8 @@ frobnicate = 1
         assert_eq!(c.vifs[1], VifSpec::default());
         assert_eq!((c.on_poweroff, c.on_reboot, c.on_crash), (OnEvent::Destroy, OnEvent::Destroy, OnEvent::Destroy));
         assert_eq!(c.channels, vec!["org.example.agent".to_string()]);
-        assert!(c.warnings.iter().any(|w| w == "t.cfg:16: frobnicate: unknown key, ignored"), "{:?}", c.warnings);
+        assert_eq!(c.netback_tx_writer_cpus.as_ref().map(|l| l.cpus().to_vec()), Some(vec![2, 3, 5]));
+        assert!(c.warnings.iter().any(|w| w == "t.cfg:17: frobnicate: unknown key, ignored"), "{:?}", c.warnings);
         assert!(c.warnings.iter().any(|w| w.contains("uuid: ignored by xenkvm")));
     }
 
@@ -472,6 +486,7 @@ frobnicate = 1
         assert_eq!(e("disk = \"x\"\n").msg, "disk must be a list");
         assert!(e("channel = [ \"connection=socket\" ]\n").msg.contains("not supported"));
         assert!(e("channel = [ \"connection=pty\" ]\n").msg.contains("needs a name="));
+        assert_eq!(e("netback_tx_writer_cpus = \"1-x\"\n").msg, "netback_tx_writer_cpus: CPU list \"1-x\": \"x\" is not a CPU number");
         assert_eq!(e("name = \"a b\"\n").line, 3);
         assert_eq!(cfg("kernel = \"/k\"").unwrap_err().msg, "name is required");
         assert_eq!(cfg("name = \"g\"").unwrap_err().msg, "kernel is required for a pvh guest");

@@ -972,6 +972,7 @@ fn start_vifs(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<V
         xenbus::create_device(&mut c, "vif", u32::from(domid), devid, &backend, &frontend)?;
         let log = paths.log(&cfg.name, &format!("netback-vif{devid}"));
         let (vmm_socket, xenstored, stats) = (paths.vmm_socket(domid), paths.xenstored.clone(), vif_stats_path(paths, domid, devid));
+        let writer_cpus = cfg.netback_tx_writer_cpus.as_ref().map(|c| c.to_string());
         // The launcher keeps the tap's queues: a restarted netback gets them again.
         let spawn = move || -> anyhow::Result<Child> {
             let mut cmd = Command::new(sibling("xenkvm-netback"));
@@ -984,7 +985,8 @@ fn start_vifs(paths: &Paths, cfg: &DomainConfig, domid: u16) -> anyhow::Result<V
                 .arg("--stats")
                 .arg(&stats)
                 .arg("--log")
-                .arg(&log);
+                .arg(&log)
+                .args(writer_cpus.iter().flat_map(|c| ["--tx-writer-cpus", c]));
             for q in &queues {
                 q.set_inheritable(true)?;
                 cmd.arg("--tap-fd").arg(q.raw_fd().to_string());

@@ -361,9 +361,9 @@ fn test_guest_blkfront_one_and_several_queues_raw_and_qcow2() {
 
 /// Starts guest `name` (the test guest with `cmdline`) in the foreground
 /// inside `ns`, with one vif (`mac`, tap `tap`, more of the vif spec in
-/// `extra`); returns once the tap exists.
-fn launch_with_vif(rd: &RunDir, ns: &Netns, name: &str, cmdline: &str, mac: &str, tap: &str, extra: &str) -> Fg {
-    let cfg = rd.config(name, &guest_config(name, cmdline, &format!("vif = [ \"mac={mac}, vifname={tap}{extra}\" ]\n")));
+/// `extra`) and the config lines `more`; returns once the tap exists.
+fn launch_with_vif(rd: &RunDir, ns: &Netns, name: &str, cmdline: &str, (mac, tap, extra): (&str, &str, &str), more: &str) -> Fg {
+    let cfg = rd.config(name, &guest_config(name, cmdline, &format!("vif = [ \"mac={mac}, vifname={tap}{extra}\" ]\n{more}")));
     let launcher = Fg(ns
         .cmd(binary("xenkvm").to_str().unwrap())
         .arg("--run-dir")
@@ -410,14 +410,15 @@ fn test_guest_netfront_ping_udp_and_tcp_with_gso_through_the_launcher() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
+    // Each queue's TX writer pinned to our last CPU (`netback_tx_writer_cpus`).
+    let writer_cpu = *xenkvm_sandbox::cpus::this_thread().unwrap().cpus().last().unwrap();
     let mut launcher = launch_with_vif(
         &rd,
         &ns,
         "net",
         "netfront net_ip=10.99.1.2 net_peer=10.99.1.1 net_secs=25 net_tcp=7000 net_queues=2",
-        "00:16:3e:12:34:56",
-        "xkg0",
-        ", mtu=9000",
+        ("00:16:3e:12:34:56", "xkg0", ", mtu=9000"),
+        &format!("netback_tx_writer_cpus = \"{writer_cpu}\"\n"),
     );
     let receiver = ns
         .cmd("/usr/bin/python3")
@@ -468,6 +469,10 @@ fn test_guest_netfront_ping_udp_and_tcp_with_gso_through_the_launcher() {
         assert!(serial.contains(check), "{check}\n{serial}\n{netback}\n{listed}\nhost side: {tcp}");
     }
     assert!(netback.contains("queues=2 split=false sg=true gso_tcpv4=true"), "{netback}");
+    for q in 0..2 {
+        let pinned = format!("event=\"netback.tx_writer_pinned\" queue={q} cpus={writer_cpu}");
+        assert!(netback.contains(&pinned), "{pinned}\n{netback}");
+    }
     for l in serial.lines().filter(|l| l.starts_with("INFO netfront")) {
         println!("{l}");
     }
@@ -624,7 +629,7 @@ fn test_netback_killed_20_times_during_pings_recovers_every_time() {
     let rd = RunDir::new();
     let ns = Netns::new("nr");
     let mut launcher =
-        launch_with_vif(&rd, &ns, "nr", "netfront net_ip=10.99.2.2 net_peer=10.99.2.1 net_secs=20", "00:16:3e:12:34:57", "xkr0", "");
+        launch_with_vif(&rd, &ns, "nr", "netfront net_ip=10.99.2.2 net_peer=10.99.2.1 net_secs=20", ("00:16:3e:12:34:57", "xkr0", ""), "");
     ns.run(&["ip", "addr", "add", "10.99.2.1/24", "dev", "xkr0"]);
     let log = || rd.log("nr", "netback-vif0");
     wait_for("the vif connected", || log().contains("netback.connected"));

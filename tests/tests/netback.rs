@@ -65,22 +65,26 @@ struct Vif {
 
 impl Vif {
     fn up(ns_name: &str, domid: u16, ram_mib: u64, tap: &str, split: bool) -> Vif {
-        let v = Vif::connected(ns_name, domid, ram_mib, tap, 1, split);
+        let v = Vif::connected(ns_name, domid, ram_mib, tap, 1, split, &[]);
         v.ns.run(&["ip", "addr", "add", "10.99.0.1/24", "dev", tap]);
         v.ns.run(&["ip", "link", "set", tap, "up"]);
         v
     }
 
-    /// As [`Vif::up`] with `queues` queues, the tap left unconfigured.
-    fn connected(ns_name: &str, domid: u16, ram_mib: u64, tap: &str, queues: u32, split: bool) -> Vif {
+    /// As [`Vif::up`] with `queues` queues and `args` for netback, the
+    /// tap left unconfigured.
+    fn connected(ns_name: &str, domid: u16, ram_mib: u64, tap: &str, queues: u32, split: bool, args: &[&str]) -> Vif {
         let ns = Netns::new(ns_name);
         let xs = XenstoredProc::start(&[]);
         let dir = tempdir();
         let dom = FakeDomain::start(&dir, domid, ram_mib, 32);
         Netfront::create_device(&xs.socket, domid, 0, "00:16:3e:12:34:56").unwrap();
         let max_queues = queues.to_string();
-        let extra: &[&str] = if queues > 1 { &["--max-queues", &max_queues] } else { &[] };
-        let netback = start_netback(&ns, &dom, &xs, tap, extra, &dir);
+        let mut extra = args.to_vec();
+        if queues > 1 {
+            extra.extend(["--max-queues", &max_queues]);
+        }
+        let netback = start_netback(&ns, &dom, &xs, tap, &extra, &dir);
         let f = Netfront::connect_queues(dom.clone(), &xs.socket, 0, queues, split)
             .unwrap_or_else(|e| panic!("{e:#}\n{}", std::fs::read_to_string(dir.join("netback.log")).unwrap_or_default()));
         Vif { f, netback, dom, xs, ns, dir }
@@ -534,10 +538,18 @@ fn rss_kib(pid: u32) -> u64 {
 /// (the host still pings through it) nor grow netback's memory.
 #[test]
 fn test_multi_queue_spread_and_a_flooding_queue_starves_nobody() {
-    let Vif { ns, xs: _xs, dir, dom: _dom, netback, mut f } = Vif::connected("mq", 6, 128, "xkt2", 2, false);
+    // Each queue's TX writer is placed on our last CPU (the jail lets a
+    // thread pin itself, nothing more); the queue threads keep ours.
+    let ours = xenkvm_sandbox::cpus::this_thread().unwrap();
+    let last_cpu = ours.cpus().last().unwrap().to_string();
+    let Vif { ns, xs: _xs, dir, dom: _dom, netback, mut f } =
+        Vif::connected("mq", 6, 128, "xkt2", 2, false, &["--tx-writer-cpus", &last_cpu]);
     let log = dir.join("netback.log");
     let logs = || std::fs::read_to_string(&log).unwrap_or_default();
     assert_eq!(f.backend_key("multi-queue-max-queues").unwrap(), "2");
+    for (thread, want) in [("netq0-tx", &last_cpu), ("netq1-tx", &last_cpu), ("netq0", &ours.to_string()), ("netq1", &ours.to_string())] {
+        assert_eq!(&thread_cpus(netback.0.id(), thread, want), want, "{thread}'s CPUs\n{}", logs());
+    }
     ns.run(&["ip", "addr", "add", "10.99.0.1/24", "dev", "xkt2"]);
     ns.run(&["ip", "link", "set", "xkt2", "up"]);
     // 64 flows from the host: the tap spreads them by flow hash.
@@ -616,6 +628,27 @@ fn test_multi_queue_spread_and_a_flooding_queue_starves_nobody() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// The CPUs (`Cpus_allowed_list`) of `pid`'s thread named `name`: what
+/// they are once they are `want`, or after 10 s (a thread pins itself
+/// just after it starts).
+fn thread_cpus(pid: u32, name: &str, want: &str) -> String {
+    let start = Instant::now();
+    let mut seen = format!("no thread {name}");
+    while start.elapsed() < Duration::from_secs(10) {
+        for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
+            let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
+            if status.lines().any(|l| l == format!("Name:\t{name}")) {
+                seen = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:\t")).expect("Cpus_allowed_list").to_string();
+            }
+        }
+        if seen == want {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    seen
+}
+
 /// Sends `len` bytes of UDP from the host side of `ns` to the guest.
 fn host_udp(ns: &Netns, to: &str, len: usize) {
     let script = format!("import socket;s=socket.socket(2,2);s.sendto(bytes(i%251 for i in range({len})),('{to}',7777))");
@@ -635,7 +668,7 @@ fn recv_some(f: &mut Netfront, timeout: Duration) -> Vec<xenkvm_tests::netfront:
 
 #[test]
 fn test_rx_jumbo_frames_and_read_only_rx_buffers() {
-    let Vif { ns, xs: _xs, dir, dom, netback: _netback, mut f } = Vif::connected("nbrx", 4, 64, "xkt2", 1, false);
+    let Vif { ns, xs: _xs, dir, dom, netback: _netback, mut f } = Vif::connected("nbrx", 4, 64, "xkt2", 1, false, &[]);
     let logs = || std::fs::read_to_string(dir.join("netback.log")).unwrap_or_default();
     ns.run(&["ip", "addr", "add", "10.99.2.1/24", "dev", "xkt2"]);
     ns.run(&["ip", "link", "set", "xkt2", "mtu", "9000", "up"]);

@@ -15,6 +15,7 @@ use xenkvm_grant::ring::SharedRing;
 use xenkvm_grant::{map_domain, Access, GrantTable};
 use xenkvm_ipc::vmm as ipc_vmm;
 use xenkvm_ipc::Channel;
+use xenkvm_sandbox::cpus::CpuList;
 use xenstore::client::Client;
 
 use crate::queue::{self, Channels, QueueCtx, QueueEnd};
@@ -43,6 +44,8 @@ pub struct Peers {
     pub tap_fds: Vec<std::os::fd::RawFd>,
     /// Where the counters are written (every second and at the end).
     pub stats: Option<PathBuf>,
+    /// Host CPUs each queue's TX writer runs on (any when `None`).
+    pub tx_writer_cpus: Option<CpuList>,
 }
 
 /// One frontend queue's ring details.
@@ -169,7 +172,9 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer, jail: impl FnOnce() -> an
     let r = be.run("vif", &gone, |be| {
         match ipc_vmm::attach(&ipc).map_err(|e| e.to_string()).and_then(|m| read_frontend(be, offer).map(|f| (m, f))) {
             Err(e) => Disconnect::Broken(e),
-            Ok(((memory, files), fe)) => connect_and_serve(be, &ipc, &taps, &fe, devid, (memory, files), &stats, peers_stats),
+            Ok(((memory, files), fe)) => {
+                connect_and_serve(be, &ipc, &taps, &fe, devid, (memory, files), &stats, peers_stats, peers.tx_writer_cpus.as_ref())
+            }
         }
     });
     write_stats(peers_stats, &stats);
@@ -198,6 +203,7 @@ fn connect_and_serve(
     (memory, files): (ipc_vmm::DomainMemory, Vec<std::fs::File>),
     stats: &Stats,
     stats_path: Option<&std::fs::File>,
+    tx_writer_cpus: Option<&CpuList>,
 ) -> Disconnect {
     let (ram, table) = match map_domain(&memory, &files) {
         Ok(m) => m,
@@ -269,6 +275,7 @@ fn connect_and_serve(
                 stop: set.stop_flag(),
                 tx_features: fe.tx,
                 rx_features: fe.rx,
+                tx_writer_cpus,
             };
             let set = &set;
             std::thread::Builder::new()

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::Parser;
 use xenkvm_net::device::{serve, Offer, Peers};
+use xenkvm_sandbox::cpus::CpuList;
 
 /// Network backend for one virtual interface: serves the guest's netfront
 /// on a tap device (`vif<domid>.<devid>`, the backend's `vifname` node, or
@@ -39,6 +40,11 @@ struct Args {
     /// Log file (default: stderr).
     #[arg(long)]
     log: Option<PathBuf>,
+    /// Host CPUs for each queue's TX writer (`3`, `0-3,6`): the thread that
+    /// copies the guest's frames into the tap, the busiest one, given CPUs
+    /// the queue threads are not pinned to (as libvirt pins an iothread).
+    #[arg(long)]
+    tx_writer_cpus: Option<CpuList>,
 }
 
 fn main() -> std::process::ExitCode {
@@ -52,7 +58,14 @@ fn main() -> std::process::ExitCode {
         eprintln!("xenkvm-netback: --max-queues must be 1..=16");
         return std::process::ExitCode::FAILURE;
     }
-    let peers = Peers { vmm_socket: args.vmm_socket, xenstored: args.xenstored, tap: args.tap, tap_fds: args.tap_fds, stats: args.stats };
+    let peers = Peers {
+        vmm_socket: args.vmm_socket,
+        xenstored: args.xenstored,
+        tap: args.tap,
+        tap_fds: args.tap_fds,
+        stats: args.stats,
+        tx_writer_cpus: args.tx_writer_cpus,
+    };
     let no_sandbox = args.no_sandbox;
     let jail = move || -> anyhow::Result<()> {
         let policy = xenkvm_sandbox::Policy {

@@ -13,6 +13,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use xenkvm_grant::ring::SharedRing;
 use xenkvm_grant::GrantTable;
+use xenkvm_sandbox::cpus::CpuList;
 
 use crate::offload::{VnetHdr, VNET_HDR_LEN};
 use crate::rx::{self, Received, RxFeatures};
@@ -59,6 +60,8 @@ pub struct QueueCtx<'s, 't, 'a> {
     pub tx_features: TxFeatures,
     /// What RX may carry.
     pub rx_features: RxFeatures,
+    /// Host CPUs for the TX writer.
+    pub tx_writer_cpus: Option<&'s CpuList>,
 }
 
 fn kick(f: &File) {
@@ -75,7 +78,7 @@ const TX_BATCHES: usize = 2;
 
 /// Serves one queue until stopped or broken, with its TX writer beside it.
 pub fn run(ctx: QueueCtx, tx_ring: SharedRing, rx_ring: SharedRing, ch: Channels) -> QueueEnd {
-    let end = std::thread::scope(|s| match TxWriter::spawn(s, ctx.tap, ctx.index) {
+    let end = std::thread::scope(|s| match TxWriter::spawn(s, ctx.tap, ctx.index, ctx.tx_writer_cpus) {
         Ok(mut writer) => serve(&ctx, tx_ring, rx_ring, &ch, &mut writer),
         Err(e) => QueueEnd::Corrupt(format!("starting the TX writer: {e}")),
     });

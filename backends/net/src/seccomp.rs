@@ -1,5 +1,6 @@
 //! The network backend's seccomp allow-list: the common rules plus the two
-//! tap ioctls a (re)connect needs and rewriting its counters file.
+//! tap ioctls a (re)connect needs, rewriting its counters file, and a TX
+//! writer pinning itself.
 
 use xenkvm_sandbox::{allow, allow_arg, common_rules, Rules};
 
@@ -8,6 +9,8 @@ pub fn rules() -> Rules {
     let mut r = common_rules();
     allow(&mut r, &[libc::SYS_pwrite64, libc::SYS_ftruncate]);
     allow_arg(&mut r, libc::SYS_ioctl, 1, &[crate::tap::TUNSETOFFLOAD, crate::tap::TUNSETQUEUE]);
+    // A TX writer placing itself (`--tx-writer-cpus`); no other thread.
+    allow_arg(&mut r, libc::SYS_sched_setaffinity, 0, &[0]);
     r
 }
 

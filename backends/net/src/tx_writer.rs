@@ -15,6 +15,8 @@ use std::thread::Scope;
 
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+use xenkvm_sandbox::cpus::{self, CpuList};
+
 use crate::tap::TapQueue;
 use crate::tx::TxBatch;
 
@@ -36,8 +38,14 @@ pub struct TxWriter<'t, 'a> {
 }
 
 impl<'t, 'a> TxWriter<'t, 'a> {
-    /// Starts the writer of queue `index` on `tap`, inside `scope`.
-    pub fn spawn<'scope, 'env>(scope: &'scope Scope<'scope, 'env>, tap: &'env TapQueue, index: u32) -> std::io::Result<TxWriter<'t, 'a>>
+    /// Starts the writer of queue `index` on `tap`, inside `scope`, on
+    /// `cpus` when given (on any CPU, with a warning, when they cannot be had).
+    pub fn spawn<'scope, 'env>(
+        scope: &'scope Scope<'scope, 'env>,
+        tap: &'env TapQueue,
+        index: u32,
+        cpus: Option<&'env CpuList>,
+    ) -> std::io::Result<TxWriter<'t, 'a>>
     where
         't: 'scope,
         'a: 'scope,
@@ -47,6 +55,12 @@ impl<'t, 'a> TxWriter<'t, 'a> {
         let (back, from_writer) = mpsc::channel();
         let theirs = shared.clone();
         std::thread::Builder::new().name(format!("netq{index}-tx")).spawn_scoped(scope, move || {
+            if let Some(cpus) = cpus {
+                match cpus::pin_this_thread(cpus) {
+                    Ok(()) => tracing::info!(event = "netback.tx_writer_pinned", queue = index, cpus = %cpus),
+                    Err(e) => tracing::warn!(event = "netback.tx_writer_cpus", queue = index, cpus = %cpus, error = %e),
+                }
+            }
             while let Ok(mut batch) = work.recv() {
                 batch.write(tap);
                 if back.send(batch).is_err() {

@@ -17,6 +17,8 @@
 //! reported with the reason, and the process goes on. The seccomp filter
 //! is never optional.
 
+pub mod cpus;
+
 use std::collections::BTreeMap;
 use std::ffi::CString;
 
