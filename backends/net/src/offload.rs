@@ -130,11 +130,13 @@ pub const TX_HEAD: usize = 256;
 /// `min(len, TX_HEAD)`; not read when neither offload is asked) are `pkt`,
 /// for a tap that finishes the checksum
 /// (`csum_blank`) and, with `gso = Some((type, size))`, segments it;
-/// returns the header to write before it.
-pub fn tx_offload(pkt: &mut [u8], len: usize, csum_blank: bool, gso: Option<(u8, u16)>) -> Result<VnetHdr, OffloadError> {
+/// returns the header to write before it, and how many bytes of `pkt` are
+/// headers (through the TCP or UDP header; 0 without offloads): the bytes
+/// read and fixed here, which the kernel must get from this copy.
+pub fn tx_offload(pkt: &mut [u8], len: usize, csum_blank: bool, gso: Option<(u8, u16)>) -> Result<(VnetHdr, usize), OffloadError> {
     let mut hdr = VnetHdr::default();
     if !csum_blank && gso.is_none() {
-        return Ok(hdr);
+        return Ok((hdr, 0));
     }
     let (ip, l4, proto, v6) = locate_l4(pkt)?;
     let (csum_offset, l4_min) = match proto {
@@ -154,6 +156,8 @@ pub fn tx_offload(pkt: &mut [u8], len: usize, csum_blank: bool, gso: Option<(u8,
     hdr.flags = F_NEEDS_CSUM;
     hdr.csum_start = l4 as u16;
     hdr.csum_offset = csum_offset as u16;
+    let l4_hdr = if proto == 6 { (usize::from(pkt[l4 + 12] >> 4) * 4).max(20) } else { 8 };
+    let headers = (l4 + l4_hdr).min(pkt.len());
     if let Some((gso_type, size)) = gso {
         let want_v6 = match gso_type {
             xen_abi::netif::GSO_TYPE_TCPV4 => false,
@@ -163,12 +167,11 @@ pub fn tx_offload(pkt: &mut [u8], len: usize, csum_blank: bool, gso: Option<(u8,
         if proto != 6 || v6 != want_v6 || size == 0 {
             return Err(OffloadError::GsoMismatch(gso_type));
         }
-        let doff = usize::from(pkt[l4 + 12] >> 4) * 4;
         hdr.gso_type = if v6 { GSO_TCPV6 } else { GSO_TCPV4 };
         hdr.gso_size = size;
-        hdr.hdr_len = (l4 + doff.max(20)) as u16;
+        hdr.hdr_len = (l4 + l4_hdr) as u16;
     }
-    Ok(hdr)
+    Ok((hdr, headers))
 }
 
 /// The IPv4 header checksum (for building test frames).
@@ -205,8 +208,8 @@ mod tests {
     fn test_csum_blank_udp_gets_pseudo_header_sum_and_needs_csum() {
         let mut p = udp4(b"hello");
         let n = p.len();
-        let h = tx_offload(&mut p, n, true, None).unwrap();
-        assert_eq!((h.flags, h.csum_start, h.csum_offset), (F_NEEDS_CSUM, 34, 6));
+        let (h, headers) = tx_offload(&mut p, n, true, None).unwrap();
+        assert_eq!((h.flags, h.csum_start, h.csum_offset, headers), (F_NEEDS_CSUM, 34, 6, 42));
         // Completing the checksum over the L4 bytes from the partial sum
         // gives a datagram whose full checksum verifies.
         let partial = u16::from_be_bytes([p[40], p[41]]);
@@ -225,7 +228,27 @@ mod tests {
         let mut arp = vec![0u8; 42];
         arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
         assert!(matches!(tx_offload(&mut arp, 42, true, None), Err(OffloadError::NotTcpUdp(_))));
-        assert_eq!(tx_offload(&mut arp, 42, false, None), Ok(VnetHdr::default()));
+        assert_eq!(tx_offload(&mut arp, 42, false, None), Ok((VnetHdr::default(), 0)));
+    }
+
+    #[test]
+    fn test_tcp_gso_headers_end_after_the_tcp_options() {
+        // Ethernet, IPv4, TCP with 12 bytes of options (doff 8), 3000 bytes.
+        let mut p = vec![0u8; 14 + 20 + 32 + 3000];
+        p[12..14].copy_from_slice(&0x0800u16.to_be_bytes());
+        p[14] = 0x45;
+        p[16..18].copy_from_slice(&((20 + 32 + 3000) as u16).to_be_bytes());
+        p[23] = 6;
+        p[46] = 8 << 4;
+        let n = p.len();
+        let (h, headers) = tx_offload(&mut p[..TX_HEAD], n, true, Some((xen_abi::netif::GSO_TYPE_TCPV4, 1448))).unwrap();
+        assert_eq!((h.gso_type, h.gso_size, h.hdr_len, h.csum_start, h.csum_offset), (GSO_TCPV4, 1448, 66, 34, 16));
+        assert_eq!(headers, 66);
+        // A TCP header claiming options past the bytes copied keeps no more than them.
+        let mut short = p[..14 + 20 + 20].to_vec();
+        short[46] = 15 << 4;
+        let (_, headers) = tx_offload(&mut short, n, true, None).unwrap();
+        assert_eq!(headers, 54);
     }
 
     #[test]

@@ -16,7 +16,7 @@ use xenkvm_grant::ring::SharedRing;
 use xenkvm_grant::{GrantTable, ReadPins};
 use zerocopy::{FromBytes, IntoBytes};
 
-use crate::offload::{tx_offload, VnetHdr, TX_HEAD, VNET_HDR_LEN};
+use crate::offload::{tx_offload, TX_HEAD, VNET_HDR_LEN};
 use crate::stats::{Drop, Stats};
 use crate::tap::{FrameBatch, TapQueue};
 
@@ -54,10 +54,10 @@ pub enum Next {
     Fatal(String),
 }
 
-/// A TX frame ready for the tap: its head copied out (and fixed) when it
-/// asks for offloads, the rest as pieces (address, length) of granted pages,
-/// pinned until cleared. Reused from packet to packet, so a packet
-/// allocates nothing.
+/// A TX frame ready for the tap: when it asks for offloads, its tap header
+/// followed by its headers, copied out and fixed (`head`); the rest as
+/// pieces (address, length) of granted pages, pinned until cleared. Reused
+/// from packet to packet, so a packet allocates nothing.
 pub struct TxFrame<'t, 'a> {
     head: Vec<u8>,
     rest: Vec<(usize, usize)>,
@@ -122,9 +122,9 @@ pub fn next_chain(ring: &mut SharedRing, avail: u32, chain: &mut TxChain) -> Nex
     Next::Chain
 }
 
-/// Checks `chain`, copies its head and pins the pages of the rest into
-/// `frame`; the tap header for it, or the reason to drop it.
-pub fn build(chain: &TxChain, feats: TxFeatures, frame: &mut TxFrame) -> Result<VnetHdr, (Drop, String)> {
+/// Checks `chain` and pins its pages into `frame`, with its tap header
+/// and headers copied out when it asks for offloads; or the reason to drop it.
+pub fn build(chain: &TxChain, feats: TxFeatures, frame: &mut TxFrame) -> Result<(), (Drop, String)> {
     if chain.data.len() > MAX_SLOTS {
         return Err((Drop::TxTooManySlots, format!("{} data slots (at most {MAX_SLOTS})", chain.data.len())));
     }
@@ -158,14 +158,19 @@ pub fn build(chain: &TxChain, feats: TxFeatures, frame: &mut TxFrame) -> Result<
         return Err((Drop::TxBadSize, format!("packet of {total} bytes is shorter than an Ethernet header")));
     }
     // Only a frame whose headers are parsed and fixed for an offload has
-    // its head copied (the kernel then reads headers that cannot change
-    // under it). Any other goes to the tap straight from the granted pages:
-    // a copy, made on this thread and read by the kernel on the writer's,
-    // cost more than the rest of a small frame's trip (each cache line
-    // crossing between the two CPUs here takes about 100 ns).
+    // them copied (the kernel then reads headers that cannot change under
+    // it), and only them: the payload goes to the tap straight from the
+    // granted pages, as Linux's netback copies only the head. A copy, made
+    // on this thread and read by the kernel on the writer's, costs a cache
+    // line crossing between CPUs per 64 bytes (about 100 ns here).
     let csum_blank = first.flags & netif::NETTXF_CSUM_BLANK != 0;
-    let head_len = if csum_blank || gso.is_some() { TX_HEAD } else { 0 };
+    let offloads = csum_blank || gso.is_some();
     frame.clear();
+    if offloads {
+        // Room for the tap header, written once the headers are parsed.
+        frame.head.resize(VNET_HDR_LEN, 0);
+    }
+    let head_len = if offloads { VNET_HDR_LEN + TX_HEAD } else { 0 };
     for (k, r) in chain.data.iter().enumerate() {
         let len = if k == 0 { first_len } else { usize::from(r.size) };
         let offset = usize::from(r.offset);
@@ -173,18 +178,35 @@ pub fn build(chain: &TxChain, feats: TxFeatures, frame: &mut TxFrame) -> Result<
             return Err((Drop::TxBadSize, format!("fragment at offset {offset} of {len} bytes crosses its page",)));
         }
         let piece = frame.pins.pin(r.gref, offset, len).map_err(|e| (Drop::TxBadGrant, e.to_string()))?;
-        let copy = len.min(head_len - frame.head.len());
+        let copy = len.min(head_len.saturating_sub(frame.head.len()));
         if copy > 0 {
             let at = frame.head.len();
             frame.head.resize(at + copy, 0);
             piece.copy_to(&mut frame.head[at..]);
         }
-        if len > copy {
-            frame.rest.push((piece.ptr_guard().as_ptr() as usize + copy, len - copy));
-        }
+        frame.rest.push((piece.ptr_guard().as_ptr() as usize, len));
     }
     frame.len = total;
-    tx_offload(&mut frame.head, total, csum_blank, gso).map_err(|e| (Drop::TxBadOffload, e.to_string()))
+    if !offloads {
+        return Ok(());
+    }
+    let (hdr, headers) =
+        tx_offload(&mut frame.head[VNET_HDR_LEN..], total, csum_blank, gso).map_err(|e| (Drop::TxBadOffload, e.to_string()))?;
+    frame.head[..VNET_HDR_LEN].copy_from_slice(&hdr.to_bytes());
+    frame.head.truncate(VNET_HDR_LEN + headers);
+    // The pages carry what follows the headers.
+    let mut skip = headers;
+    let mut first_kept = 0;
+    for piece in &mut frame.rest {
+        if skip < piece.1 {
+            *piece = (piece.0 + skip, piece.1 - skip);
+            break;
+        }
+        skip -= piece.1;
+        first_kept += 1;
+    }
+    frame.rest.drain(..first_kept);
+    Ok(())
 }
 
 /// Answers every slot of `chain`: data slots get `status`, extras NULL.
@@ -211,7 +233,6 @@ static NO_OFFLOAD_HDR: [u8; VNET_HDR_LEN] = [0; VNET_HDR_LEN];
 struct TxSlot<'t, 'a> {
     chain: TxChain,
     frame: TxFrame<'t, 'a>,
-    hdr: [u8; VNET_HDR_LEN],
     built: Result<(), (Drop, String)>,
 }
 
@@ -231,7 +252,7 @@ pub struct TxBatch<'t, 'a> {
 impl<'t, 'a> TxBatch<'t, 'a> {
     /// Room for `packets` packets whose pages come from `table`.
     pub fn new(packets: usize, table: &'t GrantTable<'a>) -> TxBatch<'t, 'a> {
-        let slot = || TxSlot { chain: TxChain::default(), frame: TxFrame::new(table), hdr: [0; VNET_HDR_LEN], built: Ok(()) };
+        let slot = || TxSlot { chain: TxChain::default(), frame: TxFrame::new(table), built: Ok(()) };
         TxBatch { slots: (0..packets.max(1)).map(|_| slot()).collect(), writes: FrameBatch::default(), taken: 0, full: false }
     }
 
@@ -287,21 +308,17 @@ impl<'t, 'a> TxBatch<'t, 'a> {
             avail -= slots;
             used += slots;
             let writes = &mut self.writes;
-            slot.built = build(&slot.chain, feats, &mut slot.frame).and_then(|hdr| {
-                let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 2 + MAX_SLOTS];
-                // A frame without offloads gets the one all-zero header,
-                // which no thread writes: no cache line to pass to the writer.
-                iov[0] = if hdr == VnetHdr::default() {
+            slot.built = build(&slot.chain, feats, &mut slot.frame).and_then(|()| {
+                let mut iov = [libc::iovec { iov_base: std::ptr::null_mut(), iov_len: 0 }; 1 + MAX_SLOTS];
+                // A frame with offloads starts with its tap header and headers
+                // in one copy; one without gets the one all-zero header, which
+                // no thread writes: no cache line to pass to the writer.
+                iov[0] = if slot.frame.head.is_empty() {
                     libc::iovec { iov_base: NO_OFFLOAD_HDR.as_ptr().cast_mut().cast(), iov_len: VNET_HDR_LEN }
                 } else {
-                    slot.hdr = hdr.to_bytes();
-                    libc::iovec { iov_base: slot.hdr.as_mut_ptr().cast(), iov_len: VNET_HDR_LEN }
+                    libc::iovec { iov_base: slot.frame.head.as_mut_ptr().cast(), iov_len: slot.frame.head.len() }
                 };
                 let mut k = 1;
-                if !slot.frame.head.is_empty() {
-                    iov[1] = libc::iovec { iov_base: slot.frame.head.as_mut_ptr().cast(), iov_len: slot.frame.head.len() };
-                    k = 2;
-                }
                 let first_piece = k;
                 for &(addr, len) in &slot.frame.rest {
                     // Pieces that follow each other in our mapping (a guest
