@@ -292,11 +292,20 @@ impl NetQueue {
     /// Waits (up to 10 s) until `slots` more requests fit under `limit`
     /// requests in flight.
     fn wait_ring_room(&mut self, slots: usize, limit: usize) {
-        let start = Instant::now();
-        while self.tx_prod.wrapping_sub(self.tx_cons) as usize + slots > limit && start.elapsed() < Duration::from_secs(10) {
-            let r = self.take_tx_responses(1, Duration::from_millis(100));
-            self.reaped.extend(r);
+        let full = |q: &Self| q.tx_prod.wrapping_sub(q.tx_cons) as usize + slots > limit;
+        // The clock is read only when there is something to wait for.
+        if !full(self) {
+            return;
         }
+        let start = Instant::now();
+        let mut reaped = std::mem::take(&mut self.reaped);
+        while full(self) && start.elapsed() < Duration::from_secs(10) {
+            self.reap_tx(false, Duration::from_millis(100), |r| {
+                reaped.push(r);
+                true
+            });
+        }
+        self.reaped = reaped;
     }
 
     /// A granted page holding `data` (at offset `off`): (gref).
@@ -419,7 +428,7 @@ impl NetQueue {
     /// for more (up to `timeout`) until `each` is satisfied (or `enough`
     /// from the start).
     fn reap_tx(&mut self, mut enough: bool, timeout: Duration, mut each: impl FnMut(TxResponse) -> bool) {
-        let start = Instant::now();
+        let mut start = None;
         loop {
             let prod = self.word(self.tx_gfn, 8).load(Ordering::Acquire);
             while self.tx_cons != prod {
@@ -430,7 +439,7 @@ impl NetQueue {
                 self.tx_cons = self.tx_cons.wrapping_add(1);
             }
             self.word(self.tx_gfn, 12).store(self.tx_cons.wrapping_add(1), Ordering::Release);
-            if enough || start.elapsed() > timeout {
+            if enough || timeout.is_zero() || start.get_or_insert_with(Instant::now).elapsed() > timeout {
                 return;
             }
             let ready = || self.word(self.tx_gfn, 8).load(Ordering::Acquire) != self.tx_cons;
