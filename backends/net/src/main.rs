@@ -41,8 +41,8 @@ struct Args {
     #[arg(long)]
     log: Option<PathBuf>,
     /// Host CPUs for each queue's TX writer (`3`, `0-3,6`): the thread that
-    /// copies the guest's frames into the tap, the busiest one, given CPUs
-    /// the queue threads are not pinned to (as libvirt pins an iothread).
+    /// copies the guest's frames into the tap, the busiest one (as libvirt's
+    /// iothreadpin places an I/O thread). Queue threads stay unpinned.
     #[arg(long)]
     tx_writer_cpus: Option<CpuList>,
 }
