@@ -24,18 +24,13 @@
 //! real guest's vCPUs have CPUs of their own.
 //!
 //! `--tx-writer-cpus LIST` is passed to netback (default: the last CPU;
-//! `any` leaves the writer unpinned), and during netback's slices the
-//! frontend, the guest's vCPU, runs on the other CPUs (as a host that pins
-//! a guest with xl.cfg's `cpus` and netback with `netback_tx_writer_cpus`
-//! keeps them apart; the host's RX sender is not pinned). The TX writer,
-//! the busiest thread (it copies every frame into the tap), then keeps a
-//! CPU to itself while the queue thread and the frontend share the other.
-//! Left to itself the scheduler often wakes the writer onto its queue
-//! thread's CPU, or the frontend onto the writer's, and they take turns
-//! there while the other CPU idles. Measured on this 2-CPU machine with no
-//! steal: pinning the writer alone took tx-gso from 0.56 to 0.71 in the
-//! same run (1.30×; tx-64 1.01×, tx-1500 1.04×, RX 0.98–1.02×); placing
-//! the frontend too, default runs went from tx-gso 0.55 to 0.69–0.82.
+//! `any` leaves the writer unpinned). The TX writer, the busiest thread
+//! (it copies every frame into the tap), then keeps a CPU to itself while
+//! the queue thread and the frontend share the other: measured on this
+//! 2-CPU machine with no steal, tx-gso went from 0.57–0.63 unpinned to
+//! 0.75–0.79 (tx-1500 0.73–0.82 to 0.90–1.17), RX unchanged. Left to
+//! itself the scheduler often wakes the writer onto its queue thread's CPU,
+//! and the two take turns there while the other CPU idles.
 //!
 //! Usage: bench-netback [--seconds S] [--rounds N] [--case NAME-PART] [--verbose]
 //!        [--compare PATH] [--halt-poll-us N] [--tx-writer-cpus LIST|any]
@@ -53,7 +48,6 @@ use std::time::{Duration, Instant};
 use xen_abi::netif::{self, ExtraInfo};
 use xenkvm_net::offload::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
 use xenkvm_net::tap::{self, TapQueue};
-use xenkvm_sandbox::cpus::{self, CpuList};
 use xenkvm_tests::blkfront::FakeDomain;
 use xenkvm_tests::netfront::Netfront;
 use xenkvm_tests::sys::{packet_socket, poll_in, unshare_net};
@@ -169,11 +163,9 @@ fn generator(ifname: &str, c: Case, stop: Arc<AtomicBool>) -> std::thread::JoinH
 }
 
 /// Host to guest through netback: frames per second reaching the guest.
-fn rx_ours(f: &mut Netfront, tap: &str, c: &Case, secs: f64, guest_cpus: Option<&CpuList>) -> f64 {
+fn rx_ours(f: &mut Netfront, tap: &str, c: &Case, secs: f64) -> f64 {
     let stop = Arc::new(AtomicBool::new(false));
-    // The host's sender is not the guest: it starts before the pinning.
     let g = generator(tap, *c, stop.clone());
-    let _pinned = guest_cpus.map(Pinned::to);
     let start = Instant::now();
     let end = start + Duration::from_secs_f64(secs);
     let mut n = 0u64;
@@ -186,28 +178,6 @@ fn rx_ours(f: &mut Netfront, tap: &str, c: &Case, secs: f64, guest_cpus: Option<
     let _ = g.join();
     while f.recv_count(Duration::from_millis(50)).0 > 0 {}
     rate
-}
-
-/// The calling thread confined to some CPUs until dropped (then back on
-/// the ones it had).
-struct Pinned(Option<CpuList>);
-
-impl Pinned {
-    fn to(cpus: &CpuList) -> Pinned {
-        let before = cpus::this_thread().ok();
-        if let Err(e) = cpus::pin_this_thread(cpus) {
-            eprintln!("# the frontend stays unpinned ({cpus}: {e})");
-        }
-        Pinned(before)
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        if let Some(before) = &self.0 {
-            let _ = cpus::pin_this_thread(before);
-        }
-    }
 }
 
 /// Host to guest read straight from a tap.
@@ -255,16 +225,6 @@ fn main() -> anyhow::Result<()> {
         Some(any) if any == "any" => None,
         Some(list) => Some(list),
         None => Some(last_cpu.to_string()),
-    };
-    // The simulated guest's vCPU runs on the other CPUs (as xl.cfg's
-    // `cpus` would place it), during netback's slices only.
-    let guest_cpus = match &writer_cpus {
-        Some(w) => {
-            let w: CpuList = w.parse().map_err(|e: String| anyhow::anyhow!(e))?;
-            let rest: Vec<String> = cpus::this_thread()?.cpus().iter().filter(|c| !w.cpus().contains(c)).map(|c| c.to_string()).collect();
-            (!rest.is_empty()).then(|| rest.join(",").parse::<CpuList>()).transpose().map_err(|e| anyhow::anyhow!(e))?
-        }
-        None => None,
     };
     unshare_net().map_err(|e| anyhow::anyhow!("a network namespace of our own (needs root): {e}"))?;
     ip(&["link", "set", "lo", "up"])?;
@@ -340,12 +300,7 @@ fn main() -> anyhow::Result<()> {
             for k in order {
                 let (_, f, tap_name) = &mut sides[k];
                 let t0 = CpuTime::now();
-                let o = if c.rx {
-                    rx_ours(f, tap_name, &c, slice, guest_cpus.as_ref())
-                } else {
-                    let _pinned = guest_cpus.as_ref().map(Pinned::to);
-                    tx_ours(f, &tx_frames[k], &c, slice)
-                };
+                let o = if c.rx { rx_ours(f, tap_name, &c, slice) } else { tx_ours(f, &tx_frames[k], &c, slice) };
                 steal[k].add_span(t0, CpuTime::now());
                 if verbose {
                     println!("# slice {} build {k} netback={o:.0} direct={b:.0} ratio={:.2}", c.name, o / b.max(1.0));
