@@ -26,11 +26,13 @@
 //! `--tx-writer-cpus LIST` is passed to netback (default: the last CPU;
 //! `any` leaves the writer unpinned). The TX writer, the busiest thread
 //! (it copies every frame into the tap), then keeps a CPU to itself while
-//! the queue thread and the frontend share the other: measured on this
-//! 2-CPU machine with no steal, tx-gso went from 0.57–0.63 unpinned to
-//! 0.75–0.79 (tx-1500 0.73–0.82 to 0.90–1.17), RX unchanged. Left to
-//! itself the scheduler often wakes the writer onto its queue thread's CPU,
-//! and the two take turns there while the other CPU idles.
+//! the queue thread and the frontend share the other. Left to itself the
+//! scheduler often wakes the writer onto its queue thread's CPU, and the
+//! two take turns there while the other CPU idles. Measured on this 2-CPU
+//! machine with no steal, against the same build unpinned in the same run
+//! (`--compare` with a wrapper dropping the option): tx-gso 1.30×, tx-64
+//! 1.01×, tx-1500 1.04×, RX 0.98–1.02×. (Pinning the frontend as well,
+//! to the other CPU, showed no clear TX gain and cost rx-64 5–10%.)
 //!
 //! Usage: bench-netback [--seconds S] [--rounds N] [--case NAME-PART] [--verbose]
 //!        [--compare PATH] [--halt-poll-us N] [--tx-writer-cpus LIST|any]
