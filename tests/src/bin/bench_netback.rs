@@ -222,7 +222,8 @@ fn main() -> anyhow::Result<()> {
     let verbose = args.iter().any(|a| a == "--verbose");
     let compare = get("--compare");
     let halt_poll = Duration::from_micros(get("--halt-poll-us").map(|s| s.parse()).transpose()?.unwrap_or(0));
-    let last_cpu = std::thread::available_parallelism().map_or(1, |n| n.get()) - 1;
+    // By default the last of the CPUs this process may use.
+    let last_cpu = xenkvm_sandbox::cpus::this_thread()?.cpus().last().copied().unwrap_or(0);
     let writer_cpus = match get("--tx-writer-cpus") {
         Some(any) if any == "any" => None,
         Some(list) => Some(list),
