@@ -738,7 +738,13 @@ pub fn scenario_gsi(c: &mut Checks) {
     ioapic_write(rte, u32::from(GSI_VECTOR) | LEVEL);
     let delivered = wait_hits(a, h1);
     settle();
-    check!(c, "gsi.level_held_while_masked", held && delivered && upcalls() - u1 == 1, "held {held} delivered on unmask {delivered}");
+    let taken = upcalls() - u1;
+    check!(
+        c,
+        "gsi.level_held_while_masked",
+        held && delivered && taken == 1,
+        "held {held} delivered on unmask {delivered}; upcalls {taken} (one expected)"
+    );
 
     // Back to the vector callback.
     ioapic_write(rte, u32::from(GSI_VECTOR) | LEVEL | MASKED);
