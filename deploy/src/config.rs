@@ -469,6 +469,13 @@ frobnicate = 1
     }
 
     #[test]
+    fn the_example_config_loads_without_warnings() {
+        let c = DomainConfig::load(std::path::Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/examples/guest.cfg"))).unwrap();
+        assert_eq!((c.name.as_str(), c.memory_mib, c.vcpus, c.on_reboot), ("guest", 512, 2, OnEvent::Restart));
+        assert!(c.warnings.is_empty(), "{:?}", c.warnings);
+    }
+
+    #[test]
     fn each_error_names_the_line() {
         let base = "name = \"g\"\nkernel = \"/k\"\n";
         let e = |extra: &str| cfg(&format!("{base}{extra}")).unwrap_err();
