@@ -389,6 +389,18 @@ pub fn spread<T: Copy>(slices: &mut [T], figure: impl Fn(&T) -> f64) -> Spread<T
     Spread { median: slices[n / 2], q1: figure(&slices[n / 4]), q3: figure(&slices[(3 * n / 4).min(n - 1)]) }
 }
 
+/// A field of a `/proc/.../status` text (`Name`, `VmRSS`, ...): its value,
+/// trimmed.
+pub fn status_field<'s>(status: &'s str, key: &str) -> Option<&'s str> {
+    status.lines().find_map(|l| l.strip_prefix(key)?.strip_prefix(':')).map(str::trim)
+}
+
+/// Process `pid`'s resident memory in KiB (0 once it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status_field(&s, "VmRSS").and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
 /// The machine's CPU time so far, all CPUs together, as `/proc/stat`
 /// counts it (in clock ticks): everything, and the part the hypervisor
 /// under this VM gave to others while our CPUs wanted to run (steal).
@@ -474,6 +486,16 @@ mod bench_stats_tests {
         assert_eq!((s.median, s.q1, s.q3), (0.7, 0.7, 0.7));
         let s = super::spread(&mut [0.4, 0.1, 0.3, 0.2], |x| *x);
         assert_eq!((s.median, s.q1, s.q3), (0.3, 0.2, 0.4));
+    }
+
+    #[test]
+    fn test_status_fields() {
+        let s = "Name:\tnetq0-tx\nVmRSS:\t  2048 kB\nCpus_allowed_list:\t1\n";
+        assert_eq!(super::status_field(s, "Name"), Some("netq0-tx"));
+        assert_eq!(super::status_field(s, "Cpus_allowed_list"), Some("1"));
+        assert_eq!(super::status_field(s, "VmRSS"), Some("2048 kB"));
+        assert_eq!(super::status_field(s, "VmRS"), None);
+        assert_eq!(super::rss_kib(u32::MAX), 0);
     }
 
     #[test]

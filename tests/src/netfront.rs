@@ -210,6 +210,11 @@ impl NetQueue {
         self.dom.word(gfn, off)
     }
 
+    /// Whether the backend published RX responses not yet taken.
+    fn rx_ready(&self) -> bool {
+        self.word(self.rx_gfn, 8).load(Ordering::Acquire) != self.rx_cons
+    }
+
     fn kick_tx(&self) {
         let _ = (&self.tx_ev.0).write(&1u64.to_ne_bytes());
     }
@@ -501,8 +506,7 @@ impl NetQueue {
             if (!frames.is_empty() && cur.is_none()) || start.elapsed() > timeout {
                 return frames;
             }
-            let ready = || self.word(self.rx_gfn, 8).load(Ordering::Acquire) != self.rx_cons;
-            halt(self.halt_poll, ready, &notify, Duration::from_millis(20));
+            halt(self.halt_poll, || self.rx_ready(), &notify, Duration::from_millis(20));
         }
     }
 
@@ -552,8 +556,7 @@ impl NetQueue {
                 return (frames, bytes, errors);
             }
             let notify = self.rx_ev.as_ref().map_or(&self.tx_ev.1, |e| &e.1);
-            let ready = || self.word(self.rx_gfn, 8).load(Ordering::Acquire) != self.rx_cons;
-            halt(self.halt_poll, ready, notify, Duration::from_millis(20));
+            halt(self.halt_poll, || self.rx_ready(), notify, Duration::from_millis(20));
         }
     }
 

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use xen_abi::netif::{self, ExtraInfo, TxRequest};
 use xenkvm_tests::blkfront::FakeDomain;
 use xenkvm_tests::netfront::Netfront;
-use xenkvm_tests::{binary, tempdir, Netns, XenstoredProc};
+use xenkvm_tests::{binary, rss_kib, status_field, tempdir, Netns, XenstoredProc};
 use zerocopy::IntoBytes;
 
 const GUEST_MAC: [u8; 6] = [0x00, 0x16, 0x3e, 0x12, 0x34, 0x56];
@@ -528,11 +528,6 @@ fn test_tcp_bulk_with_gso_and_sg_both_ways() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")?.trim().strip_suffix("kB")?.trim().parse().ok()).unwrap_or(0)
-}
-
 /// Two queues on a multi-queue tap: the host's flows spread over both,
 /// each queue sends, and a queue flooded with TX does not starve the other
 /// (the host still pings through it) nor grow netback's memory.
@@ -637,8 +632,8 @@ fn thread_cpus(pid: u32, name: &str, want: &str) -> String {
     while start.elapsed() < Duration::from_secs(10) {
         for t in std::fs::read_dir(format!("/proc/{pid}/task")).unwrap().flatten() {
             let status = std::fs::read_to_string(t.path().join("status")).unwrap_or_default();
-            if status.lines().any(|l| l == format!("Name:\t{name}")) {
-                seen = status.lines().find_map(|l| l.strip_prefix("Cpus_allowed_list:\t")).expect("Cpus_allowed_list").to_string();
+            if status_field(&status, "Name") == Some(name) {
+                seen = status_field(&status, "Cpus_allowed_list").expect("Cpus_allowed_list").to_string();
             }
         }
         if seen == want {

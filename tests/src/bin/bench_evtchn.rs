@@ -7,7 +7,7 @@
 //! Usage: bench-evtchn [ROUNDS (max 512)] [RUNS]
 
 use anyhow::bail;
-use xenkvm_tests::{bench_field as field, run_vmm};
+use xenkvm_tests::{bench_field as field, run_vmm, spread};
 
 /// One run's latencies in ns: [loopback, notify, bare MSI].
 struct Sample {
@@ -22,8 +22,7 @@ fn ratios(v: &[f64; 3]) -> (f64, f64) {
 /// The median over runs of one ratio.
 fn median_of(runs: &[Sample], f: impl Fn(&Sample) -> f64) -> f64 {
     let mut v: Vec<f64> = runs.iter().map(f).collect();
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    spread(&mut v, |x| *x).median
 }
 
 fn main() -> anyhow::Result<()> {

@@ -5,7 +5,7 @@
 //! Usage: bench-hypercall [ITERATIONS] [RUNS]
 
 use anyhow::bail;
-use xenkvm_tests::{bench_field as field, run_vmm};
+use xenkvm_tests::{bench_field as field, run_vmm, spread};
 
 fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
@@ -27,8 +27,7 @@ fn main() -> anyhow::Result<()> {
         );
         ratios.push((h, b, f));
     }
-    ratios.sort_by(|x, y| (x.0 / x.1).total_cmp(&(y.0 / y.1)));
-    let (h, b, f) = ratios[ratios.len() / 2];
+    let (h, b, f) = spread(&mut ratios, |r| r.0 / r.1).median;
     println!("median of {runs} runs x {iterations} iterations: XENVER_version hypercall {h:.0} ns, bare exit {b:.0} ns, ratio {:.3} (target <= 1.15)", h / b);
     println!(
         "floor for a call-based ABI (the guest's own call + the same exit + ret, every instruction emulated at CPL0): {f:.0} ns = {:.3} x bare exit; hypercall = {:.3} x that",

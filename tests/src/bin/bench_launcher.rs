@@ -10,7 +10,7 @@
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use xenkvm_tests::{binary, guest_kernel, tempdir};
+use xenkvm_tests::{binary, guest_kernel, rss_kib, spread, tempdir};
 
 fn wait(what: &str, start: Instant, mut f: impl FnMut() -> bool) -> anyhow::Result<f64> {
     while !f() {
@@ -26,14 +26,8 @@ fn size(p: &std::path::Path) -> u64 {
     std::fs::metadata(p).map_or(0, |m| m.len())
 }
 
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
-}
-
 fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
+    spread(&mut v, |x| *x).median
 }
 
 fn main() -> anyhow::Result<()> {

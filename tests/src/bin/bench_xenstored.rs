@@ -10,7 +10,7 @@ use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::time::{Duration, Instant};
 
-use xenkvm_tests::XenstoredProc;
+use xenkvm_tests::{rss_kib, XenstoredProc};
 use xenstore::client::Client;
 use xenstore::wire::{ty, Decoder, Message};
 
@@ -103,11 +103,6 @@ fn run(socket: &std::path::Path, op: Op, clients: usize, secs: f64) -> (f64, f64
     all.sort_unstable();
     let p99 = all.get(all.len() * 99 / 100).copied().unwrap_or(0) as f64 / 1000.0;
     (all.len() as f64 / secs, p99)
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
 }
 
 fn main() -> anyhow::Result<()> {
