@@ -17,6 +17,12 @@ impl CpuList {
     pub fn cpus(&self) -> &[usize] {
         &self.cpus
     }
+
+    /// These CPUs less `other`'s; None when nothing is left.
+    pub fn without(&self, other: &CpuList) -> Option<CpuList> {
+        let cpus: Vec<usize> = self.cpus.iter().copied().filter(|c| !other.cpus.contains(c)).collect();
+        (!cpus.is_empty()).then_some(CpuList { cpus })
+    }
 }
 
 /// CPU numbers a list may name (`cpu_set_t` holds 1024).
@@ -126,6 +132,14 @@ mod tests {
         let all: CpuList = "all".parse().unwrap();
         let ours = this_thread().unwrap();
         assert!(ours.cpus().iter().all(|c| all.cpus().contains(c)), "{all} holds {ours}");
+    }
+
+    #[test]
+    fn test_a_list_less_another() {
+        let l: CpuList = "0-3,6".parse().unwrap();
+        assert_eq!(l.without(&"1,6,9".parse().unwrap()).unwrap().to_string(), "0,2-3");
+        assert_eq!(l.without(&"7".parse().unwrap()).unwrap(), l);
+        assert_eq!(l.without(&"0-6".parse().unwrap()), None);
     }
 
     #[test]

@@ -31,8 +31,20 @@
 //! two take turns there while the other CPU idles. Measured on this 2-CPU
 //! machine with no steal, against the same build unpinned in the same run
 //! (`--compare` with a wrapper dropping the option): tx-gso 1.30×, tx-64
-//! 1.01×, tx-1500 1.04×, RX 0.98–1.02×. (Pinning the frontend as well,
-//! to the other CPU, showed no clear TX gain and cost rx-64 5–10%.)
+//! 1.01×, tx-1500 1.04×, RX 0.98–1.02×.
+//!
+//! With the writer pinned, the TX cases also place the two sides alike:
+//! - the direct side writes from the writer's CPUs. Each CPU of this
+//!   machine drifts between fast and slow on its own, with no steal to show
+//!   it: a C loop writing 64-byte frames to a tap ran at 1.0M/s on one CPU
+//!   while it ran at 1.7M/s on the other, and the two swapped within
+//!   seconds. A baseline free to run on the other CPU measured that CPU.
+//! - the frontend, the guest's vCPU, sends from the other CPUs, as a host
+//!   that places a guest (xl.cfg's `cpus`) and netback's writers apart
+//!   would. Free, it was woken onto the writer's CPU for whole seconds,
+//!   preempting the writer 20–28 thousand times a second and taking a
+//!   quarter of its CPU; placed, the writer was preempted about 30 times a
+//!   second. (RX, which has no writer, runs unplaced.)
 //!
 //! Usage: bench-netback [--seconds S] [--rounds N] [--case NAME-PART] [--verbose]
 //!        [--compare PATH] [--halt-poll-us N] [--tx-writer-cpus LIST|any]
@@ -50,6 +62,7 @@ use std::time::{Duration, Instant};
 use xen_abi::netif::{self, ExtraInfo};
 use xenkvm_net::offload::{VnetHdr, F_NEEDS_CSUM, GSO_TCPV4};
 use xenkvm_net::tap::{self, TapQueue};
+use xenkvm_sandbox::cpus::{self, CpuList};
 use xenkvm_tests::blkfront::FakeDomain;
 use xenkvm_tests::netfront::Netfront;
 use xenkvm_tests::sys::{packet_socket, poll_in, unshare_net};
@@ -99,7 +112,8 @@ fn gso_hdr() -> VnetHdr {
 /// Guest to host through netback: frames per second. The frames lie in
 /// granted pages made once (a few copies, used in turn), as Linux's
 /// netfront grants an skb's own pages.
-fn tx_ours(f: &mut Netfront, frames: &[Vec<(u32, u16)>], c: &Case, secs: f64) -> f64 {
+fn tx_ours(f: &mut Netfront, frames: &[Vec<(u32, u16)>], c: &Case, secs: f64, guest_cpus: Option<&CpuList>) -> f64 {
+    let _pinned = guest_cpus.map(Pinned::to);
     let (flags, gso) = if c.gso { (netif::NETTXF_CSUM_BLANK, Some(ExtraInfo::gso(1448, netif::GSO_TYPE_TCPV4))) } else { (0, None) };
     let stop = Instant::now() + Duration::from_secs_f64(secs);
     let start = Instant::now();
@@ -129,8 +143,10 @@ fn tx_ours(f: &mut Netfront, frames: &[Vec<(u32, u16)>], c: &Case, secs: f64) ->
     (ok / slots) as f64 / elapsed
 }
 
-/// Guest to host written straight to a tap.
-fn tx_direct(t: &TapQueue, c: &Case, secs: f64) -> f64 {
+/// Guest to host written straight to a tap, from `cpus` when given (the
+/// CPUs netback's TX writer has; see the module's comment).
+fn tx_direct(t: &TapQueue, c: &Case, secs: f64, cpus: Option<&CpuList>) -> f64 {
+    let _pinned = cpus.map(Pinned::to);
     let fr = frame(c.size);
     let hdr = if c.gso { gso_hdr() } else { VnetHdr::default() }.to_bytes();
     let stop = Instant::now() + Duration::from_secs_f64(secs);
@@ -144,6 +160,24 @@ fn tx_direct(t: &TapQueue, c: &Case, secs: f64) -> f64 {
         }
     }
     done as f64 / start.elapsed().as_secs_f64()
+}
+
+/// The calling thread confined to some CPUs until dropped (then back on
+/// the ones it had).
+struct Pinned(CpuList);
+
+impl Pinned {
+    fn to(cpus: &CpuList) -> Pinned {
+        let before = cpus::this_thread().expect("sched_getaffinity");
+        cpus::pin_this_thread(cpus).unwrap_or_else(|e| panic!("pinning to CPUs {cpus}: {e}"));
+        Pinned(before)
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = cpus::pin_this_thread(&self.0);
+    }
 }
 
 /// Sends frames out of `ifname` from a packet socket until `stop`.
@@ -229,6 +263,9 @@ fn main() -> anyhow::Result<()> {
         Some(list) => Some(list),
         None => Some(last_cpu.to_string()),
     };
+    let direct_cpus: Option<CpuList> = writer_cpus.as_deref().map(str::parse).transpose().map_err(|e: String| anyhow::anyhow!(e))?;
+    // TX's frontend sends from the CPUs the writer does not have.
+    let guest_cpus = direct_cpus.as_ref().and_then(|w| cpus::this_thread().ok()?.without(w));
     unshare_net().map_err(|e| anyhow::anyhow!("a network namespace of our own (needs root): {e}"))?;
     ip(&["link", "set", "lo", "up"])?;
     let dir = tempdir();
@@ -264,8 +301,9 @@ fn main() -> anyhow::Result<()> {
         ip(&["link", "set", t, "up"])?;
     }
     println!(
-        "# bench-netback: one queue, {secs} s per case and side in {rounds} alternating slices (median ratio); TX writer on CPU {}",
-        writer_cpus.as_deref().unwrap_or("any")
+        "# bench-netback: one queue, {secs} s per case and side in {rounds} alternating slices (median ratio); TX writer and direct TX on CPU {}, TX frontend on {}",
+        writer_cpus.as_deref().unwrap_or("any"),
+        guest_cpus.as_ref().map_or("any".to_string(), |c| c.to_string())
     );
     let mut worst = f64::MAX;
     for c in CASES {
@@ -293,7 +331,7 @@ fn main() -> anyhow::Result<()> {
         let (mut steal, mut steal_direct) = (vec![CpuTime::default(); sides.len()], CpuTime::default());
         for round in 0..rounds {
             let t0 = CpuTime::now();
-            let b = if c.rx { rx_direct(&direct, &c, slice) } else { tx_direct(&direct, &c, slice) };
+            let b = if c.rx { rx_direct(&direct, &c, slice) } else { tx_direct(&direct, &c, slice, direct_cpus.as_ref()) };
             steal_direct.add_span(t0, CpuTime::now());
             // The builds take turns going first, so neither gains from its place.
             let mut order: Vec<usize> = (0..sides.len()).collect();
@@ -303,7 +341,7 @@ fn main() -> anyhow::Result<()> {
             for k in order {
                 let (_, f, tap_name) = &mut sides[k];
                 let t0 = CpuTime::now();
-                let o = if c.rx { rx_ours(f, tap_name, &c, slice) } else { tx_ours(f, &tx_frames[k], &c, slice) };
+                let o = if c.rx { rx_ours(f, tap_name, &c, slice) } else { tx_ours(f, &tx_frames[k], &c, slice, guest_cpus.as_ref()) };
                 steal[k].add_span(t0, CpuTime::now());
                 if verbose {
                     println!("# slice {} build {k} netback={o:.0} direct={b:.0} ratio={:.2}", c.name, o / b.max(1.0));
