@@ -545,6 +545,11 @@ fn test_multi_queue_spread_and_a_flooding_queue_starves_nobody() {
     for (thread, want) in [("netq0-tx", &last_cpu), ("netq1-tx", &last_cpu), ("netq0", &ours.to_string()), ("netq1", &ours.to_string())] {
         assert_eq!(&thread_cpus(netback.0.id(), thread, want), want, "{thread}'s CPUs\n{}", logs());
     }
+    // Each writer writes through its io_uring (inside the jail).
+    for q in 0..2 {
+        let engine = format!("event=\"netback.tx_writer\" queue={q} engine=\"io_uring\"");
+        assert!(logs().contains(&engine), "{engine}\n{}", logs());
+    }
     ns.run(&["ip", "addr", "add", "10.99.0.1/24", "dev", "xkt2"]);
     ns.run(&["ip", "link", "set", "xkt2", "up"]);
     // 64 flows from the host: the tap spreads them by flow hash.

@@ -12,6 +12,7 @@
 //! rx.rs       frames -> posted RX buffers (copy, GSO extra)
 //! offload.rs  netif flags <-> virtio_net_hdr, checksum set-up
 //! tap.rs      the multi-queue tap; a batch of frames written at once
+//! tap_uring.rs  a TX writer's io_uring: a batch of frames in one system call
 //! stats.rs    counters: packets, bytes, drops by reason
 //! ```
 
@@ -22,5 +23,6 @@ pub mod rx;
 pub mod seccomp;
 pub mod stats;
 pub mod tap;
+pub mod tap_uring;
 pub mod tx;
 pub mod tx_writer;

@@ -59,7 +59,8 @@ fn ioctl_val(file: &File, req: libc::c_ulong, arg: libc::c_ulong) -> std::io::Re
 pub struct FrameBatch {
     iov: Vec<libc::iovec>,
     frames: Vec<(usize, usize)>,
-    results: Vec<std::io::Result<()>>,
+    /// None: not written (yet).
+    results: Vec<Option<std::io::Result<()>>>,
 }
 
 // SAFETY: the iovecs are plain addresses into buffers that whoever pushed
@@ -85,12 +86,36 @@ impl FrameBatch {
         self.frames.push((start, self.iov.len()));
     }
 
+    /// Frames pushed.
+    pub fn frame_count(&self) -> usize {
+        self.frames.len()
+    }
+
+    /// Frame `i`'s iovecs.
+    pub(crate) fn frame_iovecs(&self, i: usize) -> &[libc::iovec] {
+        let (a, b) = self.frames[i];
+        &self.iov[a..b]
+    }
+
+    /// Before writing: every frame not written yet.
+    pub(crate) fn reset_results(&mut self) {
+        self.results.clear();
+        self.results.resize_with(self.frames.len(), || None);
+    }
+
+    /// How the write of frame `i` went.
+    pub(crate) fn set_result(&mut self, i: usize, r: std::io::Result<()>) {
+        if let Some(slot) = self.results.get_mut(i) {
+            *slot = Some(r);
+        }
+    }
+
     /// How frame `i` went (an error if it was never written).
     pub fn result(&self, i: usize) -> Result<(), String> {
         match self.results.get(i) {
-            Some(Ok(())) => Ok(()),
-            Some(Err(e)) => Err(e.to_string()),
-            None => Err("not written".into()),
+            Some(Some(Ok(()))) => Ok(()),
+            Some(Some(Err(e))) => Err(e.to_string()),
+            Some(None) | None => Err("not written".into()),
         }
     }
 }
@@ -222,16 +247,22 @@ impl TapQueue {
 
     /// Writes every frame of `batch`, in order, recording how each went.
     pub fn write_batch(&self, batch: &mut FrameBatch) {
-        batch.results.clear();
-        for &(a, b) in &batch.frames {
-            let iov = &batch.iov[a..b];
+        batch.reset_results();
+        self.write_frames(batch, 0);
+    }
+
+    /// Writes the frames of `batch` from the `from`th on, in order,
+    /// recording how each went.
+    pub(crate) fn write_frames(&self, batch: &mut FrameBatch, from: usize) {
+        for i in from..batch.frames.len() {
+            let iov = batch.frame_iovecs(i);
             // SAFETY: the caller built the iovecs from live buffers and from
             // guest pages it holds pinned across this call (see
             // `FrameBatch::push`); the kernel only reads them. The raw
             // system call skips glibc's cancellation bookkeeping (measured:
             // 5% of a frame).
             let r = unsafe { libc::syscall(libc::SYS_writev, self.file.as_raw_fd(), iov.as_ptr(), iov.len()) };
-            batch.results.push(if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+            batch.set_result(i, if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
         }
     }
 

@@ -19,6 +19,7 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::offload::{tx_offload, TX_HEAD, VNET_HDR_LEN};
 use crate::stats::{Drop, Stats};
 use crate::tap::{FrameBatch, TapQueue};
+use crate::tap_uring::TapUring;
 
 /// Data slots a packet may use (`XEN_NETIF_NR_SLOTS_MIN`; Linux's legacy maximum).
 pub const MAX_SLOTS: usize = netif::NR_SLOTS_MIN;
@@ -274,6 +275,11 @@ impl<'t, 'a> TxBatch<'t, 'a> {
     /// Writes the frames built to the tap (pages stay pinned).
     pub fn write(&mut self, tap: &TapQueue) {
         tap.write_batch(&mut self.writes);
+    }
+
+    /// Writes the frames built to the tap through `ring` (see tap_uring.rs).
+    pub fn write_through(&mut self, tap: &TapQueue, ring: &mut TapUring) {
+        ring.write_batch(tap, &mut self.writes);
     }
 
     fn take_packets(&mut self, ring: &mut SharedRing, feats: TxFeatures) -> (usize, Option<String>) {

@@ -18,6 +18,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use xenkvm_sandbox::cpus::{self, CpuList};
 
 use crate::tap::TapQueue;
+use crate::tap_uring::TapUring;
 use crate::tx::TxBatch;
 
 /// What both threads see: the writer signals `done` when it hands a batch
@@ -61,8 +62,21 @@ impl<'t, 'a> TxWriter<'t, 'a> {
                     Err(e) => tracing::warn!(event = "netback.tx_writer_cpus", queue = index, cpus = %cpus, error = %e),
                 }
             }
+            let mut ring = match TapUring::new(tap) {
+                Ok(r) => {
+                    tracing::info!(event = "netback.tx_writer", queue = index, engine = "io_uring");
+                    Some(r)
+                }
+                Err(e) => {
+                    tracing::warn!(event = "netback.tx_writer", queue = index, engine = "writev", error = %e, "no io_uring: one system call a frame");
+                    None
+                }
+            };
             while let Ok(mut batch) = work.recv() {
-                batch.write(tap);
+                match ring.as_mut() {
+                    Some(r) => batch.write_through(tap, r),
+                    None => batch.write(tap),
+                }
                 if back.send(batch).is_err() {
                     break;
                 }
