@@ -16,6 +16,8 @@ use xenkvm_grant::{map_domain, Access, GrantTable};
 use xenkvm_ipc::vmm as ipc_vmm;
 use xenkvm_ipc::Channel;
 use xenkvm_sandbox::cpus::CpuList;
+
+use crate::tap_uring::{TapUring, WriterRing};
 use xenstore::client::Client;
 
 use crate::queue::{self, Channels, QueueCtx, QueueEnd};
@@ -165,6 +167,16 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer, jail: impl FnOnce() -> an
         ),
         None => None,
     };
+    // The TX writers' rings, before the jail (see tap_uring.rs).
+    let rings: Vec<WriterRing> = taps
+        .iter()
+        .enumerate()
+        .map(|(q, t)| {
+            std::sync::Mutex::new(TapUring::new(t).map_err(|e| {
+                tracing::warn!(event = "netback.tx_uring_unavailable", queue = q, error = %e, "the TX writer writes one frame a system call");
+            }).ok())
+        })
+        .collect();
     jail()?;
     let peers_stats = stats_file.as_ref();
     let stats = Stats::default();
@@ -172,9 +184,17 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer, jail: impl FnOnce() -> an
     let r = be.run("vif", &gone, |be| {
         match ipc_vmm::attach(&ipc).map_err(|e| e.to_string()).and_then(|m| read_frontend(be, offer).map(|f| (m, f))) {
             Err(e) => Disconnect::Broken(e),
-            Ok(((memory, files), fe)) => {
-                connect_and_serve(be, &ipc, &taps, &fe, devid, (memory, files), &stats, peers_stats, peers.tx_writer_cpus.as_ref())
-            }
+            Ok(((memory, files), fe)) => connect_and_serve(
+                be,
+                &ipc,
+                (&taps, &rings),
+                &fe,
+                devid,
+                (memory, files),
+                &stats,
+                peers_stats,
+                peers.tx_writer_cpus.as_ref(),
+            ),
         }
     });
     write_stats(peers_stats, &stats);
@@ -197,7 +217,7 @@ fn write_stats(file: Option<&std::fs::File>, stats: &Stats) {
 fn connect_and_serve(
     be: &mut xenbus::Backend,
     ipc: &Channel,
-    taps: &[TapQueue],
+    (taps, rings): (&[TapQueue], &[WriterRing]),
     fe: &Frontend,
     devid: u32,
     (memory, files): (ipc_vmm::DomainMemory, Vec<std::fs::File>),
@@ -271,6 +291,7 @@ fn connect_and_serve(
                 index: i as u32,
                 table: &table_view,
                 tap: &taps[i],
+                tap_uring: &rings[i],
                 stats,
                 stop: set.stop_flag(),
                 tx_features: fe.tx,

@@ -15,6 +15,8 @@ use xenkvm_grant::ring::SharedRing;
 use xenkvm_grant::GrantTable;
 use xenkvm_sandbox::cpus::CpuList;
 
+use crate::tap_uring::WriterRing;
+
 use crate::offload::{VnetHdr, VNET_HDR_LEN};
 use crate::rx::{self, Received, RxFeatures};
 use crate::stats::Stats;
@@ -62,6 +64,8 @@ pub struct QueueCtx<'s, 't, 'a> {
     pub rx_features: RxFeatures,
     /// Host CPUs for the TX writer.
     pub tx_writer_cpus: Option<&'s CpuList>,
+    /// The TX writer's ring.
+    pub tap_uring: &'s WriterRing,
 }
 
 fn kick(f: &File) {
@@ -78,7 +82,7 @@ const TX_BATCHES: usize = 2;
 
 /// Serves one queue until stopped or broken, with its TX writer beside it.
 pub fn run(ctx: QueueCtx, tx_ring: SharedRing, rx_ring: SharedRing, ch: Channels) -> QueueEnd {
-    let end = std::thread::scope(|s| match TxWriter::spawn(s, ctx.tap, ctx.index, ctx.tx_writer_cpus) {
+    let end = std::thread::scope(|s| match TxWriter::spawn(s, (ctx.tap, ctx.tap_uring), ctx.index, ctx.tx_writer_cpus) {
         Ok(mut writer) => serve(&ctx, tx_ring, rx_ring, &ch, &mut writer),
         Err(e) => QueueEnd::Corrupt(format!("starting the TX writer: {e}")),
     });

@@ -110,6 +110,14 @@ impl FrameBatch {
         }
     }
 
+    /// The error number frame `i`'s write failed with, if it did.
+    pub(crate) fn error_of(&self, i: usize) -> Option<i32> {
+        match self.results.get(i) {
+            Some(Some(Err(e))) => e.raw_os_error(),
+            _ => None,
+        }
+    }
+
     /// How frame `i` went (an error if it was never written).
     pub fn result(&self, i: usize) -> Result<(), String> {
         match self.results.get(i) {
@@ -253,17 +261,22 @@ impl TapQueue {
 
     /// Writes the frames of `batch` from the `from`th on, in order,
     /// recording how each went.
-    pub(crate) fn write_frames(&self, batch: &mut FrameBatch, from: usize) {
+    fn write_frames(&self, batch: &mut FrameBatch, from: usize) {
         for i in from..batch.frames.len() {
-            let iov = batch.frame_iovecs(i);
-            // SAFETY: the caller built the iovecs from live buffers and from
-            // guest pages it holds pinned across this call (see
-            // `FrameBatch::push`); the kernel only reads them. The raw
-            // system call skips glibc's cancellation bookkeeping (measured:
-            // 5% of a frame).
-            let r = unsafe { libc::syscall(libc::SYS_writev, self.file.as_raw_fd(), iov.as_ptr(), iov.len()) };
-            batch.set_result(i, if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
+            self.write_one(batch, i);
         }
+    }
+
+    /// Writes frame `i` of `batch`, recording how it went.
+    pub(crate) fn write_one(&self, batch: &mut FrameBatch, i: usize) {
+        let iov = batch.frame_iovecs(i);
+        // SAFETY: the caller built the iovecs from live buffers and from
+        // guest pages it holds pinned across this call (see
+        // `FrameBatch::push`); the kernel only reads them. The raw system
+        // call skips glibc's cancellation bookkeeping (measured: 5% of a
+        // frame).
+        let r = unsafe { libc::syscall(libc::SYS_writev, self.file.as_raw_fd(), iov.as_ptr(), iov.len()) };
+        batch.set_result(i, if r < 0 { Err(std::io::Error::last_os_error()) } else { Ok(()) });
     }
 
     /// Reads one header-and-frame into the buffers of `iov`; its length,

@@ -8,9 +8,16 @@
 //! - every write asks for `RWF_NOWAIT`, so the kernel does it during the
 //!   submission, in ring order, or fails it (`EAGAIN`, as a non-blocking
 //!   `writev` would) instead of retrying it later behind the next frames;
-//! - the tap is the ring's one registered file and writes the only
-//!   operation (`IORING_REGISTER_RESTRICTIONS`), so a compromised backend
-//!   gains nothing through the ring that its seccomp filter refuses.
+//! - writes are the ring's only operation, with no flags
+//!   (`IORING_REGISTER_RESTRICTIONS`), so a compromised backend gains
+//!   nothing through the ring that its seccomp filter (which allows
+//!   `writev`) refuses. The tap is not a registered file: the ring would
+//!   then hold it open past the process's exit (its teardown is
+//!   asynchronous), and the tap would outlive the guest.
+//!   The rings are made before the jail, one per tap queue, and the filter
+//!   then allows `io_uring_enter` alone: no ring without those limits can
+//!   be made inside it. A queue's writer (one per connection) holds its
+//!   ring while it runs.
 //!
 //! A kernel that cannot write a tap this way (`EOPNOTSUPP`, `EINVAL`) turns
 //! the ring off: the frames it refused, and every later batch, are written
@@ -18,36 +25,41 @@
 
 use std::os::fd::AsRawFd;
 
-use io_uring::{opcode, register::Restriction, squeue, types, IoUring};
+use io_uring::{opcode, register::Restriction, types, IoUring};
 
 use crate::tap::{FrameBatch, TapQueue};
 
 /// Entries: a full TX batch of small frames in one submission.
 pub const ENTRIES: u32 = 64;
 
-/// The ring of one TX writer thread (only that thread submits).
+/// A tap queue's ring, held by the queue's TX writer while it runs (None
+/// when the kernel gave none).
+pub type WriterRing = std::sync::Mutex<Option<TapUring>>;
+
+/// The ring of one tap queue.
 pub struct TapUring {
     ring: IoUring,
+    /// The tap queue's descriptor (the queue outlives the ring).
+    fd: std::os::fd::RawFd,
     on: bool,
 }
 
 impl TapUring {
     /// A ring whose one file is `tap`.
     pub fn new(tap: &TapQueue) -> std::io::Result<TapUring> {
-        let ring = match IoUring::builder().setup_r_disabled().setup_coop_taskrun().setup_single_issuer().build(ENTRIES) {
+        // One writer at a time submits, and it reaps at its own pace (no
+        // interrupting it to post completions). Not single-issuer: a
+        // reconnect's writer is another thread.
+        let ring = match IoUring::builder().setup_r_disabled().setup_coop_taskrun().build(ENTRIES) {
             Ok(r) => r,
-            // Kernels before 6.0 lack the last two flags.
+            // Kernels before 5.19 lack the flag.
             Err(_) => IoUring::builder().setup_r_disabled().build(ENTRIES)?,
         };
         let submitter = ring.submitter();
-        submitter.register_files(&[tap.file.as_raw_fd()])?;
-        // Writes, and only to the registered file.
-        let fixed = squeue::Flags::FIXED_FILE.bits();
-        let mut only =
-            [Restriction::sqe_op(opcode::Writev::CODE), Restriction::sqe_flags_allowed(fixed), Restriction::sqe_flags_required(fixed)];
+        let mut only = [Restriction::sqe_op(opcode::Writev::CODE), Restriction::sqe_flags_allowed(0)];
         submitter.register_restrictions(&mut only)?;
         submitter.register_enable_rings()?;
-        Ok(TapUring { ring, on: true })
+        Ok(TapUring { ring, fd: tap.file.as_raw_fd(), on: true })
     }
 
     /// Whether the ring is still in use (see the module's comment).
@@ -55,7 +67,7 @@ impl TapUring {
         self.on
     }
 
-    /// Writes every frame of `batch` to `tap` (the ring's file), in order,
+    /// Writes every frame of `batch` to `tap` (the ring's tap), in order,
     /// recording how each went, as [`TapQueue::write_batch`] does.
     pub fn write_batch(&mut self, tap: &TapQueue, batch: &mut FrameBatch) {
         if !self.on {
@@ -65,76 +77,80 @@ impl TapUring {
         batch.reset_results();
         let mut start = 0;
         while start < frames {
-            let end = (start + ENTRIES as usize).min(frames);
-            let refused = self.write_chunk(batch, start, end);
-            if refused {
+            let end = self.write_chunk(batch, start, (start + ENTRIES as usize).min(frames));
+            if !self.on || end == start {
                 self.on = false;
-                tracing::warn!(event = "netback.tx_uring_off", "the kernel refused a tap write through io_uring; writing plainly");
-                // Whatever the ring refused (all of it: the refusal is the
-                // file's), and everything after, plainly and in order.
-                tap.write_frames(batch, start);
+                tracing::warn!(event = "netback.tx_uring_off", "the kernel refused tap writes through io_uring; writing plainly");
+                // What the ring refused (the refusal is the file's: every
+                // frame of the chunk) and what it never had, plainly and
+                // in order; nothing written is written again.
+                for i in start..frames {
+                    if i >= end || batch.error_of(i) == Some(libc::EOPNOTSUPP) {
+                        tap.write_one(batch, i);
+                    }
+                }
                 return;
             }
             start = end;
         }
     }
 
-    /// Writes frames `start..end` through the ring; true when the kernel
-    /// refused the ring's writes to this file (nothing was written then).
-    fn write_chunk(&mut self, batch: &mut FrameBatch, start: usize, end: usize) -> bool {
-        for i in start..end {
-            let iov = batch.frame_iovecs(i);
-            let entry = opcode::Writev::new(types::Fixed(0), iov.as_ptr(), iov.len() as u32)
+    /// Writes frames `start..end` through the ring (fewer if the
+    /// submission queue fills); where it stopped. A refusal of the ring's
+    /// writes to this file (`EOPNOTSUPP`) turns the ring off.
+    fn write_chunk(&mut self, batch: &mut FrameBatch, start: usize, end: usize) -> usize {
+        let mut pushed = start;
+        while pushed < end {
+            let iov = batch.frame_iovecs(pushed);
+            let entry = opcode::Writev::new(types::Fd(self.fd), iov.as_ptr(), iov.len() as u32)
                 .rw_flags(libc::RWF_NOWAIT)
                 .build()
-                .flags(squeue::Flags::FIXED_FILE)
-                .user_data(i as u64);
+                .user_data(pushed as u64);
             // SAFETY: the iovec array and the buffers it points at (heads,
             // pinned guest pages) live in `batch` until it is written
             // (`FrameBatch::push`'s contract), and this returns only after
             // the kernel has completed every entry pushed here (below), so
-            // none outlives them. The ring has room: it holds `ENTRIES`,
-            // every earlier chunk's entries were consumed and completed,
-            // and a chunk is at most `ENTRIES` frames.
+            // none outlives them.
             if unsafe { self.ring.submission().push(&entry) }.is_err() {
-                unreachable!("a chunk fits the empty submission queue");
+                break;
             }
+            pushed += 1;
         }
-        let mut left = end - start;
-        let mut refused = false;
+        let mut left = pushed - start;
         while left > 0 {
             match self.ring.submit_and_wait(left) {
                 Ok(_) => {}
                 Err(e) if matches!(e.raw_os_error(), Some(libc::EINTR | libc::EAGAIN | libc::EBUSY)) => {}
                 Err(e) => {
-                    // The kernel took nothing we could see: its state is not
-                    // one this backend can reason about, and it may still
-                    // read pages the batch would unpin. Restarting the
-                    // backend is safe (the guest does not notice).
+                    // The ring is unusable, yet the kernel may hold entries
+                    // it has not completed and still read pages that the
+                    // batch would unpin on return. Restarting netback is
+                    // safe (the guest does not notice); going on is not.
                     tracing::error!(event = "netback.tx_uring_failed", error = %e);
                     std::process::abort();
                 }
             }
             for c in self.ring.completion() {
-                left -= 1;
+                left = left.saturating_sub(1);
                 let res = c.result();
-                if res == -libc::EOPNOTSUPP || res == -libc::EINVAL {
-                    refused = true;
+                if res == -libc::EOPNOTSUPP {
+                    self.on = false;
                 }
                 let r = if res < 0 { Err(std::io::Error::from_raw_os_error(-res)) } else { Ok(()) };
                 batch.set_result(c.user_data() as usize, r);
             }
         }
-        refused
+        pushed
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use io_uring::squeue;
 
     #[test]
-    fn test_the_ring_writes_only_its_tap() {
+    fn test_the_ring_writes_in_order_and_nothing_else() {
         // A tap needs CAP_NET_ADMIN: a pipe stands in for it (the ring's
         // restrictions and ordering do not depend on the file).
         let (r, w) = pipe();
@@ -154,10 +170,11 @@ mod tests {
         let mut rf = r;
         std::io::Read::read_exact(&mut rf, &mut got).unwrap();
         assert_eq!(got, frames.concat(), "in order");
-        // Any other operation, or a file other than the registered one, is refused.
-        let other = opcode::Writev::new(types::Fd(tap.file.as_raw_fd()), std::ptr::null(), 0).build().user_data(7);
-        let read = opcode::Read::new(types::Fixed(0), std::ptr::null_mut(), 0).build().flags(squeue::Flags::FIXED_FILE).user_data(8);
-        for e in [other, read] {
+        // Any other operation, or any flag, is refused.
+        let fd = types::Fd(tap.file.as_raw_fd());
+        let linked = opcode::Writev::new(fd, std::ptr::null(), 0).build().flags(squeue::Flags::IO_LINK).user_data(7);
+        let read = opcode::Read::new(fd, std::ptr::null_mut(), 0).build().user_data(8);
+        for e in [linked, read] {
             // SAFETY: neither entry points at memory (zero lengths).
             unsafe { u.ring.submission().push(&e) }.unwrap();
             u.ring.submit_and_wait(1).unwrap();

@@ -18,7 +18,7 @@ use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use xenkvm_sandbox::cpus::{self, CpuList};
 
 use crate::tap::TapQueue;
-use crate::tap_uring::TapUring;
+use crate::tap_uring::WriterRing;
 use crate::tx::TxBatch;
 
 /// What both threads see: the writer signals `done` when it hands a batch
@@ -43,7 +43,7 @@ impl<'t, 'a> TxWriter<'t, 'a> {
     /// `cpus` when given (on any CPU, with a warning, when they cannot be had).
     pub fn spawn<'scope, 'env>(
         scope: &'scope Scope<'scope, 'env>,
-        tap: &'env TapQueue,
+        (tap, uring): (&'env TapQueue, &'env WriterRing),
         index: u32,
         cpus: Option<&'env CpuList>,
     ) -> std::io::Result<TxWriter<'t, 'a>>
@@ -62,16 +62,10 @@ impl<'t, 'a> TxWriter<'t, 'a> {
                     Err(e) => tracing::warn!(event = "netback.tx_writer_cpus", queue = index, cpus = %cpus, error = %e),
                 }
             }
-            let mut ring = match TapUring::new(tap) {
-                Ok(r) => {
-                    tracing::info!(event = "netback.tx_writer", queue = index, engine = "io_uring");
-                    Some(r)
-                }
-                Err(e) => {
-                    tracing::warn!(event = "netback.tx_writer", queue = index, engine = "writev", error = %e, "no io_uring: one system call a frame");
-                    None
-                }
-            };
+            // Held while this writer runs (the last writer's is gone).
+            let mut ring = uring.lock().unwrap_or_else(|e| e.into_inner());
+            let engine = if ring.is_some() { "io_uring" } else { "writev" };
+            tracing::info!(event = "netback.tx_writer", queue = index, engine);
             while let Ok(mut batch) = work.recv() {
                 match ring.as_mut() {
                     Some(r) => batch.write_through(tap, r),
