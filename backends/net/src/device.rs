@@ -16,14 +16,13 @@ use xenkvm_grant::{map_domain, Access, GrantTable};
 use xenkvm_ipc::vmm as ipc_vmm;
 use xenkvm_ipc::Channel;
 use xenkvm_sandbox::cpus::CpuList;
-
-use crate::tap_uring::{TapUring, WriterRing};
 use xenstore::client::Client;
 
 use crate::queue::{self, Channels, QueueCtx, QueueEnd};
 use crate::rx::RxFeatures;
 use crate::stats::Stats;
 use crate::tap::{self, TapQueue};
+use crate::tap_uring::{TapUring, WriterRing};
 use crate::tx::TxFeatures;
 
 /// What the backend offers.

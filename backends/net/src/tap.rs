@@ -256,13 +256,7 @@ impl TapQueue {
     /// Writes every frame of `batch`, in order, recording how each went.
     pub fn write_batch(&self, batch: &mut FrameBatch) {
         batch.reset_results();
-        self.write_frames(batch, 0);
-    }
-
-    /// Writes the frames of `batch` from the `from`th on, in order,
-    /// recording how each went.
-    fn write_frames(&self, batch: &mut FrameBatch, from: usize) {
-        for i in from..batch.frames.len() {
+        for i in 0..batch.frames.len() {
             self.write_one(batch, i);
         }
     }
