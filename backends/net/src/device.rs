@@ -167,11 +167,9 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer, jail: impl FnOnce() -> an
         None => None,
     };
     // The TX writers' rings, before the jail (see tap_uring.rs).
-    let rings: Vec<WriterRing> = taps
-        .iter()
-        .enumerate()
-        .map(|(q, t)| {
-            std::sync::Mutex::new(TapUring::new(t).map_err(|e| {
+    let rings: Vec<WriterRing> = (0..taps.len())
+        .map(|q| {
+            std::sync::Mutex::new(TapUring::new().map_err(|e| {
                 tracing::warn!(event = "netback.tx_uring_unavailable", queue = q, error = %e, "the TX writer writes one frame a system call");
             }).ok())
         })

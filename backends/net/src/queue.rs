@@ -153,7 +153,7 @@ fn serve<'t, 'a>(
                         w.answer(&mut tx_ring, ctx.stats, ctx.index);
                         tx_free.push(w);
                     });
-                    b.write(ctx.tap);
+                    b.write(ctx.tap, None);
                     b.answer(&mut tx_ring, ctx.stats, ctx.index);
                 }
                 tx_free.push(b);

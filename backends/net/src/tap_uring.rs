@@ -39,14 +39,12 @@ pub type WriterRing = std::sync::Mutex<Option<TapUring>>;
 /// The ring of one tap queue.
 pub struct TapUring {
     ring: IoUring,
-    /// The tap queue's descriptor (the queue outlives the ring).
-    fd: std::os::fd::RawFd,
     on: bool,
 }
 
 impl TapUring {
-    /// A ring whose one file is `tap`.
-    pub fn new(tap: &TapQueue) -> std::io::Result<TapUring> {
+    /// A ring for one tap queue's writes (the queue comes with each batch).
+    pub fn new() -> std::io::Result<TapUring> {
         // One writer at a time submits, and it reaps at its own pace (no
         // interrupting it to post completions). Not single-issuer: a
         // reconnect's writer is another thread.
@@ -59,7 +57,7 @@ impl TapUring {
         let mut only = [Restriction::sqe_op(opcode::Writev::CODE), Restriction::sqe_flags_allowed(0)];
         submitter.register_restrictions(&mut only)?;
         submitter.register_enable_rings()?;
-        Ok(TapUring { ring, fd: tap.file.as_raw_fd(), on: true })
+        Ok(TapUring { ring, on: true })
     }
 
     /// Whether the ring is still in use (see the module's comment).
@@ -77,7 +75,7 @@ impl TapUring {
         batch.reset_results();
         let mut start = 0;
         while start < frames {
-            let end = self.write_chunk(batch, start, (start + ENTRIES as usize).min(frames));
+            let end = self.write_chunk(tap, batch, start, (start + ENTRIES as usize).min(frames));
             if !self.on || end == start {
                 self.on = false;
                 tracing::warn!(event = "netback.tx_uring_off", "the kernel refused tap writes through io_uring; writing plainly");
@@ -98,14 +96,12 @@ impl TapUring {
     /// Writes frames `start..end` through the ring (fewer if the
     /// submission queue fills); where it stopped. A refusal of the ring's
     /// writes to this file (`EOPNOTSUPP`) turns the ring off.
-    fn write_chunk(&mut self, batch: &mut FrameBatch, start: usize, end: usize) -> usize {
+    fn write_chunk(&mut self, tap: &TapQueue, batch: &mut FrameBatch, start: usize, end: usize) -> usize {
+        let fd = types::Fd(tap.file.as_raw_fd());
         let mut pushed = start;
         while pushed < end {
             let iov = batch.frame_iovecs(pushed);
-            let entry = opcode::Writev::new(types::Fd(self.fd), iov.as_ptr(), iov.len() as u32)
-                .rw_flags(libc::RWF_NOWAIT)
-                .build()
-                .user_data(pushed as u64);
+            let entry = opcode::Writev::new(fd, iov.as_ptr(), iov.len() as u32).rw_flags(libc::RWF_NOWAIT).build().user_data(pushed as u64);
             // SAFETY: the iovec array and the buffers it points at (heads,
             // pinned guest pages) live in `batch` until it is written
             // (`FrameBatch::push`'s contract), and this returns only after
@@ -155,7 +151,7 @@ mod tests {
         // restrictions and ordering do not depend on the file).
         let (r, w) = pipe();
         let tap = TapQueue { file: w };
-        let mut u = TapUring::new(&tap).expect("io_uring (kernel 5.10 or later)");
+        let mut u = TapUring::new().expect("io_uring (kernel 5.10 or later)");
         // Frames written in order through the ring.
         let frames: Vec<Vec<u8>> = (0..100u8).map(|i| vec![i; 3]).collect();
         let mut batch = FrameBatch::default();

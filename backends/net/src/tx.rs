@@ -272,14 +272,13 @@ impl<'t, 'a> TxBatch<'t, 'a> {
         (n, fatal)
     }
 
-    /// Writes the frames built to the tap (pages stay pinned).
-    pub fn write(&mut self, tap: &TapQueue) {
-        tap.write_batch(&mut self.writes);
-    }
-
-    /// Writes the frames built to the tap through `ring` (see tap_uring.rs).
-    pub fn write_through(&mut self, tap: &TapQueue, ring: &mut TapUring) {
-        ring.write_batch(tap, &mut self.writes);
+    /// Writes the frames built to the tap (pages stay pinned), through
+    /// `ring` when there is one (see tap_uring.rs).
+    pub fn write(&mut self, tap: &TapQueue, ring: Option<&mut TapUring>) {
+        match ring {
+            Some(r) => r.write_batch(tap, &mut self.writes),
+            None => tap.write_batch(&mut self.writes),
+        }
     }
 
     fn take_packets(&mut self, ring: &mut SharedRing, feats: TxFeatures) -> (usize, Option<String>) {

@@ -67,10 +67,7 @@ impl<'t, 'a> TxWriter<'t, 'a> {
             let engine = if ring.is_some() { "io_uring" } else { "writev" };
             tracing::info!(event = "netback.tx_writer", queue = index, engine);
             while let Ok(mut batch) = work.recv() {
-                match ring.as_mut() {
-                    Some(r) => batch.write_through(tap, r),
-                    None => batch.write(tap),
-                }
+                batch.write(tap, ring.as_mut());
                 if back.send(batch).is_err() {
                     break;
                 }
