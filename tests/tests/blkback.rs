@@ -480,6 +480,19 @@ fn test_state_machine_reconnect_and_read_only() {
         let (rsp, data) = read_pages(&mut f, q, 3, 16, 2);
         assert_eq!(rsp, ok(3, blkif::OP_READ));
         assert!(data.iter().all(|&b| b == 0x11));
+        // Many at once, so they go through the queue's io_uring: the ring
+        // made before the jail serves a second connection (and a queue
+        // the first did not have).
+        let (gfn, segs) = page_segments(&r.dom, 16, false);
+        for (i, seg) in segs.iter().enumerate() {
+            f.put(q, &Req::Rw { op: blkif::OP_READ, id: 40 + i as u64, sector: 64 + 8 * i as u64, segs: vec![*seg], nr: 1 });
+        }
+        f.push(q);
+        let rsps = f.wait_responses(q, 16, T).unwrap();
+        assert!(rsps.iter().all(|r| r.status == blkif::RSP_OKAY), "{rsps:?}");
+        let mut data = vec![0u8; 16 * 4096];
+        r.dom.mem(gfn, 0, data.len()).copy_to(&mut data);
+        assert!(data.iter().all(|&b| b == 0x11), "queue {q}: reads in flight together");
     }
     // Asking for more than is offered closes the device with a reason.
     f.close().unwrap();
@@ -497,6 +510,14 @@ fn test_state_machine_reconnect_and_read_only() {
         assert!(start.elapsed() < T, "blkback outlived its device");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // Three queues ran (one, then two after the reconnect), each on its
+    // io_uring; the second connection's did I/O through it.
+    let log = r.blkback.log_text();
+    let ends: Vec<&str> = log.lines().filter(|l| l.contains("blkback.queue_end")).collect();
+    assert_eq!(ends.len(), 3, "{log}");
+    assert!(ends.iter().all(|l| l.contains("engine=\"io_uring\"")), "{log}");
+    let via = |l: &str| l.split("via_uring=").nth(1)?.split(' ').next()?.parse::<u64>().ok();
+    assert!(ends[1..].iter().all(|l| via(l).is_some_and(|n| n > 0)), "reads after the reconnect went through the rings\n{log}");
     let _ = std::fs::remove_dir_all(&dir);
     let _ = std::fs::remove_dir_all(&r.dir);
 }

@@ -22,6 +22,7 @@ use crate::image::{Image, ImageSpec};
 use crate::queue::{self, QueueCtx, QueueEnd, TaskQueue};
 use crate::request::{DeviceLimits, Grants, SECTOR};
 use crate::ring::{Abi, Ring};
+use crate::uring::QueueUring;
 
 /// What the backend offers (the `max-*` keys).
 #[derive(Clone, Debug)]
@@ -191,6 +192,20 @@ pub fn serve(
     tracing::info!(event = "blkback.image_open", devid, domid, path = %spec.path.display(), format = ?spec.format,
         size = image.size(), readonly = image.readonly(), direct);
     write_keys(&mut be, &feature_keys(&image, offer))?;
+    // The queues' io_urings, before the jail (see uring.rs): one per queue
+    // offered, for raw images. A queue without one uses the thread pool.
+    let mut urings = Vec::new();
+    if image.has_direct_path() && offer.uring_entries > 0 {
+        for q in 0..offer.max_queues {
+            match QueueUring::new(offer.uring_entries) {
+                Ok(r) => urings.push(Mutex::new(r)),
+                Err(e) => {
+                    tracing::warn!(event = "blkback.uring_unavailable", queue = q, error = %e, "queues from here on use the thread pool");
+                    break;
+                }
+            }
+        }
+    }
     jail()?;
     let gone = || ipc.peer_closed();
     be.run("vbd", &gone, |be| {
@@ -198,7 +213,7 @@ pub fn serve(
         let end = match ipc_vmm::attach(&ipc) {
             Err(e) => Disconnect::Broken(format!("attaching to the guest: {e}")),
             Ok((memory, files)) => match read_frontend_rings(be, offer, memory.guest_bits) {
-                Ok(rings) => connect_and_serve(be, &ipc, &image, cdrom, offer, &rings, devid, (memory, files)),
+                Ok(rings) => connect_and_serve(be, &ipc, (&image, &urings), cdrom, offer, &rings, devid, (memory, files)),
                 Err(e) => Disconnect::Broken(e),
             },
         };
@@ -221,7 +236,7 @@ fn connect_vmm(path: &Path) -> anyhow::Result<Channel> {
 fn connect_and_serve(
     be: &mut xenbus::Backend,
     ipc: &Channel,
-    image: &Image,
+    (image, urings): (&Image, &[Mutex<QueueUring>]),
     cdrom: bool,
     offer: &Offer,
     rings: &FrontendRings,
@@ -280,7 +295,7 @@ fn connect_and_serve(
                 pool: pool_tx.clone(),
                 stop: set.stop_flag(),
                 spin: offer.spin,
-                uring_entries: offer.uring_entries,
+                uring: urings.get(i),
             };
             let grants = Grants::new(&table_view, rings.persistent);
             let set = &set;

@@ -59,8 +59,13 @@ fn main() -> std::process::ExitCode {
         eprintln!("{e}");
         return std::process::ExitCode::FAILURE;
     }
-    if args.max_ring_page_order > 8 || args.max_queues == 0 || args.max_indirect_segments > 4096 || args.uring_entries > 4096 {
-        eprintln!("xenkvm-blkback: limits out of range (order ≤ 8, queues ≥ 1, indirect segments ≤ 4096, io_uring entries ≤ 4096)");
+    if args.max_ring_page_order > 8
+        || args.max_queues == 0
+        || args.max_queues > 64
+        || args.max_indirect_segments > 4096
+        || args.uring_entries > 4096
+    {
+        eprintln!("xenkvm-blkback: limits out of range (order ≤ 8, 1 ≤ queues ≤ 64, indirect segments ≤ 4096, io_uring entries ≤ 4096)");
         return std::process::ExitCode::FAILURE;
     }
     let offer = Offer {

@@ -11,7 +11,7 @@ use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
@@ -22,7 +22,7 @@ use crate::image::Image;
 use crate::io::total_len;
 use crate::request::{prepare, DeviceLimits, Grants, Job, Work};
 use crate::ring::Ring;
-use crate::uring::{Outcome, Uring};
+use crate::uring::{Outcome, QueueUring, Uring};
 
 /// A finished job.
 struct Done {
@@ -110,8 +110,8 @@ pub struct QueueCtx<'s, 't, 'a> {
     pub stop: &'s AtomicBool,
     /// How long to poll the ring before sleeping (0: never).
     pub spin: Duration,
-    /// io_uring entries per queue for raw images (0: thread pool only).
-    pub uring_entries: u32,
+    /// The queue's io_uring (raw images; None: the thread pool only).
+    pub uring: Option<&'s Mutex<QueueUring>>,
 }
 
 const BATCH: usize = 64;
@@ -144,8 +144,13 @@ fn spin_for_work(ring: &Ring, mut uring: Option<&mut Uring>, spin: Duration) -> 
 /// Serves one ring until stopped or broken. In-flight I/O always finishes
 /// (and is answered) before it returns.
 pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants: Grants<'t, 'a>, kick: File, notify: File) -> QueueEnd {
+    // The queue's io_uring where it has one: held while the queue runs.
+    let mut held_ring = ctx.uring.map(|r| r.lock().unwrap_or_else(PoisonError::into_inner));
     let setup = || -> std::io::Result<(Arc<EventFd>, Epoll)> {
-        let wake = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        let wake = match held_ring.as_deref() {
+            Some(r) => r.wake().clone(),
+            None => Arc::new(EventFd::new(EFD_NONBLOCK)?),
+        };
         let epoll = Epoll::new()?;
         epoll.ctl(ControlOperation::Add, kick.as_raw_fd(), EpollEvent::new(EventSet::IN, 1))?;
         epoll.ctl(ControlOperation::Add, wake.as_raw_fd(), EpollEvent::new(EventSet::IN, 2))?;
@@ -155,15 +160,7 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
         Ok(s) => s,
         Err(e) => return QueueEnd::Corrupt(format!("setting up the queue: {e}")),
     };
-    let direct = ctx.image.has_direct_path() && ctx.uring_entries > 0;
-    let mut uring = match direct.then(|| Uring::new(ctx.uring_entries, wake.as_raw_fd())) {
-        Some(Ok(u)) => Some(u),
-        Some(Err(e)) => {
-            tracing::warn!(event = "blkback.uring_unavailable", queue = ctx.index, error = %e, "using the thread pool");
-            None
-        }
-        None => None,
-    };
+    let mut uring = held_ring.as_deref_mut().filter(|r| r.usable()).map(Uring::new);
     let image = ctx.image;
     let finish = |ring: &mut Ring, job: Job, outcome: Outcome| {
         if !matches!(job.work, Work::Flush) {

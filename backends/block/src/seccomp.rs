@@ -1,6 +1,6 @@
 //! The block backend's seccomp allow-list: the common rules plus file I/O
 //! on the image it already holds (positional and vectored reads and
-//! writes, syncs, hole punching, growing a qcow2), its io_uring, and the
+//! writes, syncs, hole punching, growing a qcow2), entering its io_urings, and the
 //! two ioctls a block device needs at run time (discard, secure erase).
 
 use xenkvm_sandbox::{allow, allow_arg, common_rules, Rules};
@@ -23,9 +23,9 @@ pub fn rules() -> Rules {
             libc::SYS_fallocate,
             libc::SYS_ftruncate,
             libc::SYS_fstatfs,
-            libc::SYS_io_uring_setup,
+            // Its rings, made before the jail (see uring.rs): entering
+            // them only.
             libc::SYS_io_uring_enter,
-            libc::SYS_io_uring_register,
         ],
     );
     allow_arg(&mut r, libc::SYS_ioctl, 1, &[crate::image::BLKDISCARD, crate::image::BLKSECDISCARD]);

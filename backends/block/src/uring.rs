@@ -2,13 +2,17 @@
 //! reads, writes and flushes of a batch of requests itself, straight
 //! between the file and granted pages, and reaps the completions itself, so
 //! queue depth costs neither threads nor hand-offs. Completions also signal
-//! an eventfd the queue thread sleeps on. The ring is restricted to those
-//! three operations (`IORING_REGISTER_RESTRICTIONS`).
+//! an eventfd the queue thread sleeps on. The rings are made before the
+//! jail, one per queue the device offers, restricted to those three
+//! operations (see xenkvm_sandbox::uring); a queue's thread (one per
+//! connection) holds its ring while it runs.
 
 use std::fs::File;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::AsRawFd;
+use std::sync::Arc;
 
-use io_uring::{opcode, register::Restriction, types, IoUring};
+use io_uring::{opcode, types, IoUring};
+use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 use crate::io::{Dir, Pinned};
 use crate::request::{Job, Work};
@@ -39,42 +43,52 @@ pub enum Outcome {
     Short,
 }
 
-/// One queue's ring.
-pub struct Uring<'t, 'a> {
-    ring: IoUring,
+/// One queue's ring, and the eventfd its completions signal (the queue
+/// thread sleeps on it; the thread pool signals it too).
+pub struct QueueUring {
+    io: IoUring,
+    wake: Arc<EventFd>,
+    /// Left with I/O the kernel may still do (see [`Uring`]'s drop): never
+    /// used again.
+    broken: bool,
+}
+
+impl QueueUring {
+    /// A ring of `entries`, made before the jail.
+    pub fn new(entries: u32) -> std::io::Result<QueueUring> {
+        let wake = Arc::new(EventFd::new(EFD_NONBLOCK)?);
+        // Only reads, writes and syncs (no opening files, no sockets): a
+        // compromised backend gains nothing through the ring that its
+        // seccomp filter refuses.
+        let ops = [opcode::Readv::CODE, opcode::Writev::CODE, opcode::Fsync::CODE];
+        let io = xenkvm_sandbox::uring::restricted_ring(entries, &ops, Some(wake.as_raw_fd()))?;
+        Ok(QueueUring { io, wake, broken: false })
+    }
+
+    /// The eventfd completions signal.
+    pub fn wake(&self) -> &Arc<EventFd> {
+        &self.wake
+    }
+
+    /// Whether the ring can serve a queue.
+    pub fn usable(&self) -> bool {
+        !self.broken
+    }
+}
+
+/// A queue thread's use of its ring: the jobs in flight.
+pub struct Uring<'r, 't, 'a> {
+    ring: &'r mut QueueUring,
     slots: Vec<Option<InFlight<'t, 'a>>>,
     free: Vec<usize>,
     queued: usize,
 }
 
-impl<'t, 'a> Uring<'t, 'a> {
-    /// A ring of `entries` whose completions also signal `wake`.
-    pub fn new(entries: u32, wake: RawFd) -> std::io::Result<Uring<'t, 'a>> {
-        // Only this thread submits, and it reaps at its own pace: no
-        // interrupting it to run completion work. The kernel then posts
-        // completions only when this thread next enters it, so it raises
-        // IORING_SQ_TASKRUN for a thread that polls (kernels before 6.0
-        // lack these flags and get a plain ring).
-        let ring =
-            match IoUring::builder().setup_r_disabled().setup_coop_taskrun().setup_taskrun_flag().setup_single_issuer().build(entries) {
-                Ok(r) => r,
-                Err(_) => IoUring::builder().setup_r_disabled().build(entries)?,
-            };
-        let submitter = ring.submitter();
-        submitter.register_eventfd(wake)?;
-        // The ring may only read, write and sync (no opening files, no
-        // sockets): a compromised backend gains nothing through it that its
-        // seccomp filter (which cannot see io_uring's operations) refuses.
-        let mut only = [
-            Restriction::sqe_op(opcode::Readv::CODE),
-            Restriction::sqe_op(opcode::Writev::CODE),
-            Restriction::sqe_op(opcode::Fsync::CODE),
-            Restriction::sqe_flags_allowed(0),
-        ];
-        submitter.register_restrictions(&mut only)?;
-        submitter.register_enable_rings()?;
-        let n = entries as usize;
-        Ok(Uring { ring, slots: (0..n).map(|_| None).collect(), free: (0..n).rev().collect(), queued: 0 })
+impl<'r, 't, 'a> Uring<'r, 't, 'a> {
+    /// Serves a queue through `ring`, which has nothing in flight.
+    pub fn new(ring: &'r mut QueueUring) -> Uring<'r, 't, 'a> {
+        let n = ring.io.params().sq_entries() as usize;
+        Uring { ring, slots: (0..n).map(|_| None).collect(), free: (0..n).rev().collect(), queued: 0 }
     }
 
     /// Whether `job` can go through the ring: plain reads and writes, and
@@ -94,7 +108,7 @@ impl<'t, 'a> Uring<'t, 'a> {
 
     /// Whether completions are waiting to be reaped, posted or not.
     pub fn completed(&mut self) -> bool {
-        !self.ring.completion().is_empty() || self.ring.submission().taskrun()
+        !self.ring.io.completion().is_empty() || self.ring.io.submission().taskrun()
     }
 
     /// Jobs submitted and not yet reaped.
@@ -138,7 +152,7 @@ impl<'t, 'a> Uring<'t, 'a> {
         // job's grants), which is stored in the slot below and dropped only
         // after the kernel posted this entry's completion (`reap`, or
         // `Drop`, which waits for every completion).
-        let pushed = unsafe { self.ring.submission().push(&entry) };
+        let pushed = unsafe { self.ring.io.submission().push(&entry) };
         if pushed.is_err() {
             return Err((job, std::io::Error::other("io_uring submission queue full")));
         }
@@ -156,7 +170,7 @@ impl<'t, 'a> Uring<'t, 'a> {
     /// Hands the queued entries to the kernel (one system call).
     pub fn submit(&mut self) -> std::io::Result<()> {
         if self.queued > 0 {
-            self.ring.submit()?;
+            self.ring.io.submit()?;
             self.queued = 0;
         }
         Ok(())
@@ -165,11 +179,11 @@ impl<'t, 'a> Uring<'t, 'a> {
     /// Takes every completion, first having the kernel post those it
     /// holds back for this thread.
     pub fn reap(&mut self, mut done: impl FnMut(Job<'t, 'a>, Outcome)) {
-        if self.ring.submission().taskrun() && self.ring.submit().is_ok() {
+        if self.ring.io.submission().taskrun() && self.ring.io.submit().is_ok() {
             // That enter also handed over anything queued.
             self.queued = 0;
         }
-        let finished: Vec<(u64, i32)> = self.ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let finished: Vec<(u64, i32)> = self.ring.io.completion().map(|c| (c.user_data(), c.result())).collect();
         for (slot, res) in finished {
             let Some(f) = self.slots.get_mut(slot as usize).and_then(Option::take) else { continue };
             self.free.push(slot as usize);
@@ -188,7 +202,7 @@ impl<'t, 'a> Uring<'t, 'a> {
     pub fn drain(&mut self, mut done: impl FnMut(Job<'t, 'a>, Outcome)) {
         let _ = self.submit();
         while self.in_flight() > 0 {
-            if let Err(e) = self.ring.submit_and_wait(1) {
+            if let Err(e) = self.ring.io.submit_and_wait(1) {
                 if e.kind() != std::io::ErrorKind::Interrupted {
                     tracing::error!(event = "blkback.uring_wait", error = %e);
                     return;
@@ -199,15 +213,17 @@ impl<'t, 'a> Uring<'t, 'a> {
     }
 }
 
-impl Drop for Uring<'_, '_> {
+impl Drop for Uring<'_, '_, '_> {
     fn drop(&mut self) {
         // The kernel may still write into pinned pages: never release them
         // before their completions.
         self.drain(|job, _| tracing::warn!(event = "blkback.uring_dropped", id = job.id));
         if self.in_flight() > 0 {
             // Waiting failed: leak the pins rather than free what the
-            // kernel may still write.
+            // kernel may still write, and never reuse the ring (its late
+            // completions would name slots of another connection).
             std::mem::forget(std::mem::take(&mut self.slots));
+            self.ring.broken = true;
         }
     }
 }
@@ -219,37 +235,30 @@ mod tests {
     use std::os::fd::AsRawFd;
 
     #[test]
-    fn test_the_ring_refuses_every_other_operation() {
-        // SAFETY: eventfd creates a descriptor and touches no memory.
-        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
-        assert!(efd >= 0);
-        let mut u = Uring::new(8, efd).expect("io_uring (kernel 5.10 or later)");
+    fn test_the_ring_reads_writes_and_syncs_only_and_signals_its_eventfd() {
+        let mut q = QueueUring::new(8).expect("io_uring (kernel 5.10 or later)");
+        let mut run = |entry: &squeue::Entry| {
+            // SAFETY: every buffer an entry points at outlives this call,
+            // which waits for its completion.
+            unsafe { q.io.submission().push(entry) }.unwrap();
+            q.io.submit_and_wait(1).unwrap();
+            let c = q.io.completion().next().expect("a completion");
+            (c.user_data(), c.result())
+        };
         let path = c"/etc/hostname";
         let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr()).build().user_data(7);
-        // SAFETY: the path lives until the completion is reaped below.
-        unsafe { u.ring.submission().push(&open) }.unwrap();
-        u.ring.submit_and_wait(1).unwrap();
-        let c = u.ring.completion().next().expect("a completion");
-        assert_eq!((c.user_data(), c.result()), (7, -libc::EACCES), "openat through the ring is refused");
+        assert_eq!(run(&open), (7, -libc::EACCES), "openat through the ring is refused");
         let file = std::fs::File::open("/proc/self/exe").unwrap();
         let mut buf = [0u8; 64];
         let iov = [libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() }];
         let readv =
             |user_data: u64| opcode::Readv::new(types::Fd(file.as_raw_fd()), iov.as_ptr(), 1).offset(0).build().user_data(user_data);
         // A read with any SQE flag (here: forced onto the kernel's workers) is refused.
-        // SAFETY: the iovec and its buffer live until the completion is reaped below.
-        unsafe { u.ring.submission().push(&readv(8).flags(squeue::Flags::ASYNC)) }.unwrap();
-        u.ring.submit_and_wait(1).unwrap();
-        let c = u.ring.completion().next().expect("a completion");
-        assert_eq!((c.user_data(), c.result()), (8, -libc::EACCES), "an IOSQE_ASYNC read is refused");
-        // A plain read is allowed.
-        // SAFETY: as above.
-        unsafe { u.ring.submission().push(&readv(9)) }.unwrap();
-        u.ring.submit_and_wait(1).unwrap();
-        let c = u.ring.completion().next().expect("a completion");
-        assert_eq!((c.user_data(), c.result()), (9, 64), "a read through the ring");
+        assert_eq!(run(&readv(8).flags(squeue::Flags::ASYNC)), (8, -libc::EACCES), "an IOSQE_ASYNC read is refused");
+        assert_eq!(run(&readv(9)), (9, 64), "a read through the ring");
+        let fsync = opcode::Fsync::new(types::Fd(file.as_raw_fd())).build().user_data(10);
+        assert_eq!(run(&fsync), (10, 0), "an fsync through the ring");
         assert_eq!(&buf[..4], b"\x7fELF");
-        // SAFETY: our own descriptor, closed once.
-        unsafe { libc::close(efd) };
+        assert!(q.wake().read().unwrap() >= 1, "completions signal the queue's eventfd");
     }
 }

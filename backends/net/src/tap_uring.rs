@@ -25,7 +25,7 @@
 
 use std::os::fd::AsRawFd;
 
-use io_uring::{opcode, register::Restriction, types, IoUring};
+use io_uring::{opcode, types, IoUring};
 
 use crate::tap::{FrameBatch, TapQueue};
 
@@ -43,20 +43,10 @@ pub struct TapUring {
 }
 
 impl TapUring {
-    /// A ring for one tap queue's writes (the queue comes with each batch).
+    /// A ring for one tap queue's writes (the queue comes with each batch),
+    /// made before the jail.
     pub fn new() -> std::io::Result<TapUring> {
-        // One writer at a time submits, and it reaps at its own pace (no
-        // interrupting it to post completions). Not single-issuer: a
-        // reconnect's writer is another thread.
-        let ring = match IoUring::builder().setup_r_disabled().setup_coop_taskrun().build(ENTRIES) {
-            Ok(r) => r,
-            // Kernels before 5.19 lack the flag.
-            Err(_) => IoUring::builder().setup_r_disabled().build(ENTRIES)?,
-        };
-        let submitter = ring.submitter();
-        let mut only = [Restriction::sqe_op(opcode::Writev::CODE), Restriction::sqe_flags_allowed(0)];
-        submitter.register_restrictions(&mut only)?;
-        submitter.register_enable_rings()?;
+        let ring = xenkvm_sandbox::uring::restricted_ring(ENTRIES, &[opcode::Writev::CODE], None)?;
         Ok(TapUring { ring, on: true })
     }
 

@@ -18,6 +18,7 @@
 //! is never optional.
 
 pub mod cpus;
+pub mod uring;
 
 use std::collections::BTreeMap;
 use std::ffi::CString;

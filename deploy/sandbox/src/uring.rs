@@ -1,0 +1,80 @@
+//! io_uring rings for jailed processes. A ring's operations are invisible
+//! to seccomp (one `io_uring_enter` carries any of them), so a device
+//! process makes its rings before it enters the jail, restricted to the
+//! operations it needs with no SQE flags (`IORING_REGISTER_RESTRICTIONS`),
+//! and its filter then allows `io_uring_enter` alone: inside the jail no
+//! ring without those limits can be made, and no limit can be lifted.
+
+use std::os::fd::RawFd;
+
+use io_uring::{register::Restriction, IoUring};
+
+/// A ring of `entries` that may carry only the opcodes `ops` (with no SQE
+/// flags), enabled and ready. Its completions also signal the eventfd
+/// `signal` where one is given (registered now: inside the jail it could
+/// not be).
+///
+/// The ring is not single-issuer: the thread that uses it, one per
+/// connection, is not the one that made it. Completion work waits until
+/// the user next enters the kernel (cooperative task running, kernel 5.19
+/// or later; older kernels get a plain ring), which raises the
+/// `IORING_SQ_TASKRUN` flag for a user that polls.
+pub fn restricted_ring(entries: u32, ops: &[u8], signal: Option<RawFd>) -> std::io::Result<IoUring> {
+    let ring = match IoUring::builder().setup_r_disabled().setup_coop_taskrun().setup_taskrun_flag().build(entries) {
+        Ok(r) => r,
+        Err(_) => IoUring::builder().setup_r_disabled().build(entries)?,
+    };
+    let submitter = ring.submitter();
+    if let Some(fd) = signal {
+        submitter.register_eventfd(fd)?;
+    }
+    let mut only: Vec<Restriction> = ops.iter().map(|&op| Restriction::sqe_op(op)).collect();
+    only.push(Restriction::sqe_flags_allowed(0));
+    submitter.register_restrictions(&mut only)?;
+    submitter.register_enable_rings()?;
+    Ok(ring)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use io_uring::{opcode, types};
+
+    #[test]
+    fn test_a_restricted_ring_refuses_other_operations_and_further_registration() {
+        let ring = restricted_ring(4, &[opcode::Nop::CODE], None).expect("io_uring (kernel 5.10 or later)");
+        let mut ring = ring;
+        let nop = opcode::Nop::new().build().user_data(1);
+        let path = c"/etc/hostname";
+        let open = opcode::OpenAt::new(types::Fd(libc::AT_FDCWD), path.as_ptr()).build().user_data(2);
+        // SAFETY: a nop points at nothing; the path lives until both
+        // completions are reaped below.
+        unsafe {
+            ring.submission().push(&nop).unwrap();
+            ring.submission().push(&open).unwrap();
+        }
+        ring.submit_and_wait(2).unwrap();
+        let mut got: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        got.sort();
+        assert_eq!(got, vec![(1, 0), (2, -libc::EACCES)], "the allowed opcode runs, any other is refused");
+        // Registration is closed too: no lifting the limits later.
+        let files = [0];
+        let err = ring.submitter().register_files(&files).expect_err("registering files on a restricted ring");
+        assert_eq!(err.raw_os_error(), Some(libc::EACCES), "{err}");
+    }
+
+    #[test]
+    fn test_another_thread_than_the_maker_submits() {
+        let mut ring = restricted_ring(4, &[opcode::Nop::CODE], None).expect("io_uring");
+        let r = std::thread::spawn(move || {
+            // SAFETY: a nop points at nothing.
+            unsafe { ring.submission().push(&opcode::Nop::new().build().user_data(5)) }.unwrap();
+            ring.submit_and_wait(1).unwrap();
+            let c = ring.completion().next().expect("a completion");
+            (c.user_data(), c.result())
+        })
+        .join()
+        .unwrap();
+        assert_eq!(r, (5, 0));
+    }
+}
