@@ -620,8 +620,13 @@ pub struct BlkbackProc {
 impl BlkbackProc {
     /// Starts one for `devid` of `dom`.
     pub fn start(dom: &FakeDomain, xs: &Path, devid: u32, dir: &Path, extra: &[&str]) -> BlkbackProc {
+        BlkbackProc::start_build(&crate::binary("xenkvm-blkback"), dom, xs, devid, dir, extra)
+    }
+
+    /// Starts the blkback at `program` (another build, for benchmarks).
+    pub fn start_build(program: &Path, dom: &FakeDomain, xs: &Path, devid: u32, dir: &Path, extra: &[&str]) -> BlkbackProc {
         let log = dir.join(format!("blkback-{devid}.log"));
-        let child = std::process::Command::new(crate::binary("xenkvm-blkback"))
+        let child = std::process::Command::new(program)
             .arg("--vmm-socket")
             .arg(&dom.socket)
             .arg("--xenstored")

@@ -18,7 +18,13 @@
 //!
 //! Usage: bench-blkback [--seconds S] [--rounds N] [--cached] [--mib SIZE]
 //!        [--format raw|qcow2] [--case NAME-PART] [--uring-entries N] [--halt-poll-us N]
-//!        [--spin-us N] [--uring-baseline] [--verbose]
+//!        [--spin-us N] [--uring-baseline] [--compare PATH] [--verbose]
+//!
+//! `--compare PATH` also runs another blkback build (PATH, on a second
+//! disk of the same guest, on the same image file) in the same slices, in
+//! turn before and after this build's, and prints this build's median
+//! ratio to it: an A/B that this host's drift and steal move less than two
+//! runs do.
 //!
 //! `--uring-baseline` also runs one thread keeping the queue depth through
 //! io_uring on the same file (what blkback's queue thread does, without
@@ -260,6 +266,7 @@ fn main() -> anyhow::Result<()> {
     // `--spin-us N`: how long blkback polls its ring before sleeping.
     let spin_us = get("--spin-us");
     let uring_base = args.iter().any(|a| a == "--uring-baseline");
+    let compare = get("--compare");
     let verbose = args.iter().any(|a| a == "--verbose");
     // The frontend stands for a guest vCPU: KVM polls a halted vCPU for
     // up to halt_poll_ns (200 µs by default) before it sleeps.
@@ -303,6 +310,16 @@ fn main() -> anyhow::Result<()> {
         let _blkback = BlkbackProc::start(&dom, &xs.socket, devid, &dir, &extra);
         let mut f = Blkfront::connect(dom.clone(), &xs.socket, devid, &FrontOpts { persistent: true, ..Default::default() })?;
         f.halt_poll = halt_poll;
+        // `--compare`'s build on the next disk (xvdb), on the same file.
+        let mut other = None;
+        if let Some(program) = &compare {
+            let devid = devid + 16;
+            Blkfront::create_device(&xs.socket, domid, devid, &[("params", format!("{format}:{}", path.display())), ("mode", "w".into())])?;
+            let proc = BlkbackProc::start_build(Path::new(program), &dom, &xs.socket, devid, &dir, &extra);
+            let mut f = Blkfront::connect(dom.clone(), &xs.socket, devid, &FrontOpts { persistent: true, ..Default::default() })?;
+            f.halt_poll = halt_poll;
+            other = Some((proc, f));
+        }
         // The baseline works on the file itself: for qcow2 that is the raw
         // file access under the format.
         let file_size = std::fs::metadata(path)?.len().min(size) & !((1 << 20) - 1);
@@ -316,15 +333,26 @@ fn main() -> anyhow::Result<()> {
             let slice = secs / rounds as f64;
             let mut pairs = Vec::new();
             let mut to_uring = Vec::new();
+            // Per round with `--compare`: (the other build's rate, its
+            // ratio to direct, this build's ratio to it).
+            let mut to_other = Vec::new();
             // The host's steal during each side's slices.
             let (mut steal, mut steal_direct) = (CpuTime::default(), CpuTime::default());
-            for _ in 0..rounds {
+            for round in 0..rounds {
                 let t0 = CpuTime::now();
                 let b = baseline(path, &c, file_size, slice, direct);
                 let t1 = CpuTime::now();
-                let o = through_blkback(&mut f, &c, size, slice);
                 steal_direct.add_span(t0, t1);
+                // The other build goes first in every other round.
+                let theirs = |other: &mut Option<(BlkbackProc, Blkfront)>| other.as_mut().map(|(_, f)| through_blkback(f, &c, size, slice));
+                let early = if round % 2 == 1 { theirs(&mut other) } else { None };
+                let t1 = CpuTime::now();
+                let o = through_blkback(&mut f, &c, size, slice);
                 steal.add_span(t1, CpuTime::now());
+                let late = if round % 2 == 0 { theirs(&mut other) } else { None };
+                if let Some(t) = early.or(late) {
+                    to_other.push((t, t / b, o / t));
+                }
                 pairs.push((o, b, o / b));
                 if uring_base {
                     let u = uring_baseline(path, &c, file_size, slice, direct);
@@ -335,6 +363,14 @@ fn main() -> anyhow::Result<()> {
                 } else if verbose {
                     println!("# slice {format} {}: threads {b:.0} blkback {o:.0}", c.name);
                 }
+            }
+            if !to_other.is_empty() {
+                let s = spread(&mut to_other, |x| x.2);
+                let theirs = spread(&mut to_other, |x| x.1).median.1;
+                println!(
+                    "# compare format={format} case={} other_ratio={theirs:.2} this_build/other={:.2} q1={:.2} q3={:.2}",
+                    c.name, s.median.2, s.q1, s.q3
+                );
             }
             if !to_uring.is_empty() {
                 let (u, r) = spread(&mut to_uring, |x| x.1).median;
@@ -356,6 +392,9 @@ fn main() -> anyhow::Result<()> {
             worst.push((format!("{format} {}", c.name), ratio));
         }
         f.close()?;
+        if let Some((_, mut f)) = other {
+            f.close()?;
+        }
     }
     match worst.iter().cloned().reduce(|a, b| if b.1 < a.1 { b } else { a }) {
         Some((name, r)) => println!("# lowest ratio: {r:.2} ({name})"),
