@@ -436,6 +436,13 @@ impl CpuTime {
         self.steal += end.steal.saturating_sub(start.steal);
     }
 
+    /// The time from `start` to now.
+    pub fn since(start: CpuTime) -> CpuTime {
+        let mut span = CpuTime::default();
+        span.add_span(start, CpuTime::now());
+        span
+    }
+
     /// The stolen share of this time (0 when none was counted).
     pub fn steal_share(&self) -> f64 {
         if self.total == 0 {
@@ -444,6 +451,32 @@ impl CpuTime {
             self.steal as f64 / self.total as f64
         }
     }
+}
+
+/// The most of the host's CPU time that may be stolen during both sides
+/// of a slice for the slice to count as quiet (at 100 ticks a second on
+/// 2 CPUs, 2 ticks of a 0.5 s slice).
+pub const QUIET_STEAL: f64 = 0.02;
+
+/// Over the slices where neither side lost more than [`QUIET_STEAL`] of
+/// the CPU time to the host: the median ratio, and how many slices that
+/// was. `slices` holds each slice's ratio and the larger steal share of
+/// its two sides. Benchmarks print it beside the median of all slices: it
+/// tells what the code does with the CPUs it gets, which the slices the
+/// host took CPUs from do not.
+pub fn quiet_median(slices: &[(f64, f64)]) -> (Option<f64>, usize) {
+    let mut quiet: Vec<f64> = slices.iter().filter(|s| s.1 <= QUIET_STEAL).map(|s| s.0).collect();
+    if quiet.is_empty() {
+        return (None, 0);
+    }
+    (Some(spread(&mut quiet, |r| *r).median), quiet.len())
+}
+
+/// `quiet_ratio=R quiet_slices=N/M` for a benchmark's line.
+pub fn quiet_fields(slices: &[(f64, f64)]) -> String {
+    let (median, n) = quiet_median(slices);
+    let r = median.map_or("none".to_string(), |r| format!("{r:.2}"));
+    format!("quiet_ratio={r} quiet_slices={n}/{}", slices.len())
 }
 
 /// A network namespace, deleted at the end.
@@ -486,6 +519,15 @@ mod bench_stats_tests {
         assert_eq!((s.median, s.q1, s.q3), (0.7, 0.7, 0.7));
         let s = super::spread(&mut [0.4, 0.1, 0.3, 0.2], |x| *x);
         assert_eq!((s.median, s.q1, s.q3), (0.3, 0.2, 0.4));
+    }
+
+    #[test]
+    fn test_quiet_median_counts_only_slices_with_little_steal() {
+        // Ratios with the larger steal share of each slice's sides.
+        let slices = [(0.9, 0.0), (0.5, 0.3), (1.0, 0.01), (0.95, 0.02), (0.4, 0.021)];
+        assert_eq!(super::quiet_median(&slices), (Some(0.95), 3));
+        assert_eq!(super::quiet_fields(&slices), "quiet_ratio=0.95 quiet_slices=3/5");
+        assert_eq!(super::quiet_fields(&[(0.9, 0.5)]), "quiet_ratio=none quiet_slices=0/1");
     }
 
     #[test]

@@ -12,7 +12,9 @@
 //! ratios is printed, with their quartiles (`q1`/`q3`): this shared
 //! machine's disk speed drifts too much for one long run of each. Beside
 //! them, the share of CPU time the host stole during each side's slices
-//! (`steal`, `direct_steal`). The frontend polls for responses for up to
+//! (`steal`, `direct_steal`), and the median over the quiet slices
+//! alone, where neither side lost more than 2% to steal (`quiet_ratio`,
+//! `quiet_slices`). The frontend polls for responses for up to
 //! `--halt-poll-us` (200) before sleeping, as KVM polls a halted vCPU for
 //! `halt_poll_ns` (200 µs by default) before descheduling it.
 //!
@@ -39,7 +41,7 @@ use std::time::{Duration, Instant};
 
 use xen_abi::blkif;
 use xenkvm_tests::blkfront::{indirect_pages, page_segments, BlkbackProc, Blkfront, FakeDomain, FrontOpts, Req};
-use xenkvm_tests::{spread, tempdir, CpuTime, XenstoredProc};
+use xenkvm_tests::{quiet_fields, spread, tempdir, CpuTime, XenstoredProc};
 
 #[derive(Clone, Copy, Debug)]
 struct Case {
@@ -338,17 +340,21 @@ fn main() -> anyhow::Result<()> {
             let mut to_other = Vec::new();
             // The host's steal during each side's slices.
             let (mut steal, mut steal_direct) = (CpuTime::default(), CpuTime::default());
+            // Each slice's ratio and the larger steal share of its sides.
+            let mut slices = Vec::new();
             for round in 0..rounds {
                 let t0 = CpuTime::now();
                 let b = baseline(path, &c, file_size, slice, direct);
-                let t1 = CpuTime::now();
-                steal_direct.add_span(t0, t1);
+                let direct_span = CpuTime::since(t0);
+                steal_direct.add_span(CpuTime::default(), direct_span);
                 // The other build goes first in every other round.
                 let theirs = |other: &mut Option<(BlkbackProc, Blkfront)>| other.as_mut().map(|(_, f)| through_blkback(f, &c, size, slice));
                 let early = if round % 2 == 1 { theirs(&mut other) } else { None };
                 let t1 = CpuTime::now();
                 let o = through_blkback(&mut f, &c, size, slice);
-                steal.add_span(t1, CpuTime::now());
+                let span = CpuTime::since(t1);
+                steal.add_span(CpuTime::default(), span);
+                slices.push((o / b, span.steal_share().max(direct_span.steal_share())));
                 let late = if round % 2 == 0 { theirs(&mut other) } else { None };
                 if let Some(t) = early.or(late) {
                     to_other.push((t, t / b, o / t));
@@ -381,13 +387,14 @@ fn main() -> anyhow::Result<()> {
             let unit =
                 |iops: f64| if c.bs >= 1 << 20 { format!("{:.0} MB/s", iops * c.bs as f64 / 1e6) } else { format!("{iops:.0} IOPS") };
             println!(
-                "BENCH format={format} case={} blkback={} direct={} ratio={ratio:.2} q1={q1:.2} q3={q3:.2} target={} steal={:.2} direct_steal={:.2}",
+                "BENCH format={format} case={} blkback={} direct={} ratio={ratio:.2} q1={q1:.2} q3={q3:.2} target={} steal={:.2} direct_steal={:.2} {}",
                 c.name,
                 unit(ours).replace(' ', ""),
                 unit(base).replace(' ', ""),
                 if format == "raw" { "0.90" } else { "0.75" },
                 steal.steal_share(),
-                steal_direct.steal_share()
+                steal_direct.steal_share(),
+                quiet_fields(&slices)
             );
             worst.push((format!("{format} {}", c.name), ratio));
         }
