@@ -35,6 +35,12 @@ pub fn restricted_ring(entries: u32, ops: &[u8], signal: Option<RawFd>) -> std::
     Ok(ring)
 }
 
+/// Whether a filter lets the jailed process make a ring or change one
+/// (io_uring_setup, io_uring_register): a jail that uses rings must not.
+pub fn rules_make_or_change_rings(rules: &crate::Rules) -> bool {
+    rules.contains_key(&libc::SYS_io_uring_setup) || rules.contains_key(&libc::SYS_io_uring_register)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
