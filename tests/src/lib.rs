@@ -415,6 +415,14 @@ pub struct CpuTime {
     pub steal: u64,
 }
 
+impl std::ops::AddAssign for CpuTime {
+    /// Adds a span's time.
+    fn add_assign(&mut self, span: CpuTime) {
+        self.total += span.total;
+        self.steal += span.steal;
+    }
+}
+
 impl CpuTime {
     /// Now (zero where `/proc/stat` cannot be read).
     pub fn now() -> CpuTime {
@@ -430,17 +438,14 @@ impl CpuTime {
         Some(CpuTime { total: ticks.iter().take(8).sum(), steal: *ticks.get(7)? })
     }
 
-    /// Adds the time from `start` to `end`.
-    pub fn add_span(&mut self, start: CpuTime, end: CpuTime) {
-        self.total += end.total.saturating_sub(start.total);
-        self.steal += end.steal.saturating_sub(start.steal);
+    /// The time from `start` to `end`.
+    pub fn between(start: CpuTime, end: CpuTime) -> CpuTime {
+        CpuTime { total: end.total.saturating_sub(start.total), steal: end.steal.saturating_sub(start.steal) }
     }
 
     /// The time from `start` to now.
     pub fn since(start: CpuTime) -> CpuTime {
-        let mut span = CpuTime::default();
-        span.add_span(start, CpuTime::now());
-        span
+        CpuTime::between(start, CpuTime::now())
     }
 
     /// The stolen share of this time (0 when none was counted).
@@ -547,7 +552,7 @@ mod bench_stats_tests {
         let b = super::CpuTime::parse("cpu  150 0 80 900 10 0 5 75 9 0\n").unwrap();
         let mut span = super::CpuTime::default();
         assert_eq!(span.steal_share(), 0.0);
-        span.add_span(a, b);
+        span += super::CpuTime::between(a, b);
         assert_eq!(span, super::CpuTime { total: 220, steal: 40 });
         assert!((span.steal_share() - 40.0 / 220.0).abs() < 1e-12);
         // Not the aggregate line, or a field that is not a number.

@@ -210,6 +210,11 @@ impl NetQueue {
         self.dom.word(gfn, off)
     }
 
+    /// Whether the backend published TX responses not yet taken.
+    fn tx_ready(&self) -> bool {
+        self.word(self.tx_gfn, 8).load(Ordering::Acquire) != self.tx_cons
+    }
+
     /// Whether the backend published RX responses not yet taken.
     fn rx_ready(&self) -> bool {
         self.word(self.rx_gfn, 8).load(Ordering::Acquire) != self.rx_cons
@@ -447,8 +452,7 @@ impl NetQueue {
             if enough || timeout.is_zero() || start.get_or_insert_with(Instant::now).elapsed() > timeout {
                 return;
             }
-            let ready = || self.word(self.tx_gfn, 8).load(Ordering::Acquire) != self.tx_cons;
-            halt(self.halt_poll, ready, &self.tx_ev.1, Duration::from_millis(20));
+            halt(self.halt_poll, || self.tx_ready(), &self.tx_ev.1, Duration::from_millis(20));
         }
     }
 

@@ -15,12 +15,11 @@ use xenkvm_grant::ring::SharedRing;
 use xenkvm_grant::GrantTable;
 use xenkvm_sandbox::cpus::CpuList;
 
-use crate::tap_uring::WriterRing;
-
 use crate::offload::{VnetHdr, VNET_HDR_LEN};
 use crate::rx::{self, Received, RxFeatures};
 use crate::stats::Stats;
 use crate::tap::TapQueue;
+use crate::tap_uring::WriterRing;
 use crate::tx::{TxBatch, TxFeatures};
 use crate::tx_writer::TxWriter;
 

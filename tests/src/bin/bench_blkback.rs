@@ -346,14 +346,14 @@ fn main() -> anyhow::Result<()> {
                 let t0 = CpuTime::now();
                 let b = baseline(path, &c, file_size, slice, direct);
                 let direct_span = CpuTime::since(t0);
-                steal_direct.add_span(CpuTime::default(), direct_span);
+                steal_direct += direct_span;
                 // The other build goes first in every other round.
                 let theirs = |other: &mut Option<(BlkbackProc, Blkfront)>| other.as_mut().map(|(_, f)| through_blkback(f, &c, size, slice));
                 let early = if round % 2 == 1 { theirs(&mut other) } else { None };
                 let t1 = CpuTime::now();
                 let o = through_blkback(&mut f, &c, size, slice);
                 let span = CpuTime::since(t1);
-                steal.add_span(CpuTime::default(), span);
+                steal += span;
                 slices.push((o / b, span.steal_share().max(direct_span.steal_share())));
                 let late = if round % 2 == 0 { theirs(&mut other) } else { None };
                 if let Some(t) = early.or(late) {

@@ -337,7 +337,7 @@ fn main() -> anyhow::Result<()> {
             let t0 = CpuTime::now();
             let b = if c.rx { rx_direct(&direct, &c, slice) } else { tx_direct(&direct, &c, slice, direct_cpus.as_ref()) };
             let direct_span = CpuTime::since(t0);
-            steal_direct.add_span(CpuTime::default(), direct_span);
+            steal_direct += direct_span;
             // The builds take turns going first, so neither gains from its place.
             let mut order: Vec<usize> = (0..sides.len()).collect();
             if round % 2 == 1 {
@@ -348,7 +348,7 @@ fn main() -> anyhow::Result<()> {
                 let t0 = CpuTime::now();
                 let o = if c.rx { rx_ours(f, tap_name, &c, slice) } else { tx_ours(f, &tx_frames[k], &c, slice, guest_cpus.as_ref()) };
                 let span = CpuTime::since(t0);
-                steal[k].add_span(CpuTime::default(), span);
+                steal[k] += span;
                 if k == 0 {
                     slices.push((o / b.max(1.0), span.steal_share().max(direct_span.steal_share())));
                 }
