@@ -45,7 +45,7 @@ pub struct Peers {
     pub tap_fds: Vec<std::os::fd::RawFd>,
     /// Where the counters are written (every second and at the end).
     pub stats: Option<PathBuf>,
-    /// Host CPUs each queue's TX writer runs on (any when `None`).
+    /// Host CPUs the queues' TX writers run on, one each in turn (any when `None`).
     pub tx_writer_cpus: Option<CpuList>,
 }
 
@@ -128,8 +128,10 @@ fn feature_keys(offer: &Offer) -> Vec<(&'static str, String)> {
 /// Serves vif `devid` of the vmm's guest until the device is removed or
 /// the guest is gone.
 /// `jail` is called once set-up is done (the tap and the counters file
-/// open, the features published), before the first guest byte is read.
-pub fn serve(peers: &Peers, devid: u32, offer: &Offer, jail: impl FnOnce() -> anyhow::Result<()>) -> anyhow::Result<()> {
+/// open, the features published), before the first guest byte is read,
+/// with what it must run inside the jail just before the seccomp filter
+/// (making the TX rings; `xenkvm_sandbox::enter_then`).
+pub fn serve(peers: &Peers, devid: u32, offer: &Offer, jail: impl FnOnce(&mut dyn FnMut()) -> anyhow::Result<()>) -> anyhow::Result<()> {
     let ipc = ipc_vmm::connect(&peers.vmm_socket, Duration::from_secs(10))
         .with_context(|| format!("connecting to the vmm at {}", peers.vmm_socket.display()))?;
     let domid = u32::from(ipc_vmm::hello(&ipc, &format!("netback {devid}"))?);
@@ -166,37 +168,50 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer, jail: impl FnOnce() -> an
         ),
         None => None,
     };
-    // The TX writers' rings, before the jail (see tap_uring.rs).
-    let rings: Vec<WriterRing> = (0..taps.len())
-        .map(|q| {
-            std::sync::Mutex::new(TapUring::new().map_err(|e| {
-                tracing::warn!(event = "netback.tx_uring_unavailable", queue = q, error = %e, "the TX writer writes one frame a system call");
-            }).ok())
-        })
-        .collect();
-    jail()?;
+    // The TX rings, inside the jail's namespaces (see tap_uring.rs).
+    let mut rings: Vec<WriterRing> = Vec::new();
+    jail(&mut || rings = tx_rings(taps.len(), peers.tx_writer_cpus.as_ref()))?;
     let peers_stats = stats_file.as_ref();
     let stats = Stats::default();
     let gone = || ipc.peer_closed();
     let r = be.run("vif", &gone, |be| {
         match ipc_vmm::attach(&ipc).map_err(|e| e.to_string()).and_then(|m| read_frontend(be, offer).map(|f| (m, f))) {
             Err(e) => Disconnect::Broken(e),
-            Ok(((memory, files), fe)) => connect_and_serve(
-                be,
-                &ipc,
-                (&taps, &rings),
-                &fe,
-                devid,
-                (memory, files),
-                &stats,
-                peers_stats,
-                peers.tx_writer_cpus.as_ref(),
-            ),
+            Ok(((memory, files), fe)) => connect_and_serve(be, &ipc, (&taps, &rings), &fe, devid, (memory, files), &stats, peers_stats),
         }
     });
     write_stats(peers_stats, &stats);
     r?;
     Ok(())
+}
+
+/// One TX ring per tap queue, queue `q`'s polling thread on the `q`th CPU
+/// of `cpus` (round the list again when there are more queues).
+fn tx_rings(queues: usize, cpus: Option<&CpuList>) -> Vec<WriterRing> {
+    (0..queues)
+        .map(|q| {
+            let cpu = cpus.map(|c| c.cpus()[q % c.cpus().len()]);
+            let ring = match TapUring::new(cpu) {
+                Ok(r) => {
+                    if let Some(cpu) = cpu {
+                        tracing::info!(event = "netback.tx_writer_pinned", queue = q, cpus = cpu);
+                    }
+                    Ok(r)
+                }
+                Err(e) if cpu.is_some() => {
+                    tracing::warn!(event = "netback.tx_writer_cpus", queue = q, cpus = ?cpu, error = %e, "TX writer unplaced");
+                    TapUring::new(None)
+                }
+                Err(e) => Err(e),
+            };
+            std::sync::Mutex::new(
+                ring.map_err(|e| {
+                    tracing::warn!(event = "netback.tx_uring_unavailable", queue = q, error = %e, "the queue thread writes every TX frame itself");
+                })
+                .ok(),
+            )
+        })
+        .collect()
 }
 
 /// Rewrites the counters file in place (it was opened before the jail).
@@ -220,7 +235,6 @@ fn connect_and_serve(
     (memory, files): (ipc_vmm::DomainMemory, Vec<std::fs::File>),
     stats: &Stats,
     stats_path: Option<&std::fs::File>,
-    tx_writer_cpus: Option<&CpuList>,
 ) -> Disconnect {
     let (ram, table) = match map_domain(&memory, &files) {
         Ok(m) => m,
@@ -293,7 +307,6 @@ fn connect_and_serve(
                 stop: set.stop_flag(),
                 tx_features: fe.tx,
                 rx_features: fe.rx,
-                tx_writer_cpus,
             };
             let set = &set;
             std::thread::Builder::new()

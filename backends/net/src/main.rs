@@ -40,9 +40,11 @@ struct Args {
     /// Log file (default: stderr).
     #[arg(long)]
     log: Option<PathBuf>,
-    /// Host CPUs for each queue's TX writer (`3`, `0-3,6`): the thread that
-    /// copies the guest's frames into the tap, the busiest one (as libvirt's
-    /// iothreadpin places an I/O thread). Queue threads stay unpinned.
+    /// Host CPUs for the queues' TX writers (`3`, `0-3,6`): queue q's on
+    /// the list's qth CPU (round again past its end). A writer is the
+    /// kernel thread of the queue's io_uring that copies the guest's frames
+    /// into the tap, the busiest one (placed as libvirt's iothreadpin places
+    /// an I/O thread). Queue threads stay unpinned.
     #[arg(long)]
     tx_writer_cpus: Option<CpuList>,
 }
@@ -67,7 +69,7 @@ fn main() -> std::process::ExitCode {
         tx_writer_cpus: args.tx_writer_cpus,
     };
     let no_sandbox = args.no_sandbox;
-    let jail = move || -> anyhow::Result<()> {
+    let jail = move |before_filter: &mut dyn FnMut()| -> anyhow::Result<()> {
         let policy = xenkvm_sandbox::Policy {
             name: "xenkvm-netback",
             rules: xenkvm_net::seccomp::rules(),
@@ -75,7 +77,7 @@ fn main() -> std::process::ExitCode {
             max_files: 256,
             writable_dirs: vec![],
         };
-        Ok(xenkvm_sandbox::enter_unless_disabled(no_sandbox, policy)?)
+        Ok(xenkvm_sandbox::enter_unless_disabled_then(no_sandbox, policy, before_filter)?)
     };
     match serve(&peers, args.devid, &Offer { max_queues }, jail) {
         Ok(()) => std::process::ExitCode::SUCCESS,

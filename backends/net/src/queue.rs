@@ -13,7 +13,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use xenkvm_grant::ring::SharedRing;
 use xenkvm_grant::GrantTable;
-use xenkvm_sandbox::cpus::CpuList;
 
 use crate::offload::{VnetHdr, VNET_HDR_LEN};
 use crate::rx::{self, Received, RxFeatures};
@@ -61,8 +60,6 @@ pub struct QueueCtx<'s, 't, 'a> {
     pub tx_features: TxFeatures,
     /// What RX may carry.
     pub rx_features: RxFeatures,
-    /// Host CPUs for the TX writer.
-    pub tx_writer_cpus: Option<&'s CpuList>,
     /// The TX writer's ring.
     pub tap_uring: &'s WriterRing,
 }
@@ -78,23 +75,23 @@ fn drain(f: &File) {
 
 /// TX batches per queue: one being built while the writer writes another.
 const TX_BATCHES: usize = 2;
+// Every frame of every batch out fits in the ring at once.
+const _: () = assert!(TX_BATCHES * BUDGET <= crate::tap_uring::ENTRIES as usize);
 
-/// Serves one queue until stopped or broken, with its TX writer beside it.
+/// Serves one queue until stopped or broken, with its TX writer (its ring).
 pub fn run(ctx: QueueCtx, tx_ring: SharedRing, rx_ring: SharedRing, ch: Channels) -> QueueEnd {
-    let end = std::thread::scope(|s| match TxWriter::spawn(s, (ctx.tap, ctx.tap_uring), ctx.index, ctx.tx_writer_cpus) {
-        Ok(mut writer) => serve(&ctx, tx_ring, rx_ring, &ch, &mut writer),
-        Err(e) => QueueEnd::Corrupt(format!("starting the TX writer: {e}")),
-    });
+    let mut writer = TxWriter::new(ctx.tap, ctx.tap_uring, ctx.index);
+    let end = serve(&ctx, tx_ring, rx_ring, &ch, &mut writer);
     tracing::info!(event = "netback.queue_end", queue = ctx.index, end = ?end);
     end
 }
 
-fn serve<'t, 'a>(
-    ctx: &QueueCtx<'_, 't, 'a>,
+fn serve<'s, 't, 'a>(
+    ctx: &QueueCtx<'s, 't, 'a>,
     mut tx_ring: SharedRing,
     mut rx_ring: SharedRing,
     ch: &Channels,
-    writer: &mut TxWriter<'t, 'a>,
+    writer: &mut TxWriter<'s, 't, 'a>,
 ) -> QueueEnd {
     let (rx_kick, rx_notify) = match &ch.rx {
         Some((k, n)) => (Some(k), n),
@@ -106,12 +103,12 @@ fn serve<'t, 'a>(
     };
     let tap_fd = ctx.tap.file.as_raw_fd();
     let add = |fd: i32, tag: u64| epoll.ctl(ControlOperation::Add, fd, EpollEvent::new(EventSet::IN, tag));
-    if let Err(e) =
-        add(ch.tx_kick.as_raw_fd(), 1).and_then(|_| add(tap_fd, 3)).and_then(|_| add(writer.done_fd().as_raw_fd(), 4)).and_then(|_| {
-            match rx_kick {
-                Some(k) => add(k.as_raw_fd(), 2),
-                None => Ok(()),
-            }
+    if let Err(e) = add(ch.tx_kick.as_raw_fd(), 1)
+        .and_then(|_| add(tap_fd, 3))
+        .and_then(|_| writer.done_fd().map_or(Ok(()), |d| add(d.as_raw_fd(), 4)))
+        .and_then(|_| match rx_kick {
+            Some(k) => add(k.as_raw_fd(), 2),
+            None => Ok(()),
         })
     {
         return QueueEnd::Corrupt(format!("setting up the queue: {e}"));
@@ -152,7 +149,7 @@ fn serve<'t, 'a>(
                         w.answer(&mut tx_ring, ctx.stats, ctx.index);
                         tx_free.push(w);
                     });
-                    b.write(ctx.tap, None);
+                    b.write(ctx.tap);
                     b.answer(&mut tx_ring, ctx.stats, ctx.index);
                 }
                 tx_free.push(b);
@@ -287,7 +284,7 @@ fn serve<'t, 'a>(
     };
     // Whatever the writer still holds is written and answered before the
     // queue ends: no pin outlives it, no request goes unanswered.
-    writer.finish(|mut b| b.answer(&mut tx_ring, ctx.stats, ctx.index));
+    writer.wait_all(|mut b| b.answer(&mut tx_ring, ctx.stats, ctx.index));
     if tx_ring.push_responses() {
         kick(&ch.tx_notify);
     }

@@ -1,6 +1,6 @@
 //! The network backend's seccomp allow-list: the common rules plus the two
-//! tap ioctls a (re)connect needs, rewriting its counters file, and a TX
-//! writer pinning itself and writing through its io_uring.
+//! tap ioctls a (re)connect needs, rewriting its counters file, and
+//! entering the queues' TX rings.
 
 use xenkvm_sandbox::{allow, allow_arg, common_rules, Rules};
 
@@ -8,12 +8,11 @@ use xenkvm_sandbox::{allow, allow_arg, common_rules, Rules};
 pub fn rules() -> Rules {
     let mut r = common_rules();
     allow(&mut r, &[libc::SYS_pwrite64, libc::SYS_ftruncate]);
-    // The TX writers' rings, made before the jail (writes to the tap only;
-    // see tap_uring.rs): entering them, not making or changing one.
+    // The TX rings, made before the filter (writes to the tap only; see
+    // tap_uring.rs): entering them, not making or changing one. Their
+    // kernel threads were placed when made: no thread places itself.
     allow(&mut r, &[libc::SYS_io_uring_enter]);
     allow_arg(&mut r, libc::SYS_ioctl, 1, &[crate::tap::TUNSETOFFLOAD, crate::tap::TUNSETQUEUE]);
-    // A TX writer placing itself (`--tx-writer-cpus`); no other thread.
-    allow_arg(&mut r, libc::SYS_sched_setaffinity, 0, &[0]);
     r
 }
 

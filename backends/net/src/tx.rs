@@ -19,7 +19,6 @@ use zerocopy::{FromBytes, IntoBytes};
 use crate::offload::{tx_offload, TX_HEAD, VNET_HDR_LEN};
 use crate::stats::{Drop, Stats};
 use crate::tap::{FrameBatch, TapQueue};
-use crate::tap_uring::TapUring;
 
 /// Data slots a packet may use (`XEN_NETIF_NR_SLOTS_MIN`; Linux's legacy maximum).
 pub const MAX_SLOTS: usize = netif::NR_SLOTS_MIN;
@@ -238,8 +237,9 @@ struct TxSlot<'t, 'a> {
 }
 
 /// A batch of TX packets: taken off the ring and built ([`TxBatch::take`]),
-/// written to the tap ([`TxBatch::write`], on the queue's writer thread
-/// under load), then answered in ring order ([`TxBatch::answer`]).
+/// written to the tap ([`TxBatch::write`], or under load by the kernel's
+/// thread through the queue's ring), then answered in ring order
+/// ([`TxBatch::answer`]).
 /// Everything is reused from batch to batch, so a packet allocates nothing.
 pub struct TxBatch<'t, 'a> {
     slots: Vec<TxSlot<'t, 'a>>,
@@ -272,13 +272,16 @@ impl<'t, 'a> TxBatch<'t, 'a> {
         (n, fatal)
     }
 
-    /// Writes the frames built to the tap (pages stay pinned), through
-    /// `ring` when there is one (see tap_uring.rs).
-    pub fn write(&mut self, tap: &TapQueue, ring: Option<&mut TapUring>) {
-        match ring {
-            Some(r) => r.write_batch(tap, &mut self.writes),
-            None => tap.write_batch(&mut self.writes),
-        }
+    /// Writes the frames built to the tap, one system call each (pages
+    /// stay pinned); under load they go through the queue's ring instead
+    /// (tx_writer.rs).
+    pub fn write(&mut self, tap: &TapQueue) {
+        tap.write_batch(&mut self.writes);
+    }
+
+    /// The frames built, for a writer that writes them itself.
+    pub(crate) fn frames(&mut self) -> &mut FrameBatch {
+        &mut self.writes
     }
 
     fn take_packets(&mut self, ring: &mut SharedRing, feats: TxFeatures) -> (usize, Option<String>) {

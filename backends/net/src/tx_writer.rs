@@ -1,175 +1,166 @@
-//! A queue's TX writer: a second thread that writes TX batches to the tap
-//! while the queue thread takes and builds the next one, as Xen's netback
+//! A queue's TX writer: under load, TX batches go to the tap through the
+//! queue's polling io_uring (tap_uring.rs), whose kernel thread writes one
+//! batch while the queue thread takes and builds the next, as Xen's netback
 //! splits a queue's work between its poll loop and its dealloc thread.
 //! Under load the tap write (the kernel's copy, most of a frame's cost)
 //! and the ring work (grant pins, requests, responses) then overlap.
 //!
-//! A batch goes to the writer with its pages pinned and comes back written,
-//! in the order sent; the queue thread answers it (unpins, responds), so
-//! the ring and the grants stay the queue thread's alone.
+//! A batch stays here, its pages pinned, until the kernel has written all
+//! of its frames; batches come back in the order sent, and the queue
+//! thread answers them (unpins, responds), so the netif ring and the
+//! grants stay the queue thread's alone.
 
-use std::sync::atomic::{fence, AtomicBool, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
-use std::sync::Arc;
-use std::thread::Scope;
+use std::collections::VecDeque;
+use std::sync::MutexGuard;
 
-use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
-
-use xenkvm_sandbox::cpus::{self, CpuList};
+use vmm_sys_util::eventfd::EventFd;
 
 use crate::tap::TapQueue;
-use crate::tap_uring::WriterRing;
+use crate::tap_uring::{TapUring, WriterRing};
 use crate::tx::TxBatch;
 
-/// What both threads see: the writer signals `done` when it hands a batch
-/// back while the queue thread is (about to be) asleep.
-struct Shared {
-    done: EventFd,
-    waiting: AtomicBool,
+/// A batch with the kernel, and how many of its frames are not yet written.
+struct Out<'t, 'a> {
+    batch: TxBatch<'t, 'a>,
+    left: usize,
 }
 
-/// The queue thread's end of its writer.
-pub struct TxWriter<'t, 'a> {
-    to_writer: Option<Sender<TxBatch<'t, 'a>>>,
-    from_writer: Receiver<TxBatch<'t, 'a>>,
-    shared: Arc<Shared>,
-    /// A batch seen back while arming, handed out by the next `try_done`.
-    ready: Option<TxBatch<'t, 'a>>,
-    in_flight: usize,
+/// The batches of one queue being written, in the order sent.
+pub struct TxWriter<'r, 't, 'a> {
+    ring: MutexGuard<'r, Option<TapUring>>,
+    tap: &'r TapQueue,
+    out: VecDeque<Out<'t, 'a>>,
+    /// The tag of `out`'s first batch (tags count batches sent).
+    first: u64,
 }
 
-impl<'t, 'a> TxWriter<'t, 'a> {
-    /// Starts the writer of queue `index` on `tap`, inside `scope`, on
-    /// `cpus` when given (on any CPU, with a warning, when they cannot be had).
-    pub fn spawn<'scope, 'env>(
-        scope: &'scope Scope<'scope, 'env>,
-        (tap, uring): (&'env TapQueue, &'env WriterRing),
-        index: u32,
-        cpus: Option<&'env CpuList>,
-    ) -> std::io::Result<TxWriter<'t, 'a>>
-    where
-        't: 'scope,
-        'a: 'scope,
-    {
-        let shared = Arc::new(Shared { done: EventFd::new(EFD_NONBLOCK)?, waiting: AtomicBool::new(false) });
-        let (to_writer, work) = mpsc::channel::<TxBatch<'t, 'a>>();
-        let (back, from_writer) = mpsc::channel();
-        let theirs = shared.clone();
-        std::thread::Builder::new().name(format!("netq{index}-tx")).spawn_scoped(scope, move || {
-            if let Some(cpus) = cpus {
-                match cpus::pin_this_thread(cpus) {
-                    Ok(()) => tracing::info!(event = "netback.tx_writer_pinned", queue = index, cpus = %cpus),
-                    Err(e) => tracing::warn!(event = "netback.tx_writer_cpus", queue = index, cpus = %cpus, error = %e),
-                }
-            }
-            // Held while this writer runs (the last writer's is gone).
-            let mut ring = uring.lock().unwrap_or_else(|e| e.into_inner());
-            let engine = if ring.is_some() { "io_uring" } else { "writev" };
-            tracing::info!(event = "netback.tx_writer", queue = index, engine);
-            while let Ok(mut batch) = work.recv() {
-                batch.write(tap, ring.as_mut());
-                if back.send(batch).is_err() {
-                    break;
-                }
-                // Pairs with the fence in `arm`: either the queue thread
-                // sees the batch, or this sees it waiting and wakes it.
-                fence(Ordering::SeqCst);
-                if theirs.waiting.load(Ordering::Relaxed) {
-                    let _ = theirs.done.write(1);
-                }
-            }
-        })?;
-        Ok(TxWriter { to_writer: Some(to_writer), from_writer, shared, ready: None, in_flight: 0 })
+impl<'r, 't, 'a> TxWriter<'r, 't, 'a> {
+    /// The writer of queue `index` on `tap`, through `ring` while this
+    /// writer lives (with none, every batch comes back to be written inline).
+    pub fn new(tap: &'r TapQueue, ring: &'r WriterRing, index: u32) -> TxWriter<'r, 't, 'a> {
+        let ring = ring.lock().unwrap_or_else(|e| e.into_inner());
+        let engine = if ring.as_ref().is_some_and(TapUring::is_on) { "io_uring" } else { "inline" };
+        tracing::info!(event = "netback.tx_writer", queue = index, engine);
+        TxWriter { ring, tap, out: VecDeque::new(), first: 0 }
     }
 
-    /// The descriptor that turns readable when a batch comes back to a
-    /// waiting queue thread (for its epoll set).
-    pub fn done_fd(&self) -> &EventFd {
-        &self.shared.done
+    /// The descriptor that turns readable when a write completes while
+    /// the queue thread sleeps (for its epoll set), if there is a ring.
+    pub fn done_fd(&self) -> Option<&EventFd> {
+        self.ring.as_ref().map(TapUring::wake)
     }
 
-    /// Batches with the writer.
+    /// Batches out.
     pub fn in_flight(&self) -> usize {
-        self.in_flight
+        self.out.len()
     }
 
-    /// Hands `batch` to the writer; gives it back if the writer is gone
-    /// (the caller then writes it itself).
+    /// Hands `batch` to the ring; gives it back when it cannot take it
+    /// (no ring, or no room): the caller then writes it itself.
     pub fn send(&mut self, batch: TxBatch<'t, 'a>) -> Result<(), TxBatch<'t, 'a>> {
-        let Some(to) = &self.to_writer else { return Err(batch) };
-        match to.send(batch) {
-            Ok(()) => {
-                self.in_flight += 1;
-                Ok(())
-            }
-            Err(mpsc::SendError(b)) => Err(b),
+        let Some(ring) = self.ring.as_mut().filter(|r| r.is_on()) else { return Err(batch) };
+        let mut batch = batch;
+        let frames = batch.frames();
+        frames.reset_results();
+        let tag = self.first + self.out.len() as u64;
+        // SAFETY: the batch (its iovec array, heads and pinned pages) stays
+        // in `out`, untouched, until every frame's completion is reaped:
+        // batches leave `out` only complete (`pop_done`), and dropping the
+        // writer first waits for the kernel (`Drop`).
+        if !unsafe { ring.queue(self.tap, frames, tag) } {
+            return Err(batch);
         }
+        let left = frames.frame_count();
+        ring.submit();
+        self.out.push_back(Out { batch, left });
+        Ok(())
     }
 
-    /// A batch written and back, if any.
-    pub fn try_done(&mut self) -> Option<TxBatch<'t, 'a>> {
-        let b = self.ready.take().or_else(|| self.from_writer.try_recv().ok())?;
-        self.in_flight -= 1;
+    /// Records the completions posted so far.
+    fn reap(&mut self) {
+        let Some(ring) = self.ring.as_mut() else { return };
+        let (out, first) = (&mut self.out, self.first);
+        ring.reap(|tag, i, r| {
+            if let Some(o) = tag.checked_sub(first).and_then(|k| out.get_mut(k as usize)) {
+                o.batch.frames().set_result(i, r);
+                o.left = o.left.saturating_sub(1);
+            }
+        });
+    }
+
+    /// The first batch, when all of it is written. Frames the ring refused
+    /// when it turned off are written plainly first: every later batch was
+    /// refused too, so the order holds.
+    fn pop_done(&mut self) -> Option<TxBatch<'t, 'a>> {
+        if self.out.front()?.left > 0 {
+            return None;
+        }
+        let mut b = self.out.pop_front()?.batch;
+        self.first += 1;
+        let frames = b.frames();
+        for i in 0..frames.frame_count() {
+            if frames.error_of(i) == Some(libc::EOPNOTSUPP) {
+                self.tap.write_one(frames, i);
+            }
+        }
         Some(b)
     }
 
+    /// A batch written, if any.
+    pub fn try_done(&mut self) -> Option<TxBatch<'t, 'a>> {
+        if self.out.front().is_some_and(|o| o.left > 0) {
+            self.reap();
+        }
+        self.pop_done()
+    }
+
     /// Before sleeping with batches out: asks to be woken through
-    /// [`TxWriter::done_fd`]; true when one is back already (do not sleep).
+    /// [`TxWriter::done_fd`]; true when a write completed already (do not
+    /// sleep).
     pub fn arm(&mut self) -> bool {
-        if self.ready.is_some() {
-            return true;
-        }
-        self.shared.waiting.store(true, Ordering::Relaxed);
-        fence(Ordering::SeqCst);
-        match self.from_writer.try_recv() {
-            Ok(b) => {
-                self.ready = Some(b);
-                self.disarm();
-                true
-            }
-            Err(TryRecvError::Empty) => false,
-            // The writer only writes and never ends early; were it gone,
-            // its batches (their pins dropped with it) will not come back:
-            // stop waiting for them and write inline from now on.
-            Err(TryRecvError::Disconnected) => {
-                tracing::error!(event = "netback.tx_writer_gone", lost_batches = self.in_flight);
-                self.in_flight = 0;
-                self.to_writer = None;
-                self.disarm();
-                false
-            }
-        }
+        self.ring.as_mut().is_some_and(TapUring::arm)
     }
 
     /// After waking: no more wake-ups wanted.
     pub fn disarm(&mut self) {
-        self.shared.waiting.store(false, Ordering::Relaxed);
+        if let Some(r) = self.ring.as_mut() {
+            r.disarm();
+        }
     }
 
     /// Consumes the wake-up when `done_fd` turned readable.
     pub fn woken(&mut self) {
-        let _ = self.shared.done.read();
+        if let Some(r) = self.ring.as_ref() {
+            let _ = r.wake().read();
+        }
     }
 
-    /// Stops the writer: every batch still out comes back written and is
-    /// passed to `answer`, in order.
-    pub fn finish(&mut self, answer: impl FnMut(TxBatch<'t, 'a>)) {
-        self.to_writer = None;
-        self.wait_all(answer);
-    }
-
-    /// Waits for every batch out to come back written, passing each to
-    /// `answer` in order (before the caller writes a frame itself).
+    /// Waits for every batch out to be written, passing each to `answer`
+    /// in order (before the caller writes a frame itself, and when the
+    /// queue ends).
     pub fn wait_all(&mut self, mut answer: impl FnMut(TxBatch<'t, 'a>)) {
-        if let Some(b) = self.ready.take() {
-            self.in_flight -= 1;
-            answer(b);
+        loop {
+            while let Some(b) = self.pop_done() {
+                answer(b);
+            }
+            if self.out.is_empty() {
+                return;
+            }
+            self.reap();
+            if self.out.front().is_some_and(|o| o.left > 0) {
+                if let Some(r) = self.ring.as_mut() {
+                    r.wait();
+                }
+            }
         }
-        while self.in_flight > 0 {
-            let Ok(b) = self.from_writer.recv() else { break };
-            self.in_flight -= 1;
-            answer(b);
-        }
-        self.in_flight = 0;
+    }
+}
+
+impl Drop for TxWriter<'_, '_, '_> {
+    /// A writer dropped with batches out (the queue ends by `wait_all`;
+    /// this is for unwinding) waits until the kernel is done with them
+    /// before their pages and iovecs go.
+    fn drop(&mut self) {
+        self.wait_all(drop);
     }
 }

@@ -386,6 +386,15 @@ fn drop_privileges() -> Result<(), String> {
 /// namespaces and Landlock apply to the calling thread and its later
 /// threads only.
 pub fn enter(policy: Policy) -> Result<Report, Error> {
+    enter_then(policy, &mut || {})
+}
+
+/// [`enter`], running `before_filter` inside the namespaces, without
+/// capabilities and under Landlock, just before the seccomp filter: for
+/// what must be made inside the jail yet cannot be made under the filter,
+/// and would stop the process entering a user namespace if made before
+/// it (an io_uring's kernel polling thread makes the process multithreaded).
+pub fn enter_then(policy: Policy, before_filter: &mut dyn FnMut()) -> Result<Report, Error> {
     let filter = compile(policy.rules)?;
     let mut report = Report::default();
     let mut step = |name: &'static str, r: Result<(), String>| match r {
@@ -399,6 +408,7 @@ pub fn enter(policy: Policy) -> Result<Report, Error> {
     step("rlimits", rlimits(policy.max_files));
     step("no_new_privs, no capabilities", drop_privileges());
     step("landlock", landlock(&policy.writable_dirs));
+    before_filter();
     seccompiler::apply_filter_all_threads(&filter).map_err(|e| Error::InstallFilter(e.to_string()))?;
     report.applied.push("seccomp");
     for (what, why) in &report.skipped {
@@ -450,11 +460,17 @@ pub fn selftest(name: &str) {
 /// Enters the jail unless `disabled` (`--no-sandbox`, for debugging),
 /// which is logged.
 pub fn enter_unless_disabled(disabled: bool, policy: Policy) -> Result<(), Error> {
+    enter_unless_disabled_then(disabled, policy, &mut || {})
+}
+
+/// [`enter_then`] unless `disabled`; `before_filter` runs either way.
+pub fn enter_unless_disabled_then(disabled: bool, policy: Policy, before_filter: &mut dyn FnMut()) -> Result<(), Error> {
     if disabled {
         tracing::warn!(event = "sandbox.disabled", process = policy.name, "running without the jail (--no-sandbox)");
+        before_filter();
         return Ok(());
     }
-    enter(policy).map(|_| ())
+    enter_then(policy, before_filter).map(|_| ())
 }
 
 /// A backend's logging: `XENKVM_LOG` (default info) to `log`, or stderr.
