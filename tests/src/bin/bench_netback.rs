@@ -26,11 +26,12 @@
 //! real guest's vCPUs have CPUs of their own.
 //!
 //! `--tx-writer-cpus LIST` is passed to netback (default: the last CPU;
-//! `any` leaves the writer unpinned). The TX writer, the busiest thread
-//! (it copies every frame into the tap), then keeps a CPU to itself while
-//! the queue thread and the frontend share the other. Left to itself the
-//! scheduler often wakes the writer onto its queue thread's CPU, and the
-//! two take turns there while the other CPU idles. Measured on this 2-CPU
+//! `any` leaves the writer unpinned). The TX writer (the queue's io_uring
+//! polling thread, the busiest: it copies every frame into the tap) then
+//! keeps a CPU to itself while the queue thread and the frontend share the
+//! other. When the writer was a thread of netback's own, the scheduler
+//! left to itself often woke it onto its queue thread's CPU, and the two
+//! took turns there while the other CPU idled. Measured then on this 2-CPU
 //! machine with no steal, against the same build unpinned in the same run
 //! (`--compare` with a wrapper dropping the option): tx-gso 1.30×, tx-64
 //! 1.01×, tx-1500 1.04×, RX 0.98–1.02×.
