@@ -190,7 +190,7 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer, jail: impl FnOnce(&mut dy
 fn tx_rings(queues: usize, cpus: Option<&CpuList>) -> Vec<WriterRing> {
     (0..queues)
         .map(|q| {
-            let cpu = cpus.map(|c| c.cpus()[q % c.cpus().len()]);
+            let cpu = cpus.and_then(|c| c.cpus().get(q % c.cpus().len().max(1)).copied());
             let ring = match TapUring::new(cpu) {
                 Ok(r) => {
                     if let Some(cpu) = cpu {
