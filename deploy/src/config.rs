@@ -86,8 +86,9 @@ pub struct DomainConfig {
     /// `max_grant_frames`.
     pub max_grant_frames: Option<u32>,
     /// `netback_tx_writer_cpus` (xenkvm's own key; xl ignores it): host
-    /// CPUs for every netback queue's TX writer thread, as `taskset -c`
-    /// writes them. Unpinned when absent.
+    /// CPUs for the netback queues' TX writers (each queue's io_uring
+    /// polling thread, one CPU each in turn), as `taskset -c` writes them.
+    /// Unplaced when absent.
     pub netback_tx_writer_cpus: Option<CpuList>,
     /// Keys that were ignored, one line each (file:line: key: why).
     pub warnings: Vec<String>,

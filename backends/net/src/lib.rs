@@ -12,7 +12,8 @@
 //! rx.rs       frames -> posted RX buffers (copy, GSO extra)
 //! offload.rs  netif flags <-> virtio_net_hdr, checksum set-up
 //! tap.rs      the multi-queue tap; a batch of frames written at once
-//! tap_uring.rs  a TX writer's io_uring: a batch of frames in one system call
+//! tap_uring.rs  a queue's TX ring: its kernel polling thread writes the frames
+//! tx_writer.rs  the batches out on that ring, back in order once written
 //! stats.rs    counters: packets, bytes, drops by reason
 //! ```
 

@@ -139,8 +139,8 @@ fn serve<'s, 't, 'a>(
         if let Some(mut b) = tx_free.pop() {
             let (n, fatal) = b.take(&mut tx_ring, ctx.tx_features);
             tx_full = b.is_full();
-            // A lone small batch is written here: handing it over would
-            // only add the writer's wake-up to its latency.
+            // A lone small batch is written here: handing it to the ring
+            // would only add the poller's pick-up to its latency.
             let inline = n == 0 || (writer.in_flight() == 0 && !tx_full) || fatal.is_some();
             let b = if inline { Err(b) } else { writer.send(b) };
             if let Err(mut b) = b {

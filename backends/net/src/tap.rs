@@ -63,13 +63,6 @@ pub struct FrameBatch {
     results: Vec<Option<std::io::Result<()>>>,
 }
 
-// SAFETY: the iovecs are plain addresses into buffers that whoever pushed
-// them keeps alive and untouched until the batch is written (`push`'s
-// contract): a TX batch moves to its queue's writer thread together with
-// the heads and pinned pages they point at, and comes back before those
-// are released. Only one thread holds the batch at a time.
-unsafe impl Send for FrameBatch {}
-
 impl FrameBatch {
     /// Empties it (keeping its room).
     pub fn clear(&mut self) {

@@ -57,9 +57,8 @@ impl<'r, 't, 'a> TxWriter<'r, 't, 'a> {
 
     /// Hands `batch` to the ring; gives it back when it cannot take it
     /// (no ring, or no room): the caller then writes it itself.
-    pub fn send(&mut self, batch: TxBatch<'t, 'a>) -> Result<(), TxBatch<'t, 'a>> {
+    pub fn send(&mut self, mut batch: TxBatch<'t, 'a>) -> Result<(), TxBatch<'t, 'a>> {
         let Some(ring) = self.ring.as_mut().filter(|r| r.is_on()) else { return Err(batch) };
-        let mut batch = batch;
         let frames = batch.frames();
         frames.reset_results();
         let tag = self.first + self.out.len() as u64;
