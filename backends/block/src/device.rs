@@ -37,7 +37,8 @@ pub struct Offer {
     pub persistent: bool,
     /// I/O worker threads.
     pub io_threads: usize,
-    /// How long an idle queue polls its ring before sleeping.
+    /// The most an idle queue polls its ring before sleeping (the window
+    /// adapts up to this, see poll.rs).
     pub spin: Duration,
     /// io_uring entries per queue on raw images (0: the thread pool only).
     pub uring_entries: u32,
@@ -53,7 +54,8 @@ impl Default for Offer {
             max_indirect_segments: 256,
             persistent: true,
             io_threads: 32,
-            spin: Duration::from_micros(50),
+            // KVM's halt_poll_ns default.
+            spin: Duration::from_micros(200),
             uring_entries: 128,
         }
     }

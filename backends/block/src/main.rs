@@ -35,7 +35,8 @@ struct Args {
     /// I/O worker threads.
     #[arg(long, default_value_t = Offer::default().io_threads)]
     io_threads: usize,
-    /// Microseconds an idle queue polls its ring before sleeping (0: never).
+    /// The most microseconds an idle queue polls its ring before sleeping
+    /// (0: never); the window adapts up to this as KVM's halt polling does.
     #[arg(long, default_value_t = Offer::default().spin.as_micros() as u64)]
     spin_us: u64,
     /// io_uring entries per queue for raw images and block devices (0: use

@@ -20,6 +20,7 @@ use xen_abi::blkif;
 
 use crate::image::Image;
 use crate::io::total_len;
+use crate::poll::PollWindow;
 use crate::request::{prepare, DeviceLimits, Grants, Job, Work};
 use crate::ring::Ring;
 use crate::uring::{Outcome, QueueUring, Uring};
@@ -108,7 +109,7 @@ pub struct QueueCtx<'s, 't, 'a> {
     pub pool: Sender<Task<'t, 'a>>,
     /// Set to end the queue.
     pub stop: &'s AtomicBool,
-    /// How long to poll the ring before sleeping (0: never).
+    /// The most the queue polls the ring before sleeping (0: never).
     pub spin: Duration,
     /// The queue's io_uring (raw images; None: the thread pool only).
     pub uring: Option<&'s Mutex<QueueUring>>,
@@ -179,6 +180,7 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
     let (done_tx, done_rx) = std::sync::mpsc::channel::<Done>();
     let mut events = vec![EpollEvent::default(); 4];
     let mut in_pool = 0usize;
+    let mut window = PollWindow::new(ctx.spin);
     let mut held: std::collections::VecDeque<Job> = Default::default();
     let limits = ctx.limits;
     // The first response this process publishes is logged: after a
@@ -270,14 +272,20 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
         if ring.final_check_for_requests() {
             continue;
         }
-        // Poll briefly before sleeping: a frontend at queue depth 1 sends
-        // its next request within microseconds of our response, and a
-        // wake-up through the event channel costs more than that.
-        // Not while workers run: they need the CPU and wake us anyway.
-        if in_pool == 0 && !ctx.spin.is_zero() && spin_for_work(&ring, uring.as_mut(), ctx.spin) {
+        // Poll before sleeping: a frontend at queue depth 1 sends its next
+        // request within microseconds of our response, the disk completes
+        // a deep queue in bursts, and a wake-up costs more than either. The
+        // window adapts to how long the waits are (see poll.rs). Not while
+        // workers run: they need the CPU and wake us anyway.
+        let idle_since = (in_pool == 0).then(std::time::Instant::now);
+        if idle_since.is_some() && spin_for_work(&ring, uring.as_mut(), window.current()) {
+            window.record(idle_since.map_or(Duration::ZERO, |t| t.elapsed()));
             continue;
         }
         let n = epoll.wait(200, &mut events).unwrap_or(0);
+        if let Some(t) = idle_since {
+            window.record(t.elapsed());
+        }
         for ev in &events[..n] {
             let mut b = [0u8; 8];
             if ev.data() == 1 {

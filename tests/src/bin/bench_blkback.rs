@@ -331,7 +331,7 @@ fn main() -> anyhow::Result<()> {
     let only = get("--format");
     let case_filter = get("--case");
     let uring_entries = get("--uring-entries");
-    // `--spin-us N`: how long blkback polls its ring before sleeping.
+    // `--spin-us N`: the most blkback polls its ring before sleeping.
     let spin_us = get("--spin-us");
     let uring_base = args.iter().any(|a| a == "--uring-baseline");
     let compare = get("--compare");
