@@ -38,7 +38,7 @@ pub struct Offer {
     /// I/O worker threads.
     pub io_threads: usize,
     /// The most an idle queue polls its ring before sleeping (the window
-    /// adapts up to this, see poll.rs).
+    /// adapts up to this, see xenbus::poll).
     pub spin: Duration,
     /// io_uring entries per queue on raw images (0: the thread pool only).
     pub uring_entries: u32,
@@ -54,8 +54,7 @@ impl Default for Offer {
             max_indirect_segments: 256,
             persistent: true,
             io_threads: 32,
-            // KVM's halt_poll_ns default.
-            spin: Duration::from_micros(200),
+            spin: xenbus::poll::DEFAULT_MAX,
             uring_entries: 128,
         }
     }

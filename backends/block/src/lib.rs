@@ -9,7 +9,6 @@
 //! ring.rs     the shared ring in both ABIs, multi-page, event indices
 //! request.rs  request checks, grants (persistent or not), indirect segments
 //! queue.rs    one thread per queue + the I/O worker pool
-//! poll.rs     how long an idle queue polls before sleeping (adaptive, as KVM's halt polling)
 //! uring.rs    io_uring for raw images: batched submission, reaped on the queue thread
 //! image.rs    raw / block device / qcow2 (imago)
 //! io.rs       preadv/pwritev straight into granted pages
@@ -18,7 +17,6 @@
 pub mod device;
 pub mod image;
 pub mod io;
-pub mod poll;
 pub mod queue;
 pub mod request;
 pub mod ring;

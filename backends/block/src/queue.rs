@@ -17,10 +17,10 @@ use std::time::Duration;
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 use xen_abi::blkif;
+use xenbus::poll::PollWindow;
 
 use crate::image::Image;
 use crate::io::total_len;
-use crate::poll::PollWindow;
 use crate::request::{prepare, DeviceLimits, Grants, Job, Work};
 use crate::ring::Ring;
 use crate::uring::{Outcome, QueueUring, Uring};
@@ -275,7 +275,7 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
         // Poll before sleeping: a frontend at queue depth 1 sends its next
         // request within microseconds of our response, the disk completes
         // a deep queue in bursts, and a wake-up costs more than either. The
-        // window adapts to how long the waits are (see poll.rs). Not while
+        // window adapts to how long the waits are (xenbus::poll). Not while
         // workers run: they need the CPU and wake us anyway.
         let idle_since = (in_pool == 0).then(std::time::Instant::now);
         if idle_since.is_some() && spin_for_work(&ring, uring.as_mut(), window.current()) {

@@ -30,6 +30,9 @@ use crate::tx::TxFeatures;
 pub struct Offer {
     /// `multi-queue-max-queues`.
     pub max_queues: u32,
+    /// The most an idle queue polls before sleeping (the window adapts up
+    /// to this, see xenbus::poll; zero: never).
+    pub spin: std::time::Duration,
 }
 
 /// Where the backend finds its peers and its host side.
@@ -177,7 +180,9 @@ pub fn serve(peers: &Peers, devid: u32, offer: &Offer, jail: impl FnOnce(&mut dy
     let r = be.run("vif", &gone, |be| {
         match ipc_vmm::attach(&ipc).map_err(|e| e.to_string()).and_then(|m| read_frontend(be, offer).map(|f| (m, f))) {
             Err(e) => Disconnect::Broken(e),
-            Ok(((memory, files), fe)) => connect_and_serve(be, &ipc, (&taps, &rings), &fe, devid, (memory, files), &stats, peers_stats),
+            Ok(((memory, files), fe)) => {
+                connect_and_serve(be, &ipc, (&taps, &rings), (&fe, offer), devid, (memory, files), &stats, peers_stats)
+            }
         }
     });
     write_stats(peers_stats, &stats);
@@ -230,7 +235,7 @@ fn connect_and_serve(
     be: &mut xenbus::Backend,
     ipc: &Channel,
     (taps, rings): (&[TapQueue], &[WriterRing]),
-    fe: &Frontend,
+    (fe, offer): (&Frontend, &Offer),
     devid: u32,
     (memory, files): (ipc_vmm::DomainMemory, Vec<std::fs::File>),
     stats: &Stats,
@@ -307,6 +312,7 @@ fn connect_and_serve(
                 stop: set.stop_flag(),
                 tx_features: fe.tx,
                 rx_features: fe.rx,
+                spin: offer.spin,
             };
             let set = &set;
             std::thread::Builder::new()

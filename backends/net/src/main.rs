@@ -47,6 +47,11 @@ struct Args {
     /// an I/O thread). Queue threads stay unpinned.
     #[arg(long)]
     tx_writer_cpus: Option<CpuList>,
+    /// The most microseconds an idle queue polls its rings, tap and TX
+    /// completions before sleeping (0: never); the window adapts up to
+    /// this as KVM's halt polling does.
+    #[arg(long, default_value_t = xenbus::poll::DEFAULT_MAX.as_micros() as u64)]
+    spin_us: u64,
 }
 
 fn main() -> std::process::ExitCode {
@@ -79,7 +84,7 @@ fn main() -> std::process::ExitCode {
         };
         Ok(xenkvm_sandbox::enter_unless_disabled_then(no_sandbox, policy, before_filter)?)
     };
-    match serve(&peers, args.devid, &Offer { max_queues }, jail) {
+    match serve(&peers, args.devid, &Offer { max_queues, spin: std::time::Duration::from_micros(args.spin_us) }, jail) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             tracing::error!(event = "netback.failed", error = %format!("{e:#}"));

@@ -1,7 +1,8 @@
 //! One netif queue: a thread that owns its TX and RX rings and its tap
 //! queue. Each pass moves up to a budget of packets each way, answers and
 //! notifies in batches (only when the frontend's event index asks), and
-//! sleeps on the event channels and the tap. While the frontend has posted
+//! sleeps on the event channels and the tap, after polling them for an
+//! adaptive window (xenbus::poll). While the frontend has posted
 //! too few RX buffers for the next frame, the tap is not read: the host
 //! queues (and, past its limit, drops) instead of this process growing.
 
@@ -9,8 +10,10 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use vmm_sys_util::epoll::{ControlOperation, Epoll, EpollEvent, EventSet};
+use xenbus::poll::PollWindow;
 use xenkvm_grant::ring::SharedRing;
 use xenkvm_grant::GrantTable;
 
@@ -60,6 +63,8 @@ pub struct QueueCtx<'s, 't, 'a> {
     pub tx_features: TxFeatures,
     /// What RX may carry.
     pub rx_features: RxFeatures,
+    /// The most the queue polls before sleeping (0: never).
+    pub spin: Duration,
     /// The TX writer's ring.
     pub tap_uring: &'s WriterRing,
 }
@@ -123,6 +128,7 @@ fn serve<'s, 't, 'a>(
     let mut tx_free: Vec<TxBatch> = (0..TX_BATCHES).map(|_| TxBatch::new(BUDGET, ctx.table)).collect();
     // A frame read from the tap and waiting for RX buffers.
     let mut pending: Option<(VnetHdr, usize, u32)> = None;
+    let mut window = PollWindow::new(ctx.spin);
     let end = 'serve: loop {
         if ctx.stop.load(Ordering::Relaxed) {
             break QueueEnd::Stopped;
@@ -267,7 +273,22 @@ fn serve<'s, 't, 'a>(
             let _ = epoll.ctl(ControlOperation::Modify, tap_fd, EpollEvent::new(ev, 3));
             tap_watched = !rx_blocked;
         }
-        let n = epoll.wait(100, &mut events).unwrap_or(0);
+        // Poll before sleeping (xenbus::poll): everything that would wake
+        // us is armed, so a wait that does not block sees what a sleep
+        // would.
+        let idle_since = Instant::now();
+        let mut n = 0;
+        while idle_since.elapsed() < window.current() {
+            n = epoll.wait(0, &mut events).unwrap_or(0);
+            if n > 0 {
+                break;
+            }
+            std::hint::spin_loop();
+        }
+        if n == 0 {
+            n = epoll.wait(100, &mut events).unwrap_or(0);
+        }
+        window.record(idle_since.elapsed());
         writer.disarm();
         for ev in &events[..n] {
             match ev.data() {

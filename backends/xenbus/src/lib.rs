@@ -7,6 +7,12 @@
 //! /local/domain/<domid>/device/<kind>/<devid>/      the guest's, dom0 may read
 //!     backend, backend-id, state, (ring-ref, event-channel/port, …)
 //! ```
+//!
+//! Beside the state machine, what every backend's queue threads share:
+//! their stop flag and broken-ring reason ([`QueueSet`]) and how long they
+//! poll before sleeping ([`poll::PollWindow`]).
+
+pub mod poll;
 
 use std::time::{Duration, Instant};
 

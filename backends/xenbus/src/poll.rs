@@ -1,13 +1,14 @@
-//! How long a queue thread polls before it sleeps, adapted as KVM adapts
-//! the polling of a halted vCPU (`halt_poll_ns`, grown from 10 µs by
-//! doubling, in virt/kvm/kvm_main.c).
+//! How long a backend's queue thread polls before it sleeps, adapted as
+//! KVM adapts the polling of a halted vCPU (`halt_poll_ns`, grown from
+//! 10 µs by doubling, in virt/kvm/kvm_main.c).
 //!
 //! Sleeping costs a wake-up, and on a virtualised host that is tens of
-//! microseconds: at queue depth 32 the disk completes in bursts, often more
-//! than 50 µs apart, and random reads through a fixed 50 µs poll ran at
-//! 0.90-0.92 of a 200 µs window that grows as here (same-run A/B, 20
-//! slices). Polling every idle moment that long would spend a CPU for
-//! nothing on a quiet disk, so the window follows the waits: a wait that
+//! microseconds: more than the gap between a frontend's requests at queue
+//! depth 1, between a deep disk queue's bursts of completions, or between
+//! a netfront's TX batches. Same-run A/Bs against no poll or a fixed 50 µs
+//! one: blkback's random reads at queue depth 32 1.09-1.11x, netback's TX
+//! 1.12-1.15x. Polling every idle moment that long would spend a CPU for
+//! nothing on a quiet device, so the window follows the waits: a wait that
 //! ended within the maximum but after the window doubles the window (from
 //! [`GROW_START`]); a wait longer than the maximum (the frontend went
 //! quiet) halves it, and below [`GROW_START`] closes it, so a quiet queue
@@ -15,6 +16,9 @@
 //! halves the same way).
 
 use std::time::Duration;
+
+/// The default maximum, as KVM's `halt_poll_ns`.
+pub const DEFAULT_MAX: Duration = Duration::from_micros(200);
 
 /// The first window after a closed one, as KVM's `halt_poll_ns_grow_start`.
 pub const GROW_START: Duration = Duration::from_micros(10);
