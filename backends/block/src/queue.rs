@@ -278,8 +278,8 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
         // window adapts to how long the waits are (xenbus::poll). Not while
         // workers run: they need the CPU and wake us anyway.
         let idle_since = (in_pool == 0).then(std::time::Instant::now);
-        if idle_since.is_some() && spin_for_work(&ring, uring.as_mut(), window.current()) {
-            window.record(idle_since.map_or(Duration::ZERO, |t| t.elapsed()));
+        if let Some(t) = idle_since.filter(|_| spin_for_work(&ring, uring.as_mut(), window.current())) {
+            window.record(t.elapsed());
             continue;
         }
         let n = epoll.wait(200, &mut events).unwrap_or(0);
