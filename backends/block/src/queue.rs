@@ -129,19 +129,6 @@ fn direct_target<'i>(image: &'i Image, job: &Job) -> Option<(&'i File, u64)> {
     }
 }
 
-/// Polls the ring (and the io_uring's completions) for up to `spin`; true
-/// when something arrived.
-fn spin_for_work(ring: &Ring, mut uring: Option<&mut Uring>, spin: Duration) -> bool {
-    let start = std::time::Instant::now();
-    while start.elapsed() < spin {
-        if ring.has_requests() || uring.as_mut().is_some_and(|u| u.completed()) {
-            return true;
-        }
-        std::hint::spin_loop();
-    }
-    false
-}
-
 /// Serves one ring until stopped or broken. In-flight I/O always finishes
 /// (and is answered) before it returns.
 pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants: Grants<'t, 'a>, kick: File, notify: File) -> QueueEnd {
@@ -278,7 +265,8 @@ pub fn run<'t, 'a>(ctx: QueueCtx<'_, 't, 'a>, mut ring: Ring<'t, 'a>, mut grants
         // window adapts to how long the waits are (xenbus::poll). Not while
         // workers run: they need the CPU and wake us anyway.
         let idle_since = (in_pool == 0).then(std::time::Instant::now);
-        if let Some(t) = idle_since.filter(|_| spin_for_work(&ring, uring.as_mut(), window.current())) {
+        let mut work = || ring.has_requests() || uring.as_mut().is_some_and(|u| u.completed());
+        if let Some(t) = idle_since.filter(|&t| window.poll(t, &mut work)) {
             window.record(t.elapsed());
             continue;
         }

@@ -278,14 +278,10 @@ fn serve<'s, 't, 'a>(
         // would.
         let idle_since = Instant::now();
         let mut n = 0;
-        while idle_since.elapsed() < window.current() {
+        if !window.poll(idle_since, || {
             n = epoll.wait(0, &mut events).unwrap_or(0);
-            if n > 0 {
-                break;
-            }
-            std::hint::spin_loop();
-        }
-        if n == 0 {
+            n > 0
+        }) {
             n = epoll.wait(100, &mut events).unwrap_or(0);
         }
         window.record(idle_since.elapsed());

@@ -15,7 +15,7 @@
 //! sleeps at once after a few waits (Linux's guest haltpoll governor
 //! halves the same way).
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// The default maximum, as KVM's `halt_poll_ns`.
 pub const DEFAULT_MAX: Duration = Duration::from_micros(200);
@@ -39,6 +39,18 @@ impl PollWindow {
     /// How long to poll before sleeping now.
     pub fn current(&self) -> Duration {
         self.current
+    }
+
+    /// Calls `ready` until it says yes or the window (from `since`, when
+    /// the queue went idle) has passed; whether it said yes.
+    pub fn poll(&self, since: Instant, mut ready: impl FnMut() -> bool) -> bool {
+        while since.elapsed() < self.current {
+            if ready() {
+                return true;
+            }
+            std::hint::spin_loop();
+        }
+        false
     }
 
     /// Adapts the window to an idle wait that lasted `waited` (polling and
@@ -107,6 +119,32 @@ mod tests {
         assert_eq!(seen, [100, 50, 25, 12, 0, 0]);
         w.record(Duration::from_micros(30));
         assert_eq!(w.current(), GROW_START);
+    }
+
+    #[test]
+    fn polling_stops_when_ready_or_when_the_window_has_passed() {
+        let mut w = PollWindow::new(MAX);
+        let mut calls = 0;
+        assert!(
+            !w.poll(Instant::now(), || {
+                calls += 1;
+                true
+            }),
+            "a closed window polls nothing"
+        );
+        assert_eq!(calls, 0);
+        w.record(Duration::from_micros(150));
+        assert!(
+            w.poll(Instant::now(), || {
+                calls += 1;
+                calls == 3
+            }),
+            "ready on the third look"
+        );
+        assert_eq!(calls, 3);
+        let start = Instant::now();
+        assert!(!w.poll(start, || false));
+        assert!(start.elapsed() >= w.current(), "never ready: polled the whole window");
     }
 
     #[test]
