@@ -6,6 +6,17 @@
 //! jail, one per queue the device offers, restricted to those three
 //! operations (see xenkvm_sandbox::uring); a queue's thread (one per
 //! connection) holds its ring while it runs.
+//!
+//! Writes turn around more slowly than reads, and more slowly than a thread
+//! blocked in `pwrite`: the kernel completes an asynchronous direct write
+//! on its dio workqueue, then hands it to this thread as task work, and
+//! this thread runs that work in one pass for as long as the workqueue
+//! keeps adding to it, so a burst of completions reaches the frontend only
+//! once the burst has ended. A blocked writer is woken by the interrupt
+//! itself. Traced at queue depth 32 on ext4: about 80 µs from the disk's
+//! completions to blkback's next write, against about 30 µs for 32
+//! threads. One thread driving io_uring directly does no better (plain,
+//! cooperative, SQPOLL or deferred task running alike).
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
