@@ -14,6 +14,14 @@
 //! quiet) halves it, and below [`GROW_START`] closes it, so a quiet queue
 //! sleeps at once after a few waits (Linux's guest haltpoll governor
 //! halves the same way).
+//!
+//! Between checks the poller yields its CPU (`sched_yield`), which returns
+//! at once when nothing else is runnable there: KVM likewise stops polling
+//! when its CPU has another task. What the poller waits for often needs
+//! that CPU: the kernel completes a direct write on a worker thread, and
+//! the frontend must run to send its next request. Against spinning, same
+//! run: blkback's raw 4 KiB random writes at depth 32 1.02-1.16x (median
+//! 1.04 over six runs), its other cases 0.96-1.13x, netback's 0.98-1.03x.
 
 use std::time::{Duration, Instant};
 
@@ -48,7 +56,8 @@ impl PollWindow {
             if ready() {
                 return true;
             }
-            std::hint::spin_loop();
+            // Whatever else is runnable here goes first.
+            std::thread::yield_now();
         }
         false
     }
@@ -123,7 +132,9 @@ mod tests {
 
     #[test]
     fn polling_stops_when_ready_or_when_the_window_has_passed() {
-        let mut w = PollWindow::new(MAX);
+        // A long window for the looks: a yield may hand the CPU to another
+        // test's thread for a while.
+        let mut w = PollWindow::new(Duration::from_secs(2));
         let mut calls = 0;
         assert!(
             !w.poll(Instant::now(), || {
@@ -133,7 +144,9 @@ mod tests {
             "a closed window polls nothing"
         );
         assert_eq!(calls, 0);
-        w.record(Duration::from_micros(150));
+        while w.current() < Duration::from_secs(1) {
+            w.record(Duration::from_millis(1500));
+        }
         assert!(
             w.poll(Instant::now(), || {
                 calls += 1;
@@ -142,6 +155,8 @@ mod tests {
             "ready on the third look"
         );
         assert_eq!(calls, 3);
+        let mut w = PollWindow::new(MAX);
+        w.record(Duration::from_micros(150));
         let start = Instant::now();
         assert!(!w.poll(start, || false));
         assert!(start.elapsed() >= w.current(), "never ready: polled the whole window");
