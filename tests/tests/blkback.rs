@@ -326,6 +326,13 @@ fn test_qcow2_four_queues_multi_page_rings_indirect_persistent_x86_32() {
             assert!(page == expect[at..at + 4096], "in-flight read {i} (beside a discard: {with_discard})");
         }
     }
+    // A lone rewrite of allocated clusters (a 64-segment indirect one over
+    // what queue 0 wrote above): the queue thread runs it itself, straight
+    // to the file (pwritev); read back here, and by qemu-img below.
+    assert_eq!(write_pages(&mut f, 0, 19, 64, 64, 123, &mut expect), ok(19, blkif::OP_INDIRECT));
+    let (rsp, data) = read_pages(&mut f, 0, 20, 64, 64);
+    assert_eq!(rsp, ok(20, blkif::OP_INDIRECT));
+    assert!(data == expect[64 * 512..64 * 512 + 64 * 4096], "the rewrite reads back");
     // Persistent grants: a grant reused across requests stays held by the
     // backend (GTF_reading) between them.
     let (gfn, segs) = page_segments(&r.dom, 1, false);

@@ -1,8 +1,9 @@
 //! Disk images: raw files and block devices (I/O straight into granted
 //! pages), and qcow2 through the `imago` crate (QEMU's block maintainer's
 //! Rust qcow2 driver). For qcow2, imago maps each request: a range stored
-//! as plain data in the image file is read or written there directly (by
-//! io_uring, straight into granted pages), as QEMU's qcow2 driver does;
+//! as plain data in the image file is read or written there directly
+//! (straight into granted pages, by io_uring or, for a request the queue
+//! thread runs itself, by `preadv`/`pwritev`), as QEMU's qcow2 driver does;
 //! anything else (unallocated, compressed, a backing file) goes through
 //! imago with a bounce buffer, since imago takes plain byte slices and
 //! guest memory can change under us.
@@ -285,11 +286,12 @@ impl Image {
         }
     }
 
-    /// For asynchronous I/O: the file and offset holding `len` bytes at
-    /// `offset`, when they are one run of plain data there (writable, for
-    /// a write). None sends the request the slow way (imago). Never waits:
-    /// a qcow2 busy with a discard answers None. Each Some must be
-    /// followed by [`Image::end_direct`] once the I/O has completed.
+    /// For I/O straight to the file: the file and offset holding `len`
+    /// bytes at `offset`, when they are one run of plain data there
+    /// (writable, for a write). None sends the request the slow way
+    /// (imago). Never waits: a qcow2 busy with a discard answers None.
+    /// Each Some must be followed by [`Image::end_direct`] once the I/O
+    /// has completed.
     pub fn begin_direct(&self, offset: u64, len: u64, write: bool) -> Option<(&File, u64)> {
         match &self.backend {
             Backend::Raw(f) => Some((f, offset)),
@@ -323,10 +325,21 @@ impl Image {
         self.secure_erase
     }
 
+    /// A transfer straight between the guest's pages and the file where
+    /// the range is one run of plain data there (see
+    /// [`Image::begin_direct`]); None where it is not.
+    fn transfer_direct(&self, dir: Dir, bufs: &[Buf], offset: u64) -> Option<std::io::Result<()>> {
+        let (file, at) = self.begin_direct(offset, total_len(bufs) as u64, dir == Dir::Write)?;
+        let r = transfer(file, dir, bufs, at);
+        self.end_direct();
+        Some(r)
+    }
+
     /// Reads `offset..offset+len(bufs)` into the guest's pages.
     pub fn read(&self, bufs: &[Buf], offset: u64) -> std::io::Result<()> {
         match &self.backend {
             Backend::Raw(f) => transfer(f, Dir::Read, bufs, offset),
+            Backend::Qcow2(_) if let Some(r) = self.transfer_direct(Dir::Read, bufs, offset) => r,
             Backend::Qcow2(q) => {
                 let mut data = vec![0u8; total_len(bufs)];
                 q.access.read().unwrap_or_else(|e| e.into_inner()).read(&mut data[..], offset)?;
@@ -347,6 +360,7 @@ impl Image {
         }
         match &self.backend {
             Backend::Raw(f) => transfer(f, Dir::Write, bufs, offset),
+            Backend::Qcow2(_) if let Some(r) = self.transfer_direct(Dir::Write, bufs, offset) => r,
             Backend::Qcow2(q) => {
                 let mut data = vec![0u8; total_len(bufs)];
                 let mut at = 0;
