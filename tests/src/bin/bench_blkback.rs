@@ -277,24 +277,33 @@ impl Drop for AlignedBuf {
 
 /// The backend: `qd` requests in flight on one queue, each slot with its
 /// own granted pages (persistent grants, as Linux's blkfront uses them).
-fn through_blkback(f: &mut Blkfront, c: &Case, size: u64, secs: f64) -> f64 {
-    let dom = f.domain().clone();
-    let pages = c.bs / 4096;
-    let mut slots = Vec::new();
-    for _ in 0..c.qd {
-        let (_, segs) = page_segments(&dom, pages, false);
-        let indirect = if segs.len() > blkif::MAX_SEGMENTS_PER_REQUEST { Some(indirect_pages(&dom, &segs)) } else { None };
-        slots.push((segs, indirect));
-    }
+/// One request slot per unit of queue depth: its granted pages, and its
+/// indirect pages where the request needs them.
+type Slots = Vec<(Vec<blkif::Segment>, Option<Vec<u32>>)>;
+
+/// The slots of case `c`, granted once and reused by every slice (as a
+/// blkfront with persistent grants reuses its pages): a grant per page per
+/// slice would run out the grant table in a long run.
+fn slots(dom: &FakeDomain, c: &Case) -> Slots {
+    (0..c.qd)
+        .map(|_| {
+            let (_, segs) = page_segments(dom, c.bs / 4096, false);
+            let indirect = (segs.len() > blkif::MAX_SEGMENTS_PER_REQUEST).then(|| indirect_pages(dom, &segs));
+            (segs, indirect)
+        })
+        .collect()
+}
+
+fn through_blkback(f: &mut Blkfront, c: &Case, size: u64, secs: f64, slots: &Slots) -> f64 {
     let mut offs = Offsets::new(0x51_7cc1_b727_220a, size, c);
     let sector_of = |off: u64| off / 512;
     let op = if c.write { blkif::OP_WRITE } else { blkif::OP_READ };
-    let mk = |slot: usize, off: u64, slots: &Vec<(Vec<xen_abi::blkif::Segment>, Option<Vec<u32>>)>| match &slots[slot].1 {
+    let mk = |slot: usize, off: u64, slots: &Slots| match &slots[slot].1 {
         Some(grefs) => Req::Indirect { op, id: slot as u64, sector: sector_of(off), nr: slots[slot].0.len() as u16, grefs: grefs.clone() },
         None => Req::Rw { op, id: slot as u64, sector: sector_of(off), segs: slots[slot].0.clone(), nr: slots[slot].0.len() as u8 },
     };
     for slot in 0..c.qd {
-        let r = mk(slot, offs.next(), &slots);
+        let r = mk(slot, offs.next(), slots);
         f.put(0, &r);
     }
     f.push(0);
@@ -309,7 +318,7 @@ fn through_blkback(f: &mut Blkfront, c: &Case, size: u64, secs: f64) -> f64 {
             done += 1;
             in_flight -= 1;
             if Instant::now() < stop {
-                let req = mk(r.id as usize, offs.next(), &slots);
+                let req = mk(r.id as usize, offs.next(), slots);
                 f.put(0, &req);
                 in_flight += 1;
             }
@@ -410,16 +419,18 @@ fn main() -> anyhow::Result<()> {
             let (mut steal, mut steal_direct) = (CpuTime::default(), CpuTime::default());
             // Each slice's ratio and the larger steal share of its sides.
             let mut slices = Vec::new();
+            let slots = slots(&dom, &c);
             for round in 0..rounds {
                 let t0 = CpuTime::now();
                 let b = baseline(path, &map, &c, size, slice, direct);
                 let direct_span = CpuTime::since(t0);
                 steal_direct += direct_span;
                 // The other build goes first in every other round.
-                let theirs = |other: &mut Option<(BlkbackProc, Blkfront)>| other.as_mut().map(|(_, f)| through_blkback(f, &c, size, slice));
+                let theirs =
+                    |other: &mut Option<(BlkbackProc, Blkfront)>| other.as_mut().map(|(_, f)| through_blkback(f, &c, size, slice, &slots));
                 let early = if round % 2 == 1 { theirs(&mut other) } else { None };
                 let t1 = CpuTime::now();
-                let o = through_blkback(&mut f, &c, size, slice);
+                let o = through_blkback(&mut f, &c, size, slice, &slots);
                 let span = CpuTime::since(t1);
                 steal += span;
                 slices.push((o / b, span.steal_share().max(direct_span.steal_share())));
