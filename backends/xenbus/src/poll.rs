@@ -20,8 +20,8 @@
 //! when its CPU has another task. What the poller waits for often needs
 //! that CPU: the kernel completes a direct write on a worker thread, and
 //! the frontend must run to send its next request. Against spinning, same
-//! run: blkback's raw 4 KiB random writes at depth 32 1.02-1.16x (median
-//! 1.04 over six runs), its other cases 0.96-1.13x, netback's 0.98-1.03x.
+//! run: blkback's raw 4 KiB random writes at depth 32 1.02-1.20x (median
+//! 1.05 over nine runs), its other cases 0.96-1.13x, netback's 0.98-1.03x.
 
 use std::time::{Duration, Instant};
 
