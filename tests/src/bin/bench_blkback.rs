@@ -275,8 +275,6 @@ impl Drop for AlignedBuf {
     }
 }
 
-/// The backend: `qd` requests in flight on one queue, each slot with its
-/// own granted pages (persistent grants, as Linux's blkfront uses them).
 /// One request slot per unit of queue depth: its granted pages, and its
 /// indirect pages where the request needs them.
 type Slots = Vec<(Vec<blkif::Segment>, Option<Vec<u32>>)>;
@@ -294,6 +292,8 @@ fn slots(dom: &FakeDomain, c: &Case) -> Slots {
         .collect()
 }
 
+/// The backend: `qd` requests in flight on one queue, each slot with its
+/// own granted pages (persistent grants, as Linux's blkfront uses them).
 fn through_blkback(f: &mut Blkfront, c: &Case, size: u64, secs: f64, slots: &Slots) -> f64 {
     let mut offs = Offsets::new(0x51_7cc1_b727_220a, size, c);
     let sector_of = |off: u64| off / 512;
