@@ -41,6 +41,8 @@ static WHEN: [AtomicU64; MAX_TRACKED] = [const { AtomicU64::new(0) }; MAX_TRACKE
 static WHO: [AtomicU32; MAX_TRACKED] = [const { AtomicU32::new(u32::MAX) }; MAX_TRACKED];
 /// Upcalls taken per vCPU.
 static UPCALLS: [AtomicU32; 2] = [const { AtomicU32::new(0) }; 2];
+/// Upcalls per vCPU that found `evtchn_upcall_pending` already clear.
+static EMPTY_UPCALLS: [AtomicU32; 2] = [const { AtomicU32::new(0) }; 2];
 /// System time of the last upcall per vCPU.
 static UPCALL_WHEN: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
 
@@ -203,6 +205,9 @@ extern "C" fn upcall_handler() {
     // SAFETY: vi and sh point at the live vcpu_info and shared_info; the
     // fields are shared with the hypervisor and used atomically.
     unsafe {
+        if read_volatile(addr_of!((*vi).evtchn_upcall_pending)) == 0 {
+            EMPTY_UPCALLS[me].fetch_add(1, Ordering::SeqCst);
+        }
         write_volatile(addr_of_mut!((*vi).evtchn_upcall_pending), 0);
         let sel = AtomicU64::from_ptr(addr_of_mut!((*vi).evtchn_pending_sel)).swap(0, Ordering::SeqCst);
         let mut words = sel;
@@ -676,8 +681,16 @@ fn ioapic_write(reg: u32, v: u32) {
     }
 }
 
-fn upcalls() -> u32 {
-    UPCALLS[0].load(Ordering::SeqCst)
+/// vCPU 0's upcalls: (all, those that found nothing pending).
+fn upcalls() -> (u32, u32) {
+    (UPCALLS[0].load(Ordering::SeqCst), EMPTY_UPCALLS[0].load(Ordering::SeqCst))
+}
+
+/// Upcalls taken since `since` (from [`upcalls`]): (with work, empty).
+fn upcalls_since(since: (u32, u32)) -> (u32, u32) {
+    let (all, empty) = upcalls();
+    let empty = empty - since.1;
+    (all - since.0 - empty, empty)
 }
 
 fn settle() {
@@ -690,6 +703,16 @@ fn settle() {
 /// (level, active high) and takes upcalls through it; the line stays
 /// asserted while `evtchn_upcall_pending` is set and drops once the handler
 /// cleared it and EOI'd.
+///
+/// Measured on this host's KVM (PVM): the local APIC completes the EOI when
+/// it injects the interrupt (a handler that never writes EOI still gets an
+/// IOAPIC EOI exit per delivery, and reads an empty ISR), and the vmm hears of
+/// it at the vCPU's next exit. When a host interrupt forces that exit before
+/// the handler has cleared `evtchn_upcall_pending`, the vmm rightly finds
+/// the line still asserted and delivers again: the guest takes one more
+/// upcall that finds nothing pending (harmless, as in Linux's handler). So
+/// the checks count upcalls that found work exactly and allow at most one
+/// empty one per delivery; a line left high would storm past that.
 pub fn scenario_gsi(c: &mut Checks) {
     const GSI: u32 = 20;
     const GSI_VECTOR: u8 = 0xe8;
@@ -717,15 +740,15 @@ pub fn scenario_gsi(c: &mut Checks) {
         delivered += u32::from(wait_hits(a, h0 + i));
         settle();
     }
-    let taken = upcalls() - u0;
+    let (work, empty) = upcalls_since(u0);
     settle();
     settle();
-    let quiet = upcalls() - u0 == taken;
+    let quiet = upcalls_since(u0) == (work, empty);
     check!(
         c,
         "gsi.delivery",
-        r == 0 && rb == 0 && delivered == 5 && (5..=6).contains(&taken) && quiet,
-        "set {r} bind {rb} delivered {delivered}/5; upcalls {taken} (one late one from the bind tolerated); quiet after {quiet}"
+        r == 0 && rb == 0 && delivered == 5 && work == 5 && empty <= 5 && quiet,
+        "set {r} bind {rb} delivered {delivered}/5; upcalls with work {work} (5 expected), empty {empty} (at most 5); quiet after {quiet}"
     );
 
     // Masked at the IOAPIC: the event stays pending and the line stays high;
@@ -738,12 +761,12 @@ pub fn scenario_gsi(c: &mut Checks) {
     ioapic_write(rte, u32::from(GSI_VECTOR) | LEVEL);
     let delivered = wait_hits(a, h1);
     settle();
-    let taken = upcalls() - u1;
+    let (work, empty) = upcalls_since(u1);
     check!(
         c,
         "gsi.level_held_while_masked",
-        held && delivered && taken == 1,
-        "held {held} delivered on unmask {delivered}; upcalls {taken} (one expected)"
+        held && delivered && work == 1 && empty <= 1,
+        "held {held} delivered on unmask {delivered}; upcalls with work {work} (one expected), empty {empty} (at most one)"
     );
 
     // Back to the vector callback.

@@ -95,6 +95,13 @@ pub fn inject(d: &Domain, vcpu: u32) {
 
 /// Brings a GSI callback's line in line with vCPU 0's `evtchn_upcall_pending`
 /// (called when the guest EOIs, so the line drops once the guest cleared it).
+///
+/// On this host's KVM (PVM) the EOI is completed at injection and reported
+/// at the vCPU's next exit, which a host interrupt can force before the
+/// handler cleared the flag: the line is then still high and the guest gets
+/// one more upcall that finds nothing. Lowering it while the flag is set
+/// would lose an event raised between a handler's clear and its EOI, so the
+/// level follows the flag, as Xen's does.
 pub fn refresh_gsi(d: &Domain) {
     let cb = *d.callback.lock().unwrap_or_else(|e| e.into_inner());
     if let (Callback::Gsi(gsi), Some(sink)) = (cb, d.irq.get()) {
