@@ -6,6 +6,8 @@ use std::io::Read;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::time::Duration;
 
+use xenkvm_sandbox::cpus::{self, CpuList};
+
 /// A memfd of `size` bytes.
 pub fn memfd(name: &str, size: u64) -> File {
     let cname = std::ffi::CString::new(name).expect("no NUL");
@@ -104,4 +106,36 @@ pub fn packet_socket(ifname: &str, vnet_hdr: bool) -> std::io::Result<File> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(f)
+}
+
+/// The calling thread confined to some CPUs until dropped (then back on
+/// the ones it had); threads it starts meanwhile inherit the placement.
+pub struct Pinned(CpuList);
+
+impl Pinned {
+    pub fn to(cpus: &CpuList) -> Pinned {
+        let before = cpus::this_thread().expect("sched_getaffinity");
+        cpus::pin_this_thread(cpus).unwrap_or_else(|e| panic!("pinning to CPUs {cpus}: {e}"));
+        Pinned(before)
+    }
+}
+
+impl Drop for Pinned {
+    fn drop(&mut self) {
+        let _ = cpus::pin_this_thread(&self.0);
+    }
+}
+
+/// Confines every thread of process `pid` to `cpus`; threads it starts later
+/// inherit their parent's placement. The kernel's own threads in it (an
+/// io_uring's workers) refuse, and keep theirs. Returns how many moved.
+pub fn pin_process(pid: u32, cpus: &CpuList) -> std::io::Result<usize> {
+    let mut moved = 0;
+    for t in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+        let Some(tid) = t?.file_name().to_str().and_then(|s| s.parse::<libc::pid_t>().ok()) else { continue };
+        if cpus::pin_thread(tid, cpus).is_ok() {
+            moved += 1;
+        }
+    }
+    Ok(moved)
 }

@@ -91,15 +91,21 @@ impl fmt::Display for CpuList {
 /// the seccomp filters allow no other target). Fails, changing nothing,
 /// when none of its CPUs is one the process may use.
 pub fn pin_this_thread(list: &CpuList) -> std::io::Result<()> {
+    pin_thread(0, list)
+}
+
+/// Confines thread `tid` (0: the calling one) to `list`; another process's
+/// thread needs the right to (same user, or `CAP_SYS_NICE`).
+pub fn pin_thread(tid: libc::pid_t, list: &CpuList) -> std::io::Result<()> {
     // SAFETY: cpu_set_t is plain bits; all zeroes is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &c in &list.cpus {
         // SAFETY: `c` < MAX_CPUS (checked when parsed), inside the set.
         unsafe { libc::CPU_SET(c, &mut set) };
     }
-    // SAFETY: pid 0 is the calling thread; the set is a live cpu_set_t
-    // of the size passed.
-    if unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
+    // SAFETY: the set is a live cpu_set_t of the size passed; the kernel
+    // only reads it.
+    if unsafe { libc::sched_setaffinity(tid, std::mem::size_of::<libc::cpu_set_t>(), &set) } != 0 {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())

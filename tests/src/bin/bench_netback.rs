@@ -68,7 +68,7 @@ use xenkvm_net::tap::{self, TapQueue};
 use xenkvm_sandbox::cpus::{self, CpuList};
 use xenkvm_tests::blkfront::FakeDomain;
 use xenkvm_tests::netfront::Netfront;
-use xenkvm_tests::sys::{packet_socket, poll_in, unshare_net};
+use xenkvm_tests::sys::{packet_socket, poll_in, unshare_net, Pinned};
 use xenkvm_tests::{binary, quiet_fields, spread, tempdir, CpuTime, XenstoredProc};
 
 #[derive(Clone, Copy)]
@@ -163,24 +163,6 @@ fn tx_direct(t: &TapQueue, c: &Case, secs: f64, cpus: Option<&CpuList>) -> f64 {
         }
     }
     done as f64 / start.elapsed().as_secs_f64()
-}
-
-/// The calling thread confined to some CPUs until dropped (then back on
-/// the ones it had).
-struct Pinned(CpuList);
-
-impl Pinned {
-    fn to(cpus: &CpuList) -> Pinned {
-        let before = cpus::this_thread().expect("sched_getaffinity");
-        cpus::pin_this_thread(cpus).unwrap_or_else(|e| panic!("pinning to CPUs {cpus}: {e}"));
-        Pinned(before)
-    }
-}
-
-impl Drop for Pinned {
-    fn drop(&mut self) {
-        let _ = cpus::pin_this_thread(&self.0);
-    }
 }
 
 /// Sends frames out of `ifname` from a packet socket until `stop`.
