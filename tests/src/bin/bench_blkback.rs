@@ -35,9 +35,10 @@
 //! which CPU a thread issuing I/O runs on moves its rate more than
 //! blkback does. Here the disk's completions interrupt CPU 1, and a thread
 //! doing 4 KiB writes at depth 1 there runs ~16k IOPS against ~12k on CPU 0,
-//! for blkback and for the baseline alike; the scheduler places the two
-//! sides apart in some runs and together in others, so free runs scatter
-//! 0.77-1.37. So each round confines both sides' I/O threads (the baseline's
+//! for blkback and for the baseline alike (with the two sides pinned to
+//! different CPUs on purpose, raw randwrite-qd1 read 0.77 one way round and
+//! 1.24-1.37 the other). The scheduler places them apart in some runs and
+//! together in others: ten free runs read 0.81-1.01. So each round confines both sides' I/O threads (the baseline's
 //! threads; blkback's process) to one CPU and the frontend, the guest's
 //! vCPU, to another, and the next round takes the next CPU: both sides
 //! always get the same CPU, every CPU in turn. `--placement free` leaves it
@@ -461,7 +462,7 @@ fn main() -> anyhow::Result<()> {
                 let _guest_pin = match &placed {
                     Some((io, guest)) => {
                         for pid in std::iter::once(blkback.child.id()).chain(other.as_ref().map(|(p, _)| p.child.id())) {
-                            pin_process(pid, io)?;
+                            anyhow::ensure!(pin_process(pid, io)? > 0, "could not place blkback (pid {pid}) on CPU {io}");
                         }
                         Some(Pinned::to(guest))
                     }
