@@ -38,11 +38,11 @@
 //! for blkback and for the baseline alike (with the two sides pinned to
 //! different CPUs on purpose, raw randwrite-qd1 read 0.77 one way round and
 //! 1.24-1.37 the other). The scheduler places them apart in some runs and
-//! together in others: ten free runs read 0.81-1.01. So each round confines both sides' I/O threads (the baseline's
-//! threads; blkback's process) to one CPU and the frontend, the guest's
-//! vCPU, to another, and the next round takes the next CPU: both sides
-//! always get the same CPU, every CPU in turn. `--placement free` leaves it
-//! to the scheduler.
+//! together in others: ten free runs read 0.81-1.01. So each round confines
+//! both sides' I/O threads (the baseline's threads; blkback's process) to
+//! one CPU and the frontend, the guest's vCPU, to another, and the next
+//! round takes the next CPU: both sides always get the same CPU, every CPU
+//! in turn. `--placement free` leaves it to the scheduler.
 //!
 //! `--uring-baseline` also runs one thread keeping the queue depth through
 //! io_uring on the same file (what blkback's queue thread does, without
